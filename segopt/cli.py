@@ -1,0 +1,82 @@
+"""The command line: ``python -m segopt.cli {fit,validate,test,predict} --config ...``.
+
+A LightningCLI whose data module states ``num_classes``, ``in_channels``, ``ignore_index``
+and class names once; they are linked into the model.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from segopt.data import SegDataModule
+from segopt.module import SegModule
+
+# segopt prints its own single line about the precision that actually ran (see below).
+warnings.filterwarnings("ignore", message=r".*AMP with fp16 is not supported on CPU.*")
+
+
+class SegCLI(LightningCLI):
+    """LightningCLI with the data→model links and resume-by-``last`` for segopt."""
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse type)
+        for key in ("num_classes", "in_channels", "ignore_index", "class_names"):
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            _resolve_last_checkpoint(self.config[self.subcommand])
+
+    def after_instantiate_classes(self) -> None:
+        requested = str(self.config[self.subcommand].trainer.precision)
+        ran = self.trainer.precision
+        device = type(self.trainer.accelerator).__name__.replace("Accelerator", "").lower()
+        note = "" if ran == requested else f" (requested {requested}; fp16 autocast needs a CUDA GPU)"
+        rank_zero_info(f"segopt: running precision {ran} on {device}{note}")
+
+
+def _resolve_last_checkpoint(config) -> None:  # noqa: ANN001 (jsonargparse Namespace)
+    """Turn ``--ckpt_path last`` into the newest ``last.ckpt`` of this experiment's runs.
+
+    Each fresh fit gets a new TensorBoard version directory; resuming points the logger
+    back at the version that wrote the checkpoint, so the curves continue in one run.
+    """
+    if config.get("ckpt_path") != "last":
+        return
+    logger = config.trainer.get("logger")
+    if not (isinstance(logger, dict) or hasattr(logger, "class_path")):
+        return
+    if not str(logger.class_path).endswith("TensorBoardLogger"):
+        return
+    args = logger.init_args
+    root = Path(args.save_dir) / (args.get("name") or "lightning_logs")
+    candidates = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        sys.exit(
+            f"error: --ckpt_path last found no checkpoints/last.ckpt under {root}/. "
+            "Train without --ckpt_path first, or pass the path of a .ckpt file."
+        )
+    last = candidates[-1]
+    args.version = last.parent.parent.name
+    config.ckpt_path = str(last)
+    rank_zero_info(f"segopt: resuming {last}")
+
+
+def main(args: list[str] | None = None) -> SegCLI:
+    """Run the segopt command line (also installed as the ``segopt`` console script)."""
+    return SegCLI(
+        SegModule,
+        SegDataModule,
+        subclass_mode_model=False,
+        subclass_mode_data=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()
