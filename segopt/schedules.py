@@ -34,7 +34,8 @@ class OneCycle(OneCycleLR):
     ) -> None:
         super().__init__(
             optimizer,
-            max_lr=max_lr,
+            # A group's ``lr_scale`` (e.g. a pretrained encoder's) scales its whole cycle.
+            max_lr=[max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups],
             total_steps=total_steps,
             pct_start=pct_start,
             div_factor=div_factor,
