@@ -1,93 +1,248 @@
 """Segmentation losses: cross-entropy, soft Dice, Focal, and their weighted combination.
 
-Every loss takes logits ``[B,K,H,W]`` and an int64 target ``[B,H,W]`` whose pixels equal to
-``ignore_index`` count for nothing.
+Every loss is built as ``loss(num_classes, ignore_index, ...)`` and takes logits
+``[B,K,H,W]`` and an int64 target ``[B,H,W]`` whose pixels equal to ``ignore_index`` count
+for nothing: not in a numerator, not in a denominator, not as an error. All three run in
+float32 even under mixed precision (see :func:`soft_dice_loss` for why that matters).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segopt.class_weights import CLASS_WEIGHT_MODES
+
+MULTICLASS_MODE = "multiclass"
+BINARY_MODE = "binary"
+DICE_MODES = (MULTICLASS_MODE, BINARY_MODE)
+
+#: Class weights: one number per class, or the name of a mode in ``CLASS_WEIGHT_MODES``
+#: that :class:`segopt.module.SegModule` computes from the training masks before fitting.
+ClassWeights = Sequence[float] | str | None
+
+
+def check_target(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Raise a clear error when a mask holds a value that is neither a class nor ``ignore_index``."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    if bad.any():
+        value = int(target[bad][0])
+        raise ValueError(
+            f"mask value {value} is neither a class id in [0, {num_classes}) nor ignore_index {ignore_index}; "
+            "check the data's num_classes and mask decoding, or map that value to ignore_index"
+        )
+
+
+def soft_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = 255,
+    smooth: float = 1.0,
+    include_background: bool = True,
+    mode: str = MULTICLASS_MODE,
+) -> torch.Tensor:
+    """Soft Dice loss ``1 - mean_c (2|P_c∩T_c| + s) / (|P_c| + |T_c| + s)`` over the batch.
+
+    Sums run per class over all valid pixels of the batch, then classes are averaged.
+    ``multiclass`` takes K-channel logits (softmax). ``binary`` scores the foreground
+    (class 1) only and takes either one logit channel (sigmoid) or two (softmax, channel 1);
+    on two-class logits it equals ``multiclass`` with ``include_background=False``.
+    A class with nothing predicted and nothing to find scores Dice 1.
+    """
+    # float32 with autocast off: a 512x512 batch sums millions of probabilities, far past
+    # fp16's 65504, and bf16's 8-bit mantissa stops adding small terms to a large sum.
+    with torch.autocast(logits.device.type, enabled=False):
+        logits = logits.float()
+        valid = (target != ignore_index).unsqueeze(1)
+        if mode == BINARY_MODE:
+            if logits.shape[1] == 1:
+                probs = logits.sigmoid()
+            elif logits.shape[1] == 2:
+                probs = logits.softmax(dim=1)[:, 1:]
+            else:
+                raise ValueError(
+                    f"Dice mode 'binary' needs 1 or 2 logit channels, got {logits.shape[1]}; "
+                    "use mode 'multiclass' for more classes"
+                )
+            classes = torch.ones(1, 1, 1, 1, dtype=target.dtype, device=target.device)
+        elif mode == MULTICLASS_MODE:
+            probs = logits.softmax(dim=1)
+            classes = torch.arange(logits.shape[1], device=target.device).view(1, -1, 1, 1)
+        else:
+            raise ValueError(f"Dice mode {mode!r} is unknown; use one of {DICE_MODES}")
+        onehot = (target.unsqueeze(1) == classes) & valid
+        probs = probs * valid
+        dims = (0, 2, 3)
+        intersection = (probs * onehot).sum(dims)
+        cardinality = probs.sum(dims) + onehot.sum(dims)
+        dice = (2 * intersection + smooth) / (cardinality + smooth).clamp_min(1e-7)
+        # Nothing predicted and nothing to find is a perfect score, also when smooth is 0.
+        dice = torch.where(cardinality > 0, dice, torch.ones_like(dice))
+        if mode == MULTICLASS_MODE and not include_background:
+            dice = dice[1:]
+        return 1 - dice.mean()
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = 255,
+    gamma: float = 2.0,
+    alpha: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over valid pixels of ``-alpha_t (1 - p_t)^gamma log p_t`` (float32)."""
+    with torch.autocast(logits.device.type, enabled=False):
+        logp = F.log_softmax(logits.float(), dim=1)
+        valid = target != ignore_index
+        safe = torch.where(valid, target, 0)
+        logp_t = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+        loss = -((1 - logp_t.exp()) ** gamma) * logp_t
+        if alpha is not None:
+            loss = loss * alpha[safe]
+        return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+def cross_entropy_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = 255,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """``F.cross_entropy``'s weighted mean, but 0 instead of NaN when every pixel is ignored.
+
+    A random crop of a void region leaves no labelled pixel; torch's mean then divides by
+    zero and one NaN step ruins the weights.
+    """
+    with torch.autocast(logits.device.type, enabled=False):
+        total = F.cross_entropy(
+            logits.float(),
+            target,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction="sum",
+        )
+        valid = target != ignore_index
+        if weight is None:
+            norm = valid.sum()
+        else:
+            norm = (weight[torch.where(valid, target, 0)] * valid).sum()
+        return total / norm.clamp_min(1e-12)
+
+
+def _class_weight_values(spec: ClassWeights, num_classes: int, key: str) -> tuple[torch.Tensor | None, str | None]:
+    """Validate ``spec``: (weights or a placeholder of ones, the mode still to compute or None)."""
+    if spec is None:
+        return None, None
+    if isinstance(spec, str):
+        if spec not in CLASS_WEIGHT_MODES:
+            raise ValueError(
+                f"loss {key}: {spec!r} is not a known mode; give one number per class "
+                f"or one of {sorted(CLASS_WEIGHT_MODES)}"
+            )
+        return torch.ones(num_classes), spec
+    values = [float(v) for v in spec]
+    if len(values) != num_classes:
+        raise ValueError(
+            f"loss {key} has {len(values)} values but num_classes is {num_classes}; give one weight per class"
+        )
+    if not all(math.isfinite(v) and v >= 0 for v in values) or not any(values):
+        raise ValueError(f"loss {key} {values} must be finite, >= 0 and not all 0")
+    return torch.tensor(values, dtype=torch.float32), None
+
 
 class DiceLoss(nn.Module):
-    """Soft Dice loss, computed per class and then averaged over classes.
-
-    Ignored pixels are removed from both numerator and denominator. The sums run in
-    float32 even under autocast: a 512x512 batch sums millions of probabilities, which
-    overflows fp16 (max 65504) and loses the small intersections in bf16.
+    """Soft Dice loss, per class then averaged (see :func:`soft_dice_loss`).
 
     Args:
         num_classes: number of classes K.
         ignore_index: target value excluded from the loss.
-        smooth: added to numerator and denominator; keeps empty classes at loss 0.
-        include_background: False leaves class 0 out of the mean.
+        smooth: added to numerator and denominator; keeps the loss smooth for tiny classes.
+        include_background: False leaves class 0 out of the mean (multiclass mode).
+        mode: "multiclass" (K-channel softmax) or "binary" (foreground class 1 only).
     """
 
     def __init__(
-        self, num_classes: int, ignore_index: int = 255, smooth: float = 1.0, include_background: bool = True
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        smooth: float = 1.0,
+        include_background: bool = True,
+        mode: str = MULTICLASS_MODE,
     ) -> None:
         super().__init__()
+        if mode not in DICE_MODES:
+            raise ValueError(f"DiceLoss mode {mode!r} is unknown; use one of {DICE_MODES}")
+        if mode == BINARY_MODE and num_classes != 2:
+            raise ValueError(f"DiceLoss mode 'binary' needs num_classes 2 (background, foreground), got {num_classes}")
+        if smooth < 0:
+            raise ValueError(f"DiceLoss smooth must be >= 0, got {smooth}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.smooth = smooth
         self.include_background = include_background
+        self.mode = mode
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probs = logits.float().softmax(dim=1)
-        valid = target != self.ignore_index
-        onehot = F.one_hot(torch.where(valid, target, 0), self.num_classes).permute(0, 3, 1, 2).float()
-        valid = valid.unsqueeze(1).float()
-        probs, onehot = probs * valid, onehot * valid
-        dims = (0, 2, 3)
-        intersection = (probs * onehot).sum(dims)
-        cardinality = probs.sum(dims) + onehot.sum(dims)
-        dice = (2 * intersection + self.smooth) / (cardinality + self.smooth)
-        if not self.include_background:
-            dice = dice[1:]
-        return 1 - dice.mean()
+        check_target(target, self.num_classes, self.ignore_index)
+        return soft_dice_loss(logits, target, self.ignore_index, self.smooth, self.include_background, self.mode)
 
 
 class FocalLoss(nn.Module):
     """Multiclass focal loss: cross-entropy down-weighted by ``(1 - p_t) ** gamma``.
 
     Args:
-        gamma: focusing strength; 0 gives plain cross-entropy.
-        alpha: optional per-class weights.
+        num_classes: number of classes K.
         ignore_index: target value excluded from the loss.
+        gamma: focusing strength; 0 gives plain cross-entropy.
+        alpha: optional weight per class (numbers, or a mode such as "median_frequency").
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: list[float] | None = None, ignore_index: int = 255) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, gamma: float = 2.0, alpha: ClassWeights = None
+    ) -> None:
         super().__init__()
-        self.gamma = gamma
+        if gamma < 0:
+            raise ValueError(f"FocalLoss gamma must be >= 0, got {gamma}")
+        self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32) if alpha else None)
+        self.gamma = gamma
+        alpha_values, self.class_weight_mode = _class_weight_values(alpha, num_classes, "alpha")
+        self.register_buffer("alpha", alpha_values)
+
+    def set_class_weights(self, weights: torch.Tensor) -> None:
+        """Fill in the weights of a mode computed from the training masks."""
+        self.alpha.copy_(weights)
+        self.class_weight_mode = None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logp = F.log_softmax(logits.float(), dim=1)
-        valid = target != self.ignore_index
-        safe = torch.where(valid, target, 0)
-        logp_t = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
-        loss = -((1 - logp_t.exp()) ** self.gamma) * logp_t
-        if self.alpha is not None:
-            loss = loss * self.alpha[safe]
-        return loss[valid].sum() / valid.sum().clamp(min=1)
+        check_target(target, self.num_classes, self.ignore_index)
+        return focal_loss(logits, target, self.ignore_index, self.gamma, self.alpha)
 
 
 class CombinedLoss(nn.Module):
     """Weighted sum of cross-entropy, Dice and Focal terms (zero weight leaves a term out).
 
-    The seed's Dice+CE is ``ce=0.5, dice=0.5``; its Focal+CE is ``ce=0.5, focal=0.5``.
+    The seed's Dice+CE is ``ce=0.5, dice=0.5``; its Focal+CE is ``ce=0.5, focal=0.5``;
+    plain cross-entropy is ``ce=1, dice=0``.
 
     Args:
         num_classes: number of classes K.
         ignore_index: target value excluded from every term.
         ce, dice, focal: weight of each term.
-        class_weights: optional cross-entropy weight per class.
+        class_weights: cross-entropy weight per class: numbers, or "median_frequency" to
+            compute them from the training masks when fitting starts.
         label_smoothing: cross-entropy label smoothing.
         focal_gamma: focusing parameter of the focal term.
+        focal_alpha: focal weight per class: numbers, or "median_frequency".
+        dice_smooth: Dice smoothing term.
         dice_include_background: False leaves class 0 out of the Dice mean.
+        dice_mode: "multiclass" or "binary" (see :class:`DiceLoss`).
     """
 
     def __init__(
@@ -97,29 +252,53 @@ class CombinedLoss(nn.Module):
         ce: float = 0.5,
         dice: float = 0.5,
         focal: float = 0.0,
-        class_weights: list[float] | None = None,
+        class_weights: ClassWeights = None,
         label_smoothing: float = 0.0,
         focal_gamma: float = 2.0,
+        focal_alpha: ClassWeights = None,
+        dice_smooth: float = 1.0,
         dice_include_background: bool = True,
+        dice_mode: str = MULTICLASS_MODE,
     ) -> None:
         super().__init__()
-        if class_weights is not None and len(class_weights) != num_classes:
-            raise ValueError(
-                f"loss class_weights has {len(class_weights)} values but num_classes is {num_classes}; "
-                "give one weight per class"
-            )
-        self.weights = {"ce": ce, "dice": dice, "focal": focal}
-        self.ce = nn.CrossEntropyLoss(
-            weight=torch.tensor(class_weights, dtype=torch.float32) if class_weights else None,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-        )
-        self.dice = DiceLoss(num_classes, ignore_index, include_background=dice_include_background)
-        self.focal = FocalLoss(focal_gamma, ignore_index=ignore_index)
+        self.weights = {"ce": float(ce), "dice": float(dice), "focal": float(focal)}
+        if not all(math.isfinite(w) and w >= 0 for w in self.weights.values()) or not any(self.weights.values()):
+            raise ValueError(f"loss weights {self.weights} must be >= 0 with at least one above 0")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"loss label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        ce_weight, self._ce_mode = _class_weight_values(class_weights, num_classes, "class_weights")
+        self.register_buffer("ce_weight", ce_weight)
+        self.dice = DiceLoss(num_classes, ignore_index, dice_smooth, dice_include_background, dice_mode)
+        self.focal = FocalLoss(num_classes, ignore_index, focal_gamma, focal_alpha)
+
+    @property
+    def class_weight_mode(self) -> str | None:
+        """The weight mode still to be computed from the training masks, or None."""
+        return self._ce_mode or self.focal.class_weight_mode
+
+    def set_class_weights(self, weights: torch.Tensor) -> None:
+        """Fill in every term whose weights were given as a mode (see ``class_weight_mode``)."""
+        if self._ce_mode is not None:
+            self.ce_weight.copy_(weights)
+            self._ce_mode = None
+        if self.focal.class_weight_mode is not None:
+            self.focal.set_class_weights(weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_target(target, self.num_classes, self.ignore_index)
         total = logits.new_zeros((), dtype=torch.float32)
-        for name, weight in self.weights.items():
-            if weight:
-                total = total + weight * getattr(self, name)(logits.float() if name == "ce" else logits, target)
+        if self.weights["ce"]:
+            ce = cross_entropy_loss(logits, target, self.ignore_index, self.ce_weight, self.label_smoothing)
+            total = total + self.weights["ce"] * ce
+        if self.weights["dice"]:
+            d = self.dice
+            total = total + self.weights["dice"] * soft_dice_loss(
+                logits, target, self.ignore_index, d.smooth, d.include_background, d.mode
+            )
+        if self.weights["focal"]:
+            f = self.focal
+            total = total + self.weights["focal"] * focal_loss(logits, target, self.ignore_index, f.gamma, f.alpha)
         return total

@@ -7,18 +7,23 @@ the metrics (torchmetrics), and the optimiser with a per-step learning-rate sche
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
+from segopt.class_weights import compute_class_weights
+from segopt.inference import TTA, SlidingWindow, masks_at_size, padded_logits, predict_probs
 from segopt.losses import CombinedLoss
 from segopt.models import UNet
 from segopt.schedules import OneCycle
@@ -45,6 +50,9 @@ class SegModule(pl.LightningModule):
             supervision); None weighs them equally.
         channels_last: run the backbone in channels-last memory format (weights and inputs),
             which convolution kernels on recent GPUs and CPUs often run faster.
+        tta: test-time augmentation for ``validate``, ``test`` and ``predict`` (off by default).
+        sliding_window: tiling and padding for ``validate``, ``test`` and ``predict``; the
+            validation inside ``fit`` uses only its ``pad_multiple``.
     """
 
     def __init__(
@@ -59,9 +67,13 @@ class SegModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = OneCycle,
         aux_weights: Sequence[float] | None = None,
         channels_last: bool = False,
+        tta: TTA | None = None,
+        sliding_window: SlidingWindow | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "scheduler"])
+        # How to infer is chosen per command, not stored: a checkpoint's hyperparameters
+        # override the command line when LightningCLI loads it.
+        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "scheduler", "tta", "sliding_window"])
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
@@ -78,15 +90,22 @@ class SegModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.aux_weights = list(aux_weights) if aux_weights else None
+        self.tta = tta or TTA()
+        self.sliding_window = sliding_window or SlidingWindow()
 
         per_class = dict(num_classes=num_classes, ignore_index=ignore_index, average="none", zero_division=float("nan"))
+        # IoU and the confusion matrix share one count (a torchmetrics compute group).
         self.val_metrics = MetricCollection(
             {
                 "iou": MulticlassJaccardIndex(**per_class),
                 "acc": MulticlassAccuracy(num_classes, ignore_index=ignore_index, average="micro"),
+                "confmat": MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index),
             }
         )
         self.test_metrics = self.val_metrics.clone()
+        #: Pixel counts ``[K,K]`` (rows: target, columns: prediction) of the last finished
+        #: validation epoch, for callbacks that draw it.
+        self.val_confusion: torch.Tensor | None = None
         self.val_miou_best = MaxMetric()
         # Kept in checkpoints so that a resumed run still knows its best epoch.
         self.val_miou_best.persistent(True)
@@ -114,13 +133,46 @@ class SegModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
+    @property
+    def val_confmat(self) -> MulticlassConfusionMatrix:
+        """The validation confusion-matrix metric, accumulating during the current epoch."""
+        return self.val_metrics["confmat"]  # type: ignore[return-value]
+
+    def setup(self, stage: str) -> None:
+        """Before fitting, compute class weights the loss asked for by mode (e.g. "median_frequency")."""
+        mode = getattr(self.criterion, "class_weight_mode", None)
+        if stage != "fit" or mode is None:
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "source"):
+            raise ValueError(
+                f"loss class weights {mode!r} are counted from a SegDataModule's training masks, "
+                "but this fit has none; pass a SegDataModule or give one weight per class"
+            )
+        samples = datamodule.source.split("train", datamodule.ignore_index)
+        weights = compute_class_weights(
+            mode, samples, self.num_classes, self.ignore_index, num_workers=datamodule.num_workers
+        )
+        self.criterion.set_class_weights(weights)
+        shown = ", ".join(f"{n}={w:.3g}" for n, w in zip(self.class_names, weights.tolist()))
+        rank_zero_info(f"segopt: class weights ({mode}) from {len(samples)} training masks: {shown}")
+
     def on_train_start(self) -> None:
-        # The sanity check ran validation; its numbers must not count as an epoch.
+        # The sanity check ran validation; its numbers must not count as an epoch. The best
+        # mIoU is left alone: the sanity check never updates it, and on resume it is restored.
         self.val_metrics.reset()
-        self.val_miou_best.reset()
+
+    def infer(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities ``[B,K,H,W]`` with this module's TTA and sliding window."""
+        return predict_probs(self, images, self.sliding_window, self.tta)
 
     def _eval_step(self, batch: dict[str, Any], stage: str, metrics: MetricCollection) -> None:
-        logits = self(batch["image"])
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            # One plain pass inside fit: checkpoint choice and epoch time must not depend on TTA.
+            logits = padded_logits(self, batch["image"], self.sliding_window.pad_multiple)
+        else:
+            # Log-probabilities serve as logits for the loss: softmax(log p) = p.
+            logits = self.infer(batch["image"]).clamp_min(1e-12).log()
         loss = self.criterion(logits, batch["mask"])
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=batch["image"].shape[0], sync_dist=True)
         metrics.update(logits.argmax(dim=1), batch["mask"])
@@ -135,9 +187,11 @@ class SegModule(pl.LightningModule):
         # Per class over the whole set, Dice = 2J / (1 + J): no second confusion count needed.
         self.log(f"{stage}/dice", (2 * iou / (1 + iou)).nanmean())
         self.log(f"{stage}/acc", values["acc"])
+        # Absent classes are logged as NaN so that every epoch has the same keys.
         for name, value in zip(self.class_names, iou):
-            if not torch.isnan(value):
-                self.log(f"{stage}/iou/{name}", value)
+            self.log(f"{stage}/iou/{name}", value)
+        if stage == "val":
+            self.val_confusion = values["confmat"].detach().cpu()
         metrics.reset()
         return miou
 
@@ -156,9 +210,17 @@ class SegModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", self.test_metrics)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Class-index masks ``[B,H,W]`` for the batch, with the sample indices."""
-        return {"mask": self(batch["image"]).argmax(dim=1), "index": batch["index"]}
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Per image, the class-index mask ``[H,W]`` at its original size, with the sample indices.
+
+        A batch from a prediction folder gives each image's size in the batch (``valid``)
+        and on disk (``size``); a batch from a data split is used as it is.
+        """
+        if len(batch["index"]) == 0:  # every image of this batch was unreadable
+            return {"mask": [], "index": []}
+        probs = self.infer(batch["image"])
+        valid = batch.get("valid", [tuple(probs.shape[-2:])] * len(probs))
+        return {"mask": masks_at_size(probs, valid, batch.get("size", valid)), "index": batch["index"]}
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """Callbacks the backbone asks for (e.g. encoder freezing), via its ``callbacks()`` hook."""
@@ -181,5 +243,40 @@ class SegModule(pl.LightningModule):
             group["lr"] *= group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, int(self.trainer.estimated_stepping_batches))
+        total_steps = self.trainer.estimated_stepping_batches
+        if math.isinf(total_steps):
+            raise ValueError(
+                "the learning-rate schedule is sized to the run, but the run has no end "
+                "(trainer.max_epochs -1 and no max_steps); set trainer.max_epochs or trainer.max_steps, "
+                "or set model.scheduler to null"
+            )
+        scheduler = self.scheduler_factory(optimizer, int(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """When resuming a fit, refuse a schedule whose planned length changed.
+
+        A schedule sized to the whole run (OneCycle, Cosine, Poly) restores the length it
+        was planned with; resumed into a longer run it would end early (OneCycle raises
+        "Tried to step N times" mid-training). Stretching it would bend the curve already
+        followed, so the run stops here, before any step, and says what to do.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING or self.scheduler_factory is None:
+            return
+        planned = [s["total_steps"] for s in checkpoint.get("lr_schedulers", []) if "total_steps" in s]
+        if not planned:
+            return
+        now = trainer.estimated_stepping_batches
+        if planned[0] == now:
+            return
+        per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        epochs = f" (max_epochs {planned[0] // per_epoch} at this run's {per_epoch} per epoch)" if per_epoch else ""
+        raise ValueError(
+            f"cannot resume: the checkpoint's learning-rate schedule was planned for {planned[0]} optimiser "
+            f"steps{epochs}, but this run's trainer settings give {now} (max_epochs {trainer.max_epochs}, "
+            f"max_steps {trainer.max_steps}, accumulate_grad_batches {trainer.accumulate_grad_batches}, "
+            f"{trainer.num_training_batches} training batches per epoch). To finish the planned run, resume "
+            "with the settings it was started with. To train longer, start a new fit without --ckpt_path "
+            "(a new schedule over the new length)."
+        )

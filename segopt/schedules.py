@@ -2,50 +2,168 @@
 
 Each is built as ``schedule(optimizer, total_steps)`` by :class:`segopt.module.SegModule`,
 which takes ``total_steps`` from ``trainer.estimated_stepping_batches`` (so gradient
-accumulation and ``max_epochs`` are accounted for) and steps it every optimiser step.
+accumulation, ``max_epochs`` and ``max_steps`` are accounted for) and steps it after every
+optimiser step. Step ``s`` (0-based) of the run trains with ``lr(s)``; the last optimiser
+step, ``total_steps - 1``, trains with the schedule's final learning rate.
+
+All are closed-form in the step count and keep their settings in ``state_dict()``, so a
+checkpoint restores the exact position on the curve.
 """
 
 from __future__ import annotations
 
+import math
+
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
+from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
+
+
+def _check_total_steps(name: str, total_steps: float) -> int:
+    if not math.isfinite(total_steps) or total_steps < 1:
+        raise ValueError(
+            f"{name} needs the run's length in optimiser steps but got total_steps={total_steps}; "
+            "set trainer.max_epochs (not -1) or trainer.max_steps, and check the training set is not empty"
+        )
+    return int(total_steps)
 
 
 class OneCycle(OneCycleLR):
     """OneCycleLR (the seed's schedule) with its length given by the Trainer.
 
+    Warm up from ``max_lr / div_factor`` to ``max_lr`` over ``pct_start`` of the run, then
+    anneal to ``max_lr / div_factor / final_div_factor``, reached at the last step.
+
     Args:
         optimizer: the wrapped optimiser.
         total_steps: number of optimiser steps in the whole run.
-        max_lr: peak learning rate.
+        max_lr: peak learning rate (times a group's ``lr_scale``); None takes each
+            group's ``lr`` from the optimiser.
         pct_start: fraction of the run spent warming up.
         div_factor: initial lr = max_lr / div_factor.
         final_div_factor: final lr = initial lr / final_div_factor.
+        anneal_strategy: "cos" or "linear".
+        cycle_momentum: cycle momentum (Adam's beta1) inversely to the learning rate.
+        three_phase: add a third phase that anneals to the final lr after returning to
+            the initial one (fast.ai's variant).
     """
 
     def __init__(
         self,
         optimizer: Optimizer,
         total_steps: int,
-        max_lr: float = 3e-4,
+        max_lr: float | None = None,
         pct_start: float = 0.3,
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        three_phase: bool = False,
     ) -> None:
+        total_steps = _check_total_steps("OneCycle", total_steps)
+        # Without max_lr each group peaks at its own lr; with it, a group's ``lr_scale``
+        # (e.g. a pretrained encoder's) scales that group's whole cycle.
+        if max_lr is None:
+            peaks = [group["lr"] for group in optimizer.param_groups]
+        else:
+            peaks = [max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
         super().__init__(
             optimizer,
-            # A group's ``lr_scale`` (e.g. a pretrained encoder's) scales its whole cycle.
-            max_lr=[max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups],
+            max_lr=peaks,
             total_steps=total_steps,
             pct_start=pct_start,
             div_factor=div_factor,
             final_div_factor=final_div_factor,
+            anneal_strategy=anneal_strategy,  # type: ignore[arg-type]
+            cycle_momentum=cycle_momentum,
+            three_phase=three_phase,
         )
 
 
-class Poly(LambdaLR):
-    """Polynomial decay ``lr * (1 - step / total_steps) ** power`` (DeepLab's schedule)."""
+class _WarmupDecay(LRScheduler):
+    """Linear warm-up from ``lr * warmup_start_factor`` to ``lr``, then a decay to ``lr * final_lr_factor``.
 
-    def __init__(self, optimizer: Optimizer, total_steps: int, power: float = 0.9) -> None:
-        self.total_steps, self.power = total_steps, power
-        super().__init__(optimizer, lambda step: max(0.0, 1 - step / total_steps) ** power)
+    ``lr`` is each parameter group's learning rate from the optimiser config.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup_pct: float = 0.0,
+        warmup_start_factor: float = 0.01,
+        final_lr_factor: float = 0.0,
+    ) -> None:
+        name = type(self).__name__
+        self.total_steps = _check_total_steps(name, total_steps)
+        if not 0 <= warmup_pct < 1:
+            raise ValueError(f"{name} warmup_pct must be in [0, 1), got {warmup_pct}")
+        if not 0 <= final_lr_factor <= 1 or not 0 <= warmup_start_factor <= 1:
+            raise ValueError(
+                f"{name} final_lr_factor ({final_lr_factor}) and warmup_start_factor ({warmup_start_factor}) "
+                "are fractions of the optimiser's lr and must be in [0, 1]"
+            )
+        self.warmup_steps = int(round(warmup_pct * self.total_steps))
+        self.warmup_start_factor = warmup_start_factor
+        self.final_lr_factor = final_lr_factor
+        super().__init__(optimizer)
+
+    def _decay(self, t: float) -> float:
+        """Decay from 1 at t=0 to 0 at t=1."""
+        raise NotImplementedError
+
+    def factor(self, step: int) -> float:
+        """Multiplier of the base lr at optimiser step ``step`` (held at its end value past the end)."""
+        if step < self.warmup_steps:
+            return self.warmup_start_factor + (1 - self.warmup_start_factor) * step / self.warmup_steps
+        span = max(1, self.total_steps - 1 - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        return self.final_lr_factor + (1 - self.final_lr_factor) * self._decay(t)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        f = self.factor(self.last_epoch)
+        return [base * f for base in self.base_lrs]
+
+
+class Cosine(_WarmupDecay):
+    """Cosine decay, with an optional linear warm-up (``warmup_pct`` of the run).
+
+    Args:
+        optimizer: the wrapped optimiser; its ``lr`` is the peak.
+        total_steps: number of optimiser steps in the whole run.
+        warmup_pct: fraction of the run spent warming up (0: none).
+        warmup_start_factor: warm-up starts at ``lr * warmup_start_factor``.
+        final_lr_factor: the last step trains with ``lr * final_lr_factor``.
+    """
+
+    def _decay(self, t: float) -> float:
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+
+class Poly(_WarmupDecay):
+    """Polynomial decay ``(1 - t) ** power`` (DeepLab's schedule), optional linear warm-up.
+
+    Args:
+        optimizer: the wrapped optimiser; its ``lr`` is the peak.
+        total_steps: number of optimiser steps in the whole run.
+        power: exponent of the decay.
+        warmup_pct: fraction of the run spent warming up (0: none).
+        warmup_start_factor: warm-up starts at ``lr * warmup_start_factor``.
+        final_lr_factor: the last step trains with ``lr * final_lr_factor``.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        power: float = 0.9,
+        warmup_pct: float = 0.0,
+        warmup_start_factor: float = 0.01,
+        final_lr_factor: float = 0.0,
+    ) -> None:
+        if power <= 0:
+            raise ValueError(f"Poly power must be > 0, got {power}")
+        self.power = power
+        super().__init__(optimizer, total_steps, warmup_pct, warmup_start_factor, final_lr_factor)
+
+    def _decay(self, t: float) -> float:
+        return (1 - t) ** self.power

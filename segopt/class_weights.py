@@ -1,0 +1,89 @@
+"""Class weights from the training masks: pixel counts and median-frequency balancing.
+
+Counts run over decoded masks (no augmentation), one ``np.bincount`` per mask, in loader
+worker processes when asked, so a few hundred masks take seconds. The data check can reuse
+:func:`class_pixel_counts` to report class balance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class _MaskCounts(Dataset):
+    """Per sample: (pixels of each class, valid pixels of the mask)."""
+
+    def __init__(self, samples: Dataset[Any], num_classes: int, ignore_index: int) -> None:
+        self.samples, self.num_classes, self.ignore_index = samples, num_classes, ignore_index
+
+    def __len__(self) -> int:
+        return len(self.samples)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        mask = np.asarray(self.samples[index][1]).ravel()
+        mask = mask[mask != self.ignore_index]
+        if mask.size and (mask.min() < 0 or mask.max() >= self.num_classes):
+            bad = int(mask.min()) if mask.min() < 0 else int(mask.max())
+            raise ValueError(
+                f"training mask #{index} holds value {bad}, neither a class id in [0, {self.num_classes}) "
+                f"nor ignore_index {self.ignore_index}; check num_classes and the mask decoding"
+            )
+        return np.bincount(mask, minlength=self.num_classes).astype(np.int64), int(mask.size)
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def class_pixel_counts(
+    samples: Dataset[Any], num_classes: int, ignore_index: int, num_workers: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Count labelled pixels over ``samples`` (items ``(image, mask)``; ``ignore_index`` skipped).
+
+    Returns ``(pixels, present_pixels)``, both int64 ``[K]``: the pixels of each class, and
+    the labelled pixels of the masks in which that class occurs at all.
+    """
+    pixels = np.zeros(num_classes, np.int64)
+    present = np.zeros(num_classes, np.int64)
+    counts = _MaskCounts(samples, num_classes, ignore_index)
+    loader = DataLoader(counts, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+    for class_pixels, total in loader:
+        pixels += class_pixels
+        present += np.where(class_pixels > 0, total, 0)
+    return pixels, present
+
+
+def median_frequency_weights(pixels: np.ndarray, present_pixels: np.ndarray) -> torch.Tensor:
+    """Median-frequency balancing (Eigen & Fergus, 2015): ``w_c = median(f) / f_c``.
+
+    ``f_c`` is the pixels of class c over the labelled pixels of the masks that contain c.
+    A class that never occurs gets weight 0: it has no pixel for the weight to act on.
+    """
+    pixels = np.asarray(pixels, np.float64)
+    present_pixels = np.asarray(present_pixels, np.float64)
+    seen = pixels > 0
+    if not seen.any():
+        raise ValueError("no labelled pixel in the training masks: every pixel equals ignore_index")
+    freq = np.zeros_like(pixels)
+    freq[seen] = pixels[seen] / present_pixels[seen]
+    weights = np.zeros_like(pixels)
+    weights[seen] = np.median(freq[seen]) / freq[seen]
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+#: Modes accepted wherever a loss takes class weights; each maps pixel counts to weights.
+CLASS_WEIGHT_MODES = {"median_frequency": median_frequency_weights}
+
+
+def compute_class_weights(
+    mode: str, samples: Dataset[Any], num_classes: int, ignore_index: int, num_workers: int = 0
+) -> torch.Tensor:
+    """Weights ``[K]`` for ``mode`` (a key of ``CLASS_WEIGHT_MODES``) from the masks of ``samples``."""
+    if mode not in CLASS_WEIGHT_MODES:
+        raise ValueError(f"class weight mode {mode!r} is unknown; use one of {sorted(CLASS_WEIGHT_MODES)}")
+    pixels, present = class_pixel_counts(samples, num_classes, ignore_index, num_workers)
+    return CLASS_WEIGHT_MODES[mode](pixels, present)
