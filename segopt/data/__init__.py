@@ -1,8 +1,25 @@
-"""Data: sources, joint transforms and the datamodule."""
+"""Data: sources, mask decoding, joint transforms and the datamodule."""
 
 from segopt.data.datamodule import SegDataModule
-from segopt.data.datasets import SegSource, TransformedDataset
+from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
+from segopt.data.files import DataError
+from segopt.data.folder import PairedFolder
+from segopt.data.masks import BinaryMask, IndexMask, MaskDecoder, PaletteMask
 from segopt.data.synthetic import SyntheticShapes
 from segopt.data.transforms import Augment, Normalize
 
-__all__ = ["Augment", "Normalize", "SegDataModule", "SegSource", "SyntheticShapes", "TransformedDataset"]
+__all__ = [
+    "Augment",
+    "BinaryMask",
+    "CachedSamples",
+    "DataError",
+    "IndexMask",
+    "MaskDecoder",
+    "Normalize",
+    "PairedFolder",
+    "PaletteMask",
+    "SegDataModule",
+    "SegSource",
+    "SyntheticShapes",
+    "TransformedDataset",
+]

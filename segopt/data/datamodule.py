@@ -8,21 +8,36 @@ import cv2
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, get_worker_info
 
-from segopt.data.datasets import SegSource, TransformedDataset
+from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
+from segopt.data.files import DataError
 from segopt.data.synthetic import SyntheticShapes
-from segopt.data.transforms import Augment, Normalize, eval_transform, train_transform
+from segopt.data.transforms import (
+    Augment,
+    Normalize,
+    ResizeMode,
+    eval_transform,
+    load_pipeline,
+    train_transform,
+)
 
 
 def _worker_init(worker_id: int) -> None:
     # OpenCV's own thread pool fights the loader workers for cores; one thread per worker.
     cv2.setNumThreads(0)
-    # torch seeds each worker from the loader's generator; numpy and random follow it so a
-    # fixed seed gives the same augmentations on every run.
-    seed = torch.initial_seed() % 2**32
+    # torch gives each worker base_seed + worker_id, base_seed drawn from the (seeded) global
+    # generator. albumentations keeps its own random state and ignores numpy's, so the
+    # pipeline is reseeded explicitly; mixing in the rank keeps DDP ranks from repeating
+    # each other's augmentations.
+    info = get_worker_info()
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    seed = int(np.random.SeedSequence([info.seed if info else torch.initial_seed(), rank]).generate_state(1)[0])
     np.random.seed(seed)
     random.seed(seed)
+    if info is not None and isinstance(info.dataset, TransformedDataset):
+        info.dataset.reseed(seed)
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -36,8 +51,19 @@ class SegDataModule(pl.LightningDataModule):
             and the fill of rotated-in pixels are mapped to it.
         augment: the training augmentation (the seed's recipe by default).
         normalize: per-channel mean/std applied after scaling to [0, 1].
-        train_size: (height, width) training images are resized to; None keeps them.
-        eval_size: (height, width) for validation/test; None keeps the original size.
+        train_size: (height, width) of training images; None keeps them as they are.
+        eval_size: (height, width) for validation/test (resized); None keeps the original size.
+        resize_mode: how training images reach ``train_size``: "resize" scales the whole
+            image, "crop" takes a random crop at full resolution (smaller images padded,
+            mask padding = ``ignore_index``).
+        train_pipeline: a file saved by ``albumentations.save`` (.yaml/.json) that replaces
+            ``augment``; ``train_size`` still applies first, normalisation is appended
+            unless the file ends with it.
+        cache: decode every sample once, up front, and keep it in memory (fast epochs for
+            data sets that fit in RAM; all bad files are reported before training).
+        pin_memory: page-locked batches for faster host→GPU copies; None turns it on when
+            training on a CUDA GPU.
+        persistent_workers: keep loader workers alive between epochs.
     """
 
     def __init__(
@@ -50,6 +76,11 @@ class SegDataModule(pl.LightningDataModule):
         normalize: Normalize | None = None,
         train_size: tuple[int, int] | None = None,
         eval_size: tuple[int, int] | None = None,
+        resize_mode: ResizeMode = "resize",
+        train_pipeline: str | None = None,
+        cache: bool = False,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
     ) -> None:
         super().__init__()
         self.source = source if source is not None else SyntheticShapes()
@@ -60,6 +91,12 @@ class SegDataModule(pl.LightningDataModule):
         self.normalize = normalize or Normalize()
         self.train_size = train_size
         self.eval_size = eval_size
+        self.resize_mode = resize_mode
+        self.train_pipeline = train_pipeline
+        self.cache = cache
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self._validate()
         self._splits: dict[str, TransformedDataset] = {}
 
     @property
@@ -74,29 +111,66 @@ class SegDataModule(pl.LightningDataModule):
     def in_channels(self) -> int:
         return self.source.in_channels
 
+    def _validate(self) -> None:
+        """Every cheap check (paths, pairing, headers, config), before a run writes anything."""
+        if 0 <= self.ignore_index < self.num_classes:
+            raise DataError(
+                f"data.ignore_index is {self.ignore_index}, which is the id of class "
+                f"{self.class_names[self.ignore_index]!r}; pick a value outside 0..{self.num_classes - 1} (e.g. 255)"
+            )
+        self.source.validate()
+        if self.train_pipeline is not None:
+            load_pipeline(self.train_pipeline)
+
+    def setup(self, stage: str) -> None:
+        # Built here, in the main process, so a cache is filled once and shared by forked workers.
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": [self._eval_split()]}.get(stage, [])
+        for split in splits:
+            self.dataset(split)
+
+    def _eval_split(self) -> str:
+        return "test" if self.source.has_split("test") else "val"
+
     def dataset(self, split: str) -> TransformedDataset:
         """The transformed dataset of ``split``, built once."""
         if split not in self._splits:
             samples = self.source.split(split, self.ignore_index)
+            if self.cache:
+                samples = CachedSamples(samples)
+            check = None
             if split == "train":
+                # Seeded from torch's global seed so a fixed seed reproduces the augmentation
+                # in the main process; loader workers reseed it (see _worker_init).
                 transform = train_transform(
-                    self.augment, self.ignore_index, self.train_size, self.normalize, self.in_channels
+                    self.augment,
+                    self.ignore_index,
+                    self.train_size,
+                    self.normalize,
+                    self.in_channels,
+                    mode=self.resize_mode,
+                    pipeline=self.train_pipeline,
+                    seed=torch.initial_seed() % 2**32,
                 )
+                if self.train_pipeline is not None:
+                    check = (self.num_classes, self.ignore_index)
             else:
                 transform = eval_transform(self.eval_size, self.normalize, self.in_channels)
-            self._splits[split] = TransformedDataset(samples, transform)
+            self._splits[split] = TransformedDataset(samples, transform, check_mask=check)
         return self._splits[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        on_gpu = self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        pin = self.pin_memory
+        if pin is None:
+            pin = self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        dataset = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            drop_last=shuffle and len(self.dataset(split)) > self.batch_size,
+            drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
-            pin_memory=on_gpu,
-            persistent_workers=self.num_workers > 0,
+            pin_memory=pin,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
             worker_init_fn=_worker_init,
         )
 
@@ -107,7 +181,7 @@ class SegDataModule(pl.LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test" if self.source.has_split("test") else "val", shuffle=False)
+        return self._loader(self._eval_split(), shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test" if self.source.has_split("test") else "val", shuffle=False)

@@ -1,20 +1,25 @@
 """Data sources and the dataset that applies a joint image+mask transform.
 
 A *source* knows where samples come from (generated, folders on disk) and what the
-classes are; it yields decoded pairs ``(image uint8 [H,W,C], mask int64 [H,W])`` with
-void already mapped to ``ignore_index``. The datamodule wraps each split in
-:class:`TransformedDataset`, which applies one albumentations pipeline to both arrays.
+classes are; it yields decoded pairs ``(image uint8 [H,W,C], mask integer [H,W])`` with
+void already mapped to ``ignore_index``. Masks may be any integer dtype (file sources use
+uint8 where the ids fit: OpenCV warps it fastest); :class:`TransformedDataset` applies one
+albumentations pipeline to both arrays and returns the mask as int64.
 """
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from segopt.data.files import DataError
 
 Sample = tuple[np.ndarray, np.ndarray]
 
@@ -39,25 +44,92 @@ class SegSource(ABC):
         """Whether split ``name`` exists (the test split often does not)."""
         return name in ("train", "val")
 
+    def validate(self) -> None:
+        """Raise :class:`DataError` listing every problem found cheaply (paths, pairing, headers).
+
+        Called when the datamodule is built, i.e. before a run writes anything.
+        """
+
+
+class CachedSamples(Dataset):
+    """Every sample of ``samples`` decoded once, up front, and kept in memory.
+
+    Decoding happens in the main process (threads: the decoders release the GIL), so that
+    forked loader workers share the arrays instead of each decoding its own copy. Every
+    bad file is reported in one :class:`DataError`.
+    """
+
+    def __init__(self, samples: Dataset[Sample], threads: int | None = None) -> None:
+        count = len(samples)  # type: ignore[arg-type]
+        threads = threads or min(8, os.cpu_count() or 1)
+        problems: list[str] = []
+
+        def load(i: int) -> Sample | None:
+            try:
+                return samples[i]
+            except DataError as err:
+                problems.extend(err.problems)
+                return None
+
+        with ThreadPoolExecutor(threads) as pool:
+            items = list(pool.map(load, range(count)))
+        if problems:
+            raise DataError(problems, header="decoding the data set for the cache")
+        self.items: list[Sample] = items  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.items[index]
+
 
 class TransformedDataset(Dataset):
     """Applies one albumentations ``Compose`` jointly to image and mask.
 
     Returns ``{"image": float [C,H,W], "mask": int64 [H,W], "index": int}``.
+
+    Args:
+        samples: decoded ``(image, mask)`` pairs.
+        transform: called as ``transform(image=, mask=)``.
+        check_mask: ``(num_classes, ignore_index)`` to verify every transformed mask holds
+            only class ids or ``ignore_index`` (used for user-supplied pipelines).
     """
 
-    def __init__(self, samples: Dataset[Sample], transform: Callable[..., dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        samples: Dataset[Sample],
+        transform: Callable[..., dict[str, Any]],
+        check_mask: tuple[int, int] | None = None,
+    ) -> None:
         self.samples = samples
         self.transform = transform
+        self.check_mask = check_mask
 
     def __len__(self) -> int:
         return len(self.samples)  # type: ignore[arg-type]
 
+    def reseed(self, seed: int) -> None:
+        """Seed the transform's own random state (albumentations ignores numpy's global one)."""
+        set_seed = getattr(self.transform, "set_random_seed", None)
+        if set_seed is not None:
+            set_seed(seed)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.samples[index]
         out = self.transform(image=image, mask=mask)
-        return {
-            "image": out["image"],
-            "mask": torch.as_tensor(out["mask"]).long(),
-            "index": index,
-        }
+        mask_out = torch.as_tensor(out["mask"]).long()
+        if self.check_mask is not None:
+            self._check(mask_out, index)
+        return {"image": out["image"], "mask": mask_out, "index": index}
+
+    def _check(self, mask: torch.Tensor, index: int) -> None:
+        num_classes, ignore_index = self.check_mask  # type: ignore[misc]
+        bad = ((mask < 0) | (mask >= num_classes)) & (mask != ignore_index)
+        if bad.any():
+            values = sorted(set(mask[bad].unique().tolist()))[:6]
+            raise DataError(
+                f"sample {index}: after the training pipeline the mask holds {values}, which are neither class "
+                f"ids (0..{num_classes - 1}) nor ignore_index ({ignore_index}); in the pipeline file give every "
+                f"padding/rotation fill_mask: {ignore_index} and mask_interpolation: 0 (nearest)"
+            )

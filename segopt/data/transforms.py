@@ -2,21 +2,28 @@
 
 Both are albumentations pipelines called as ``t(image=..., mask=...)`` so that every
 geometric change hits image and mask together. Masks are always resampled
-nearest-neighbour (a bilinear mask invents class ids), and pixels that a rotation or
-shear brings in from outside the image are filled with ``ignore_index`` in the mask:
-they have no label, and calling them background would teach the model a lie.
+nearest-neighbour (a bilinear mask invents class ids), and pixels that a rotation, shear
+or crop padding brings in from outside the image are filled with ``ignore_index`` in the
+mask: they have no label, and calling them background would teach the model a lie.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+from segopt.data.files import DataError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: How training images reach ``train_size``: scaled whole, or a random crop at full resolution.
+ResizeMode = Literal["resize", "crop"]
 
 
 @dataclass
@@ -26,20 +33,33 @@ class Augment:
     Args:
         enabled: False trains on un-augmented images (for ablations).
         hflip: probability of a horizontal flip.
+        vflip: probability of a vertical flip (0 in the seed; useful for aerial/EM images).
         rotate: maximum rotation in degrees (uniform in ±rotate).
         shear: maximum shear in degrees (uniform in ±shear).
-        affine_p: probability of applying the rotation+shear.
-        brightness, contrast, saturation: colour-jitter strengths.
+        scale: range of the affine zoom factor; (1, 1) keeps the scale.
+        translate: maximum shift as a fraction of the image side (uniform in ±translate).
+        affine_p: probability of applying rotation, shear, scale and shift.
+        brightness, contrast, saturation, hue: colour-jitter strengths (saturation and hue
+            apply to RGB images only).
+        jitter_p: probability of applying the colour jitter.
+        fill: image value for pixels brought in by rotation, shear or crop padding (the
+            mask always gets ``ignore_index``).
     """
 
     enabled: bool = True
     hflip: float = 0.5
+    vflip: float = 0.0
     rotate: float = 15.0
     shear: float = 10.0
+    scale: tuple[float, float] = (1.0, 1.0)
+    translate: float = 0.0
     affine_p: float = 1.0
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
+    hue: float = 0.0
+    jitter_p: float = 1.0
+    fill: float = 0.0
 
 
 @dataclass
@@ -50,13 +70,88 @@ class Normalize:
     std: tuple[float, ...] = field(default=IMAGENET_STD)
 
 
-def _finish(size: tuple[int, int] | None, norm: Normalize, in_channels: int) -> list[A.BasicTransform]:
-    steps: list[A.BasicTransform] = []
-    if size is not None:
-        steps.append(A.Resize(*size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+def _size_step(size: tuple[int, int], mode: ResizeMode, ignore_index: int, fill: float) -> A.BasicTransform:
+    if mode == "crop":
+        # Images smaller than the crop are padded; the padding is unlabelled, hence ignore_index.
+        return A.RandomCrop(
+            *size, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=ignore_index
+        )
+    if mode == "resize":
+        return A.Resize(*size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)
+    raise ValueError(f"resize_mode is {mode!r}; use 'resize' (scale the whole image) or 'crop' (random crop)")
+
+
+def _finish(norm: Normalize, in_channels: int) -> list[A.BasicTransform]:
     mean, std = norm.mean[:in_channels], norm.std[:in_channels]
-    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+
+
+def augmentation(augment: Augment, ignore_index: int, in_channels: int = 3) -> list[A.BasicTransform]:
+    """The seed's joint augmentation: flips, rotation+shear (+scale, shift), colour jitter."""
+    if not augment.enabled:
+        return []
+    steps: list[A.BasicTransform] = [A.HorizontalFlip(p=augment.hflip)]
+    if augment.vflip > 0:
+        steps.append(A.VerticalFlip(p=augment.vflip))
+    steps.append(
+        A.Affine(
+            rotate=(-augment.rotate, augment.rotate),
+            shear=(-augment.shear, augment.shear),
+            scale=tuple(augment.scale),
+            translate_percent=(-augment.translate, augment.translate),
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST,
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=augment.fill,
+            fill_mask=ignore_index,
+            p=augment.affine_p,
+        )
+    )
+    if in_channels == 3:
+        jitter: A.BasicTransform = A.ColorJitter(
+            brightness=augment.brightness,
+            contrast=augment.contrast,
+            saturation=augment.saturation,
+            hue=augment.hue,
+            p=augment.jitter_p,
+        )
+    else:
+        jitter = A.RandomBrightnessContrast(
+            brightness_limit=augment.brightness, contrast_limit=augment.contrast, p=augment.jitter_p
+        )
+    steps.append(jitter)
     return steps
+
+
+def load_pipeline(path: str | Path) -> A.Compose:
+    """Read a pipeline saved by ``albumentations.save`` (``.json``, ``.yaml`` or ``.yml``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"data.train_pipeline {path} does not exist (resolved: {path.resolve()}); write one with "
+            "albumentations.save(pipeline, path, data_format='yaml'), or set train_pipeline: null"
+        )
+    fmt = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
+    try:
+        pipeline = A.load(str(path), data_format=fmt)
+    except Exception as err:  # noqa: BLE001 (albumentations raises many kinds; all mean "bad file")
+        raise DataError(
+            f"data.train_pipeline {path}: not a pipeline albumentations can load ({type(err).__name__}: {err}); "
+            "write it with albumentations.save(pipeline, path, data_format='yaml')"
+        ) from None
+    if not isinstance(pipeline, A.Compose):
+        pipeline = A.Compose([pipeline])
+    return pipeline
+
+
+def _complete(pipeline: A.Compose, norm: Normalize, in_channels: int) -> list[A.BasicTransform]:
+    """A user pipeline plus whatever of normalise + to-tensor it lacks at its end."""
+    steps = list(pipeline.transforms)
+    if steps and isinstance(steps[-1], ToTensorV2):
+        return steps
+    if any(isinstance(t, A.Normalize) for t in steps):
+        return [*steps, ToTensorV2()]
+    return steps + _finish(norm, in_channels)
 
 
 def train_transform(
@@ -65,43 +160,30 @@ def train_transform(
     size: tuple[int, int] | None = None,
     norm: Normalize | None = None,
     in_channels: int = 3,
+    mode: ResizeMode = "resize",
+    pipeline: str | Path | None = None,
+    seed: int | None = None,
 ) -> A.Compose:
-    """The training pipeline: the seed's augmentation, then resize and normalise."""
+    """The training pipeline: size (resize or crop), augmentation, normalisation.
+
+    Sizing comes first so the augmentation works on the smaller image. ``pipeline``, a
+    file saved by ``albumentations.save``, replaces ``augment``; it is completed with
+    normalisation and to-tensor unless it already ends with them.
+    """
     norm = norm or Normalize()
     steps: list[A.BasicTransform] = []
-    if augment.enabled:
-        steps.append(A.HorizontalFlip(p=augment.hflip))
-        steps.append(
-            A.Affine(
-                rotate=(-augment.rotate, augment.rotate),
-                shear=(-augment.shear, augment.shear),
-                interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=ignore_index,
-                p=augment.affine_p,
-            )
-        )
-        if in_channels == 3:
-            steps.append(
-                A.ColorJitter(
-                    brightness=augment.brightness,
-                    contrast=augment.contrast,
-                    saturation=augment.saturation,
-                    hue=0.0,
-                    p=1.0,
-                )
-            )
-        else:
-            steps.append(
-                A.RandomBrightnessContrast(
-                    brightness_limit=augment.brightness, contrast_limit=augment.contrast, p=1.0
-                )
-            )
-    return A.Compose(steps + _finish(size, norm, in_channels))
+    if size is not None:
+        steps.append(_size_step(tuple(size), mode, ignore_index, augment.fill))  # type: ignore[arg-type]
+    if pipeline is not None:
+        steps += _complete(load_pipeline(pipeline), norm, in_channels)
+    else:
+        steps += augmentation(augment, ignore_index, in_channels) + _finish(norm, in_channels)
+    return A.Compose(steps, seed=seed)
 
 
 def eval_transform(size: tuple[int, int] | None = None, norm: Normalize | None = None, in_channels: int = 3) -> A.Compose:
     """The evaluation pipeline: deterministic resize (optional) and normalisation."""
-    return A.Compose(_finish(size, norm or Normalize(), in_channels))
+    steps: list[A.BasicTransform] = []
+    if size is not None:
+        steps.append(A.Resize(*size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+    return A.Compose(steps + _finish(norm or Normalize(), in_channels))

@@ -1,0 +1,325 @@
+"""PairedFolder: images in one folder, masks in another, paired by file stem.
+
+Covers the common layouts with config alone: CamVid/SegNet (``train/`` + ``trainannot/``),
+ISBI membranes (``train/image`` + ``train/label``, validation held out by a seeded
+fraction), and any data set with split-list files. Indexing reads names and file headers
+only, so every pairing, path, size and channel problem is reported at once, before a
+run writes anything; pixel values are checked as each mask is decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from segopt.data.datasets import Sample, SegSource
+from segopt.data.files import EXTENSIONS, DataError, Header, read_header, read_image, read_mask
+from segopt.data.masks import IndexMask, MaskDecoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image file and its mask file, with their headers."""
+
+    image: Path
+    mask: Path
+    image_header: Header
+    mask_header: Header
+
+
+@dataclass
+class FolderIndex:
+    """The pairs of every split, and what is wrong (problems) or merely worth saying (notes)."""
+
+    pairs: dict[str, list[Pair]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class FolderSplit(Dataset):
+    """Decoded samples of one split of a :class:`PairedFolder`."""
+
+    def __init__(self, pairs: list[Pair], decoder: MaskDecoder, num_classes: int, in_channels: int, ignore_index: int) -> None:
+        self.pairs = pairs
+        self.decoder = decoder
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.ignore_index = ignore_index
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Sample:
+        pair = self.pairs[index]
+        image = read_image(pair.image, self.in_channels)
+        raw = read_mask(pair.mask, self.decoder.colour)
+        if raw.shape[:2] != image.shape[:2]:
+            raise DataError(
+                f"{pair.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but image {pair.image} is "
+                f"{image.shape[1]}x{image.shape[0]}; a mask must have its image's size"
+            )
+        return image, self.decoder.decode(raw, pair.mask, self.num_classes, self.ignore_index)
+
+
+def _files_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        problems.append(f"folder {folder} {what} (resolved: {folder.resolve()}); fix root or the folder names")
+        return {}
+    found: dict[str, Path] = {}
+    others: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in EXTENSIONS:
+            others.append(path.name)
+            continue
+        if path.stem in found:
+            problems.append(
+                f"{folder}: {found[path.stem].name} and {path.name} share the stem {path.stem!r}, so the pairing "
+                "is ambiguous; remove or rename one"
+            )
+            continue
+        found[path.stem] = path
+    if not found:
+        extra = f" (it holds {len(others)} other entries, e.g. {others[:3]})" if others else " (it is empty)"
+        problems.append(
+            f"folder {folder} has no image files with extensions {', '.join(EXTENSIONS)}{extra}; fix the path"
+        )
+    return found
+
+
+def _listed_stems(path: Path, problems: list[str]) -> list[str] | None:
+    if not path.is_file():
+        problems.append(f"split list {path} does not exist (resolved: {path.resolve()}); fix split_lists")
+        return None
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    # Entries may be bare stems, file names or paths: "a", "a.png", "images/a.png".
+    return [Path(line).stem for line in lines if line and not line.startswith("#")]
+
+
+class PairedFolder(SegSource):
+    """A data set on disk: per split an image folder and a mask folder, paired by file stem.
+
+    Extensions may differ between an image and its mask (``a.jpg`` ↔ ``a.png``). Folder
+    and list paths are relative to ``root``; ``root`` is relative to the working directory.
+
+    Args:
+        root: the data set's folder.
+        class_names: one name per class, in class-id order (their count is num_classes).
+        image_dirs: split → image folder, e.g. ``{train: train, val: val}``.
+        mask_dirs: split → mask folder, with the same splits as ``image_dirs``.
+        split_lists: optional split → text file of stems (one per line) selecting that
+            split's pairs from its folders; lets several splits share one folder.
+        val_fraction: when ``image_dirs`` has no ``val``, the fraction of training pairs
+            held out for validation (chosen by ``val_seed``).
+        val_seed: seed of that hold-out choice.
+        masks: how mask pixels become class ids (class ids by default; see segopt.data.masks).
+        in_channels: 3 for RGB, 1 for grey. Grey files are converted to 3 channels when this
+            is 3 (a note is logged); colour files are refused when it is 1.
+        num_classes: optional; when given it must equal ``len(class_names)``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        class_names: list[str],
+        image_dirs: dict[str, str] | None = None,
+        mask_dirs: dict[str, str] | None = None,
+        split_lists: dict[str, str] | None = None,
+        val_fraction: float = 0.0,
+        val_seed: int = 0,
+        masks: MaskDecoder | None = None,
+        in_channels: int = 3,
+        num_classes: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.class_names = list(class_names)
+        self.image_dirs = dict(image_dirs or {"train": "train", "val": "val"})
+        self.mask_dirs = dict(mask_dirs or {"train": "trainannot", "val": "valannot"})
+        self.split_lists = dict(split_lists or {})
+        self.val_fraction = val_fraction
+        self.val_seed = val_seed
+        self.masks = masks if masks is not None else IndexMask()
+        self.in_channels = in_channels
+        self.declared_num_classes = num_classes
+        self._index: FolderIndex | None = None
+        self._noted = False
+
+    # -- indexing (names and headers only) -------------------------------------------
+
+    @property
+    def index(self) -> FolderIndex:
+        """Pairs per split and every problem found, computed once from names and headers."""
+        if self._index is None:
+            self._index = self._build_index()
+        return self._index
+
+    def _config_problems(self) -> list[str]:
+        problems = []
+        if not self.class_names:
+            problems.append("class_names is empty; list one name per class")
+        if self.declared_num_classes is not None and self.declared_num_classes != len(self.class_names):
+            problems.append(
+                f"num_classes is {self.declared_num_classes} but class_names has {len(self.class_names)} names "
+                f"({self.class_names}); make them agree (or drop num_classes)"
+            )
+        if self.in_channels not in (1, 3):
+            problems.append(f"in_channels is {self.in_channels}; use 3 (RGB) or 1 (grey)")
+        if set(self.image_dirs) != set(self.mask_dirs):
+            problems.append(
+                f"image_dirs has splits {sorted(self.image_dirs)} but mask_dirs has {sorted(self.mask_dirs)}; "
+                "give each split both an image and a mask folder"
+            )
+        unknown = sorted(set(self.split_lists) - set(self.image_dirs))
+        if unknown:
+            problems.append(f"split_lists names split(s) {unknown} that image_dirs lacks ({sorted(self.image_dirs)})")
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append(f"val_fraction is {self.val_fraction}; use a fraction in [0, 1), e.g. 0.2")
+        elif "val" in self.image_dirs and self.val_fraction > 0:
+            problems.append(
+                f"val_fraction is {self.val_fraction} but image_dirs already has a val folder; use one or the other"
+            )
+        elif "val" not in self.image_dirs and self.val_fraction == 0:
+            problems.append("no validation split: add image_dirs.val and mask_dirs.val, or set val_fraction (e.g. 0.2)")
+        if "train" not in self.image_dirs:
+            problems.append(f"image_dirs has no train split (splits: {sorted(self.image_dirs)}); add image_dirs.train")
+        return problems + self.masks.config_problems(self.class_names)
+
+    def _build_index(self) -> FolderIndex:
+        index = FolderIndex(problems=self._config_problems())
+        if not self.root.is_dir():
+            index.problems.append(
+                f"data root {self.root} does not exist (resolved: {self.root.resolve()}); set "
+                "data.source.init_args.root to the data set's folder (relative to where you run segopt)"
+            )
+            return index
+        grey_images: list[Path] = []
+        for split in sorted(set(self.image_dirs) & set(self.mask_dirs)):
+            pairs = self._pair(split, index.problems)
+            for pair in pairs:
+                self._check_headers(pair, index.problems, grey_images)
+            index.pairs[split] = pairs
+        if grey_images:
+            index.notes.append(
+                f"{len(grey_images)} grey image(s) (e.g. {grey_images[0]}) are converted to 3 channels because "
+                "in_channels is 3; set in_channels: 1 if the whole data set is grey"
+            )
+        if "val" not in self.image_dirs and "train" in index.pairs and 0 < self.val_fraction < 1:
+            self._hold_out(index)
+        return index
+
+    def _pair(self, split: str, problems: list[str]) -> list[Pair]:
+        image_dir = self.root / self.image_dirs[split]
+        mask_dir = self.root / self.mask_dirs[split]
+        images = _files_by_stem(image_dir, problems)
+        masks = _files_by_stem(mask_dir, problems)
+        if not images or not masks:
+            return []
+        stems = sorted(images)
+        if split in self.split_lists:
+            listed = _listed_stems(self.root / self.split_lists[split], problems)
+            if listed is None:
+                return []
+            missing = [s for s in listed if s not in images]
+            if missing:
+                problems.append(
+                    f"split list {self.root / self.split_lists[split]} names {len(missing)} stem(s) with no image in "
+                    f"{image_dir}: {missing[:5]}; fix the list or add the images"
+                )
+            stems = [s for s in dict.fromkeys(listed) if s in images]
+        else:
+            orphans = sorted(set(masks) - set(images))
+            if orphans:
+                problems.append(
+                    f"{len(orphans)} mask(s) without an image in {image_dir}, e.g. {masks[orphans[0]]}; "
+                    "add the images or remove the masks"
+                )
+        lonely = [s for s in stems if s not in masks]
+        if lonely:
+            problems.append(
+                f"{len(lonely)} image(s) without a mask in {mask_dir}, e.g. {images[lonely[0]]} (expected "
+                f"{mask_dir / lonely[0]}.png or another image extension); add the masks or remove the images"
+            )
+        pairs = []
+        for stem in stems:
+            if stem not in masks:
+                continue
+            try:
+                pairs.append(Pair(images[stem], masks[stem], read_header(images[stem]), read_header(masks[stem])))
+            except DataError as err:
+                problems.extend(err.problems)
+        return pairs
+
+    def _check_headers(self, pair: Pair, problems: list[str], grey_images: list[Path]) -> None:
+        img, msk = pair.image_header, pair.mask_header
+        if (img.width, img.height) != (msk.width, msk.height):
+            problems.append(
+                f"{pair.mask}: mask is {msk.size} but its image {pair.image} is {img.size}; a mask must have "
+                "its image's size (re-export it, resizing with nearest neighbour if at all)"
+            )
+        if img.grey and self.in_channels == 3:
+            grey_images.append(pair.image)
+        elif not img.grey and self.in_channels == 1:
+            problems.append(
+                f"{pair.image}: image is colour ({img.mode}) but in_channels is 1; set in_channels: 3, "
+                "or convert the images to grey"
+            )
+        if self.masks.colour and msk.grey:
+            problems.append(
+                f"{pair.mask}: mask is grey ({msk.mode}) but {type(self.masks).__name__} expects RGB colours; "
+                "use IndexMask or BinaryMask for grey masks"
+            )
+        elif not self.masks.colour and msk.mode not in ("P",) and not msk.grey:
+            problems.append(
+                f"{pair.mask}: mask is colour ({msk.mode}) but {type(self.masks).__name__} expects one channel; "
+                "use PaletteMask with the class colours, or save the masks as 8-bit grey class ids"
+            )
+
+    def _hold_out(self, index: FolderIndex) -> None:
+        train = index.pairs["train"]
+        n_val = round(len(train) * self.val_fraction)
+        if n_val < 1 or n_val >= len(train):
+            index.problems.append(
+                f"val_fraction {self.val_fraction} of {len(train)} training pairs leaves {n_val} for validation "
+                f"and {len(train) - n_val} for training; pick a fraction that leaves at least one of each"
+            )
+            return
+        held = set(np.random.default_rng(self.val_seed).permutation(len(train))[:n_val].tolist())
+        index.pairs["val"] = [p for i, p in enumerate(train) if i in held]
+        index.pairs["train"] = [p for i, p in enumerate(train) if i not in held]
+
+    # -- SegSource --------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise one :class:`DataError` listing every pairing, path, size and channel problem."""
+        index = self.index
+        if index.problems:
+            raise DataError(index.problems, header=f"data set {self.root}")
+        if not self._noted:
+            self._noted = True
+            for note in index.notes:
+                log.warning("segopt: %s", note)
+
+    def has_split(self, name: str) -> bool:
+        return name in self.index.pairs
+
+    def split(self, name: str, ignore_index: int) -> FolderSplit:
+        self.validate()
+        if name not in self.index.pairs:
+            raise KeyError(f"data set {self.root} has no split {name!r}; it has {sorted(self.index.pairs)}")
+        return FolderSplit(self.index.pairs[name], self.masks, self.num_classes, self.in_channels, ignore_index)
+
+    def summary(self) -> dict[str, object]:
+        """Counts per split and image sizes, for reports."""
+        return {
+            split: {"pairs": len(pairs), "sizes": dict(Counter(p.image_header.size for p in pairs))}
+            for split, pairs in self.index.pairs.items()
+        }

@@ -1,0 +1,227 @@
+"""Mask decoding: the raw values of a mask file → class ids, with void → ``ignore_index``.
+
+Three formats, chosen in YAML by ``class_path``:
+
+- :class:`IndexMask`: pixel value = class id (CamVid, Cityscapes train ids, VOC);
+- :class:`BinaryMask`: foreground/background by a threshold (0/255 masks → 0/1);
+- :class:`PaletteMask`: RGB colour-coded masks, one colour per class.
+
+A value that is neither a class nor declared void is an error naming the file, the value
+and the fix; it is never clamped or silently ignored, since that is how wrong labels
+train unnoticed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from segopt.data.files import DataError
+
+_SHOWN = 6  # offending values listed in an error before "..."
+
+
+def mask_dtype(num_classes: int, ignore_index: int) -> np.dtype:
+    """uint8 when every class id and ``ignore_index`` fit (the fast path), else int32.
+
+    int32 rather than int64: OpenCV's warps and resizes (behind albumentations) have no
+    64-bit integer path. The datamodule widens to int64 after the transform.
+    """
+    return np.dtype(np.uint8) if num_classes <= 256 and 0 <= ignore_index <= 255 else np.dtype(np.int32)
+
+
+def _listing(values: Sequence[object], counts: Sequence[int] | None = None) -> str:
+    shown = [f"{v} ({c} px)" if counts is not None else str(v) for v, c in zip(values, counts or values)][:_SHOWN]
+    return ", ".join(shown) + (", ..." if len(values) > _SHOWN else "")
+
+
+class MaskDecoder(ABC):
+    """Turns the raw pixels of one mask file into class ids."""
+
+    #: Whether mask files are read as RGB (True) or as one channel of raw values.
+    colour: bool = False
+
+    def config_problems(self, class_names: Sequence[str]) -> list[str]:
+        """Contradictions between this decoder and the class list (none by default)."""
+        return []
+
+    @abstractmethod
+    def decode(self, raw: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
+        """Class ids ``[H,W]`` (dtype :func:`mask_dtype`) of ``raw``; raise :class:`DataError` on bad values."""
+
+    def raw_values(self, raw: np.ndarray) -> list[object]:
+        """The distinct raw values in ``raw`` (for the data check's report)."""
+        return [int(v) for v in np.unique(raw)]
+
+
+def _lookup(
+    raw: np.ndarray, table: np.ndarray, invalid: int, path: Path, what: str, fix: str
+) -> np.ndarray:
+    """Map ``raw`` through ``table``; entries equal to ``invalid`` are an error naming the values."""
+    out = table[raw]
+    bad = out == invalid
+    if bad.any():
+        values, counts = np.unique(raw[bad], return_counts=True)
+        raise DataError(f"{path}: {what} {_listing(values.tolist(), counts.tolist())}; {fix}")
+    return out
+
+
+class IndexMask(MaskDecoder):
+    """Masks whose pixel values are class ids (one channel, 8 or 16 bit, or palette PNG).
+
+    Args:
+        void: raw values that mean "no label" (CamVid: 11); mapped to ``ignore_index``.
+    """
+
+    def __init__(self, void: list[int] | None = None) -> None:
+        self.void = [int(v) for v in (void or [])]
+
+    def config_problems(self, class_names: Sequence[str]) -> list[str]:
+        clash = [v for v in self.void if 0 <= v < len(class_names)]
+        if clash:
+            return [
+                f"void value(s) {clash} are also class ids (class_names has {len(class_names)} names, ids "
+                f"0..{len(class_names) - 1}); a value is either a class or void: drop the void entry or "
+                "the class name"
+            ]
+        return []
+
+    def __repr__(self) -> str:
+        return f"IndexMask(void={self.void})"
+
+    def decode(self, raw: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
+        if raw.ndim != 2:
+            raise DataError(
+                f"{path}: mask has {raw.shape[2]} channels but IndexMask needs one channel of class ids; "
+                "use PaletteMask for colour-coded masks, or save the mask as 8-bit grey"
+            )
+        if raw.dtype.kind not in "ui":
+            raise DataError(f"{path}: mask has {raw.dtype} pixels but class ids must be integers; save it as 8 or 16-bit")
+        dtype = mask_dtype(num_classes, ignore_index)
+        # A table over every possible raw value: one gather maps classes, void and invalid at once.
+        size = max(int(raw.max()) + 1, num_classes, 1)
+        if raw.min() < 0:
+            raise DataError(f"{path}: mask has negative value {int(raw.min())}; class ids start at 0")
+        invalid = num_classes if num_classes != ignore_index else num_classes + 1
+        table = np.full(size, invalid, dtype=np.int64)
+        table[:num_classes] = np.arange(num_classes)
+        for v in self.void:
+            if v < size:
+                table[v] = ignore_index
+        out = _lookup(
+            raw,
+            table,
+            invalid,
+            path,
+            f"mask value(s) ≥ num_classes={num_classes} and not void:",
+            f"each is a class missing from class_names (add names so num_classes covers them) or a void "
+            f"label (add it to void, now {self.void})",
+        )
+        return out.astype(dtype, copy=False)
+
+
+class BinaryMask(MaskDecoder):
+    """Two-class masks: raw value ≥ ``threshold`` is class 1 (0/255 → 0/1; JPEG noise tolerated).
+
+    Args:
+        threshold: smallest raw value that counts as foreground.
+        void: raw values that mean "no label" (e.g. 128 for an uncertain band).
+    """
+
+    def __init__(self, threshold: int = 128, void: list[int] | None = None) -> None:
+        self.threshold = threshold
+        self.void = [int(v) for v in (void or [])]
+
+    def config_problems(self, class_names: Sequence[str]) -> list[str]:
+        if len(class_names) != 2:
+            return [
+                f"BinaryMask gives 2 classes but class_names has {len(class_names)} ({list(class_names)}); "
+                "give two names (background first), or use IndexMask for multi-class masks"
+            ]
+        return []
+
+    def __repr__(self) -> str:
+        return f"BinaryMask(threshold={self.threshold}, void={self.void})"
+
+    def decode(self, raw: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
+        if raw.ndim != 2:
+            raise DataError(
+                f"{path}: mask has {raw.shape[2]} channels but BinaryMask needs one grey channel; "
+                "save the mask as 8-bit grey"
+            )
+        if self.threshold > 1 and raw.max() == 1:
+            # 0/1 masks under a 0/255 threshold would silently become all background.
+            raise DataError(
+                f"{path}: mask values are 0/1 but BinaryMask.threshold is {self.threshold}, so every pixel "
+                "would be background; set threshold: 1 (or use IndexMask)"
+            )
+        out = (raw >= self.threshold).astype(mask_dtype(num_classes, ignore_index))
+        if self.void:
+            out[np.isin(raw, self.void)] = ignore_index
+        return out
+
+
+class PaletteMask(MaskDecoder):
+    """Colour-coded RGB masks: ``colours[i]`` is the colour of class ``i``.
+
+    Args:
+        colours: one ``[R, G, B]`` per class, in class order.
+        void_colours: colours that mean "no label"; mapped to ``ignore_index``.
+    """
+
+    colour = True
+
+    def __init__(self, colours: list[tuple[int, int, int]], void_colours: list[tuple[int, int, int]] | None = None) -> None:
+        self.colours = [tuple(int(c) for c in rgb) for rgb in colours]
+        self.void_colours = [tuple(int(c) for c in rgb) for rgb in (void_colours or [])]
+        codes = [self._code(c) for c in self.colours + self.void_colours]
+        order = np.argsort(codes)
+        self._codes = np.asarray(codes, dtype=np.int64)[order]
+        self._ids = np.arange(len(codes))[order]
+
+    def __repr__(self) -> str:
+        return f"PaletteMask({len(self.colours)} colours, void_colours={[list(c) for c in self.void_colours]})"
+
+    @staticmethod
+    def _code(rgb: tuple[int, ...]) -> int:
+        return (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
+
+    def config_problems(self, class_names: Sequence[str]) -> list[str]:
+        problems = []
+        if len(self.colours) != len(class_names):
+            problems.append(
+                f"PaletteMask has {len(self.colours)} colours but class_names has {len(class_names)} names; "
+                "give one colour per class, in class order"
+            )
+        every = self.colours + self.void_colours
+        dupes = sorted({c for c in every if every.count(c) > 1})
+        if dupes:
+            problems.append(f"PaletteMask colour(s) {dupes} listed twice; each colour must mean one thing")
+        bad = [c for c in every if len(c) != 3 or not all(0 <= v <= 255 for v in c)]
+        if bad:
+            problems.append(f"PaletteMask colour(s) {bad} are not [R, G, B] with values 0..255")
+        return problems
+
+    def decode(self, raw: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
+        if raw.ndim != 3 or raw.shape[2] != 3:
+            raise DataError(f"{path}: PaletteMask needs an RGB mask but found shape {raw.shape}; save it as RGB")
+        code = (raw[..., 0].astype(np.int64) << 16) | (raw[..., 1].astype(np.int64) << 8) | raw[..., 2]
+        pos = np.searchsorted(self._codes, code).clip(max=len(self._codes) - 1)
+        known = self._codes[pos] == code
+        if not known.all():
+            values, counts = np.unique(code[~known], return_counts=True)
+            colours = [[int(v) >> 16, (int(v) >> 8) & 255, int(v) & 255] for v in values]
+            raise DataError(
+                f"{path}: mask colour(s) not in the palette: {_listing(colours, counts.tolist())}; add each to "
+                "colours (as a new class, with a class name) or to void_colours"
+            )
+        ids = self._ids[pos]
+        out = np.where(ids < len(self.colours), ids, ignore_index)
+        return out.astype(mask_dtype(num_classes, ignore_index), copy=False)
+
+    def raw_values(self, raw: np.ndarray) -> list[object]:
+        flat = np.unique(raw.reshape(-1, 3), axis=0)
+        return [tuple(int(v) for v in rgb) for rgb in flat]
