@@ -55,3 +55,27 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float 
         image = np.repeat(image, 3, axis=2)
     colour = colorize(mask, num_classes).astype(np.float32)
     return (image.astype(np.float32) * (1 - alpha) + colour * alpha).round().astype(np.uint8)
+
+
+def legend(class_names: list[str], width: int, swatch: int = 14) -> np.ndarray:
+    """An RGB strip ``[h, width, 3]`` naming each class beside its palette colour."""
+    import cv2  # local: only pictures need it
+
+    colours = palette(len(class_names))
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1
+    cells = [swatch + 6 + cv2.getTextSize(n, font, scale, thickness)[0][0] + 12 for n in class_names]
+    rows, x, row = [[]], 0, 0
+    for i, w in enumerate(cells):
+        if x + w > width and rows[-1]:
+            rows.append([])
+            x = 0
+        rows[-1].append((i, x))
+        x += w
+    line = swatch + 8
+    strip = np.full((line * len(rows), width, 3), 255, np.uint8)
+    for r, entries in enumerate(rows):
+        y = r * line + 4
+        for i, x in entries:
+            strip[y : y + swatch, x : x + swatch] = colours[i]
+            cv2.putText(strip, class_names[i], (x + swatch + 4, y + swatch - 3), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return strip

@@ -19,13 +19,12 @@ CLASS_NAMES = ("background", "disk", "rectangle", "triangle", "ring")
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A [size,size,3] float layer: solid, stripes, checker or blotchy noise."""
-    base = rng.uniform(0, 255, 3)
+def _texture(rng: np.random.Generator, size: int, base: np.ndarray, contrast: float) -> np.ndarray:
+    """A [size,size,3] float layer around colour ``base``: solid, stripes, checker or blotches."""
     kind = rng.integers(4)
     if kind == 0:
         return np.broadcast_to(base, (size, size, 3)).astype(np.float32)
-    other = rng.uniform(0, 255, 3)
+    other = np.clip(base + rng.uniform(-contrast, contrast, 3), 0, 255)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     if kind == 1:
         angle = rng.uniform(0, np.pi)
@@ -41,10 +40,18 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return (base * (1 - t) + other * t).astype(np.float32)
 
 
+def _distinct_colour(rng: np.random.Generator, avoid: np.ndarray, min_distance: float = 80.0) -> np.ndarray:
+    """A random RGB colour at least ``min_distance`` away from ``avoid`` (so shapes stay visible)."""
+    while True:
+        colour = rng.uniform(0, 255, 3)
+        if np.linalg.norm(colour - avoid) >= min_distance:
+            return colour
+
+
 def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     """A boolean [size,size] mask of one shape of class ``cls`` at a random place."""
     m = np.zeros((size, size), np.uint8)
-    r = rng.uniform(0.08, 0.22) * size
+    r = rng.uniform(0.10, 0.24) * size
     cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
     if cls == 1:  # disk
         cv2.circle(m, (int(cx), int(cy)), int(r), 1, -1, lineType=cv2.LINE_8)
@@ -66,7 +73,8 @@ def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
 def generate(seed: int, index: int, size: int = 128) -> Sample:
     """Generate sample ``index`` of the data set with ``seed``: (uint8 [H,W,3], int64 [H,W])."""
     rng = np.random.default_rng([seed, index])
-    image = _texture(rng, size)
+    background = rng.uniform(0, 255, 3)
+    image = _texture(rng, size, background, contrast=50.0)
     # A smooth illumination gradient, so absolute brightness is no cue either.
     ramp = np.linspace(rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0), size, dtype=np.float32)
     image *= (ramp[None, :, None] if rng.random() < 0.5 else ramp[:, None, None])
@@ -74,9 +82,9 @@ def generate(seed: int, index: int, size: int = 128) -> Sample:
     for _ in range(int(rng.integers(3, 8))):
         cls = int(rng.integers(1, len(CLASS_NAMES)))
         shape = _shape_mask(rng, cls, size)
-        image[shape] = _texture(rng, size)[shape]
+        image[shape] = _texture(rng, size, _distinct_colour(rng, background), contrast=40.0)[shape]
         mask[shape] = cls
-    image += rng.normal(0, rng.uniform(2, 18), image.shape).astype(np.float32)
+    image += rng.normal(0, rng.uniform(2, 12), image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
