@@ -44,8 +44,8 @@ def encoder_param_groups(model: nn.Module, encoder: nn.Module, encoder_lr_scale:
 class EncoderFreeze(Callback):
     """Keep ``encoder`` frozen during the first ``epochs`` training epochs, then train it.
 
-    Frozen means no gradients for its weights and no updates of its BatchNorm running
-    statistics. The encoder's parameters stay in the optimiser the whole time (an optimiser
+    Frozen means no gradients for its weights, and its BatchNorm layers in eval mode: they
+    normalise with their stored (e.g. ImageNet) statistics and do not update them. The encoder's parameters stay in the optimiser the whole time (an optimiser
     skips parameters without a gradient), so learning-rate schedules such as OneCycleLR see
     the same parameter groups from start to end; this is why Lightning's ``BackboneFinetuning``,
     which adds the encoder as a new group at unfreeze time, is not used. The state follows
@@ -62,8 +62,11 @@ class EncoderFreeze(Callback):
         freeze = trainer.current_epoch < self.epochs
         if freeze and not self.frozen:
             BaseFinetuning.freeze(self.encoder, train_bn=False)
+            # Lightning only restores the modes it found, so eval mode lasts until unfreezing.
+            self.encoder.eval()
             rank_zero_info(f"segopt: encoder frozen for epochs 0-{self.epochs - 1}")
         elif not freeze and self.frozen:
             BaseFinetuning.make_trainable(self.encoder)
+            self.encoder.train(pl_module.training)
             rank_zero_info(f"segopt: encoder unfrozen at epoch {trainer.current_epoch}")
         self.frozen = freeze

@@ -211,7 +211,7 @@ def _load_into(net: nn.Module, state: dict[str, torch.Tensor], name: str, in_cha
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches, e.g. a resnet50 file for a resnet34
         raise ValueError(
-            f"encoder weights file {path} does not fit encoder {name}: {err}. Give a state dict of a "
+            f"encoder weights file {path} does not match encoder {name}: {err}. Give a state dict of a "
             f"torchvision {name}, or set encoder to the ResNet the file was saved from"
         ) from err
     if missing or unexpected:

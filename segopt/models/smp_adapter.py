@@ -65,7 +65,7 @@ class SMPBackbone(nn.Module):
                 "SMPBackbone does not take aux_params: an smp classification head makes the model return "
                 "(masks, labels), which is not a segmentation backbone's output; remove aux_params"
             )
-        archs = {a.lower(): a for a in smp.MODEL_ARCHITECTURES_MAPPING}
+        archs = {key: cls.__name__ for key, cls in smp.MODEL_ARCHITECTURES_MAPPING.items()}
         if arch.lower() not in archs:
             raise ValueError(f"arch={arch!r} is not an smp architecture; use one of {', '.join(archs.values())}")
         check_finetune_options(freeze_encoder_epochs, encoder_lr_scale)
