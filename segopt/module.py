@@ -271,12 +271,14 @@ class SegModule(pl.LightningModule):
         if planned[0] == now:
             return
         per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        epochs = f" (max_epochs {planned[0] // per_epoch} at this run's {per_epoch} per epoch)" if per_epoch else ""
+        hint = ""
+        if per_epoch and planned[0] % per_epoch == 0:
+            hint = f" (max_epochs {planned[0] // per_epoch} at {per_epoch} optimiser steps per epoch)"
         raise ValueError(
             f"cannot resume: the checkpoint's learning-rate schedule was planned for {planned[0]} optimiser "
-            f"steps{epochs}, but this run's trainer settings give {now} (max_epochs {trainer.max_epochs}, "
+            f"steps{hint}, but this run's trainer settings give {now} (max_epochs {trainer.max_epochs}, "
             f"max_steps {trainer.max_steps}, accumulate_grad_batches {trainer.accumulate_grad_batches}, "
             f"{trainer.num_training_batches} training batches per epoch). To finish the planned run, resume "
-            "with the settings it was started with. To train longer, start a new fit without --ckpt_path "
-            "(a new schedule over the new length)."
+            "with the settings it was started with. To train longer, start a new fit without --ckpt_path: "
+            "a schedule stretched mid-run would no longer be the curve it has followed so far."
         )
