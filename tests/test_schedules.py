@@ -170,14 +170,37 @@ def test_resumed_run_follows_the_uninterrupted_lr_curve(tmp_path: Path, stop_aft
     assert trainer.global_step == 24
 
 
+class StopAtEpoch(pl.Callback):
+    """Interrupt when epoch ``epoch`` starts (after the previous epoch's validation and checkpoint)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise Interrupted
+
+
+class BestAtFirstStep(pl.Callback):
+    """``val/mIoU_best`` as the first training step of the (resumed) run sees it."""
+
+    best: float | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: SegModule, *args: object) -> None:
+        if self.best is None:
+            self.best = pl_module.val_miou_best.compute().item()
+
+
 def test_resume_keeps_the_best_miou(tmp_path: Path) -> None:
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
-    trainer, model = _fit(tmp_path, 1, [checkpoint])
-    best = model.val_miou_best.compute().item()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    with pytest.raises(Interrupted):
+        _fit(tmp_path, 2, [checkpoint, StopAtEpoch(1)])
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    best = saved["state_dict"]["val_miou_best.max_value"].item()
     assert best > 0
-    resumed = SegModule(backbone=partial(UNet, base_channels=4, depth=1), num_classes=5)
-    resumed.load_state_dict(torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"])
-    assert resumed.val_miou_best.compute().item() == pytest.approx(best)
+    seen = BestAtFirstStep()
+    _fit(tmp_path, 2, [seen], ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert seen.best == pytest.approx(best)
 
 
 def test_onecycle_with_accumulation_ends_exactly_at_its_last_step(tmp_path: Path) -> None:
@@ -194,7 +217,7 @@ def test_onecycle_with_accumulation_ends_exactly_at_its_last_step(tmp_path: Path
 
 
 def test_resume_into_more_epochs_stops_before_training_with_advice(tmp_path: Path) -> None:
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     _fit(tmp_path, 2, [checkpoint])
     record = RecordLR()
     with pytest.raises(ValueError) as error:
