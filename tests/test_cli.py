@@ -102,7 +102,10 @@ def test_dashboard_tags_are_in_the_event_files(trained: tuple[Path, object, list
     expected = {"train/loss", "val/loss", "val/mIoU", "val/mIoU_best", "val/dice", "val/acc", "lr-AdamW"}
     assert expected <= scalars
     assert {f"val/iou/{n}" for n in names} & scalars, scalars
-    assert "val/overlays" in acc.Tags()["images"]
+    assert {"val/overlays", "val/confusion_matrix"} <= set(acc.Tags()["images"])
+    assert len(acc.Images("val/overlays")) == 2  # every epoch (every_n_epochs: 1)
+    hparams = acc.PluginTagToContent("hparams")
+    assert b"val/mIoU_best" in b"".join(hparams.values())
     assert [e.step for e in acc.Scalars("val/mIoU")] == [STEPS_PER_EPOCH - 1, 2 * STEPS_PER_EPOCH - 1]
 
 
