@@ -35,7 +35,7 @@ class Augment:
         hflip: probability of a horizontal flip.
         vflip: probability of a vertical flip (0 in the seed; useful for aerial/EM images).
         rotate: maximum rotation in degrees (uniform in ±rotate).
-        shear: maximum shear in degrees (uniform in ±shear).
+        shear: maximum horizontal shear in degrees (uniform in ±shear).
         scale: range of the affine zoom factor; (1, 1) keeps the scale.
         translate: maximum shift as a fraction of the image side (uniform in ±translate).
         affine_p: probability of applying rotation, shear, scale and shift.
@@ -87,7 +87,11 @@ def _finish(norm: Normalize, in_channels: int) -> list[A.BasicTransform]:
 
 
 def augmentation(augment: Augment, ignore_index: int, in_channels: int = 3) -> list[A.BasicTransform]:
-    """The seed's joint augmentation: flips, rotation+shear (+scale, shift), colour jitter."""
+    """The seed's joint augmentation: flips, rotation+shear (+scale, shift), colour jitter.
+
+    The seed's separate rotation and shear become one affine warp: the same distribution
+    of geometry with one interpolation of the image instead of two.
+    """
     if not augment.enabled:
         return []
     steps: list[A.BasicTransform] = [A.HorizontalFlip(p=augment.hflip)]
@@ -96,7 +100,8 @@ def augmentation(augment: Augment, ignore_index: int, in_channels: int = 3) -> l
     steps.append(
         A.Affine(
             rotate=(-augment.rotate, augment.rotate),
-            shear=(-augment.shear, augment.shear),
+            # Horizontal shear only, as the seed's torchvision RandomAffine(shear=10).
+            shear={"x": (-augment.shear, augment.shear), "y": (0.0, 0.0)},
             scale=tuple(augment.scale),
             translate_percent=(-augment.translate, augment.translate),
             interpolation=cv2.INTER_LINEAR,

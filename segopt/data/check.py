@@ -1,0 +1,313 @@
+"""Check a data set before training, with the same YAML that trains on it.
+
+    python -m segopt.data.check --config configs/amp.yaml --config configs/data/camvid.yaml
+
+Reports the pairs found, image sizes and channels, the raw mask values present in each
+split, the class pixel histogram, suggested class weights (median frequency) and image
+mean/std, then every problem at once: pairing, paths, headers, undecodable files, mask
+values that are neither a class nor void, classes the data never shows. Exits 1 when there
+is a problem, 0 otherwise. Reads files only; writes nothing unless ``--json`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jsonargparse import ArgumentParser
+
+from segopt.class_weights import median_frequency_weights
+from segopt.data.datasets import SegSource
+from segopt.data.files import DataError, read_image, read_mask
+from segopt.data.folder import Pair, PairedFolder
+from segopt.data.synthetic import SyntheticShapes
+
+_SHOWN_PROBLEMS = 25  # per-file problems printed in full; the rest are counted (all in --json)
+
+
+@dataclass
+class SplitStats:
+    """What one split holds."""
+
+    pairs: int = 0
+    checked: int = 0
+    sizes: Counter = field(default_factory=Counter)
+    channels: Counter = field(default_factory=Counter)
+    raw_values: set = field(default_factory=set)
+    pixels: np.ndarray | None = None  # per class
+    present: np.ndarray | None = None  # labelled pixels of the masks containing each class
+    ignored: int = 0
+    channel_sum: np.ndarray | None = None
+    channel_sq: np.ndarray | None = None
+    channel_n: int = 0
+
+
+@dataclass
+class CheckResult:
+    """Per-split statistics plus every problem (failures) and note (informational)."""
+
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    file_problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.file_problems
+
+
+def _sample_stats(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int) -> tuple:
+    labelled = mask[mask != ignore_index].astype(np.int64).ravel()
+    pixels = np.bincount(labelled, minlength=num_classes)[:num_classes]
+    pixels_f = image.reshape(-1, image.shape[-1]).astype(np.float64) / 255.0
+    return pixels, labelled.size, mask.size - labelled.size, pixels_f.sum(0), (pixels_f**2).sum(0), pixels_f.shape[0]
+
+
+def _add(stats: SplitStats, result: tuple, num_classes: int) -> None:
+    pixels, labelled, ignored, csum, csq, n = result
+    if stats.pixels is None:
+        stats.pixels = np.zeros(num_classes, np.int64)
+        stats.present = np.zeros(num_classes, np.int64)
+        stats.channel_sum, stats.channel_sq = np.zeros_like(csum), np.zeros_like(csq)
+    stats.pixels += pixels
+    stats.present += np.where(pixels > 0, labelled, 0)
+    stats.ignored += ignored
+    stats.channel_sum += csum
+    stats.channel_sq += csq
+    stats.channel_n += n
+    stats.checked += 1
+
+
+def _check_folder_split(
+    source: PairedFolder, pairs: list[Pair], ignore_index: int, stats: SplitStats, result: CheckResult
+) -> None:
+    decoder, k = source.masks, source.num_classes
+
+    def one(pair: Pair) -> tuple[Any, list[object], str | None]:
+        if pair.image_header.size != pair.mask_header.size:
+            return None, [], None  # already reported from the headers
+        try:
+            image = read_image(pair.image, source.in_channels)
+            raw = read_mask(pair.mask, decoder.colour)
+            values = decoder.raw_values(raw)
+            mask = decoder.decode(raw, pair.mask, k, ignore_index)
+            return _sample_stats(image, mask, k, ignore_index), values, None
+        except DataError as err:
+            return None, [], "; ".join(err.problems)
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for pair in pairs:
+            stats.sizes[pair.image_header.size] += 1
+            stats.channels["grey" if pair.image_header.grey else pair.image_header.mode] += 1
+        for sample, values, problem in pool.map(one, pairs):
+            stats.raw_values.update(values)
+            if problem:
+                result.file_problems.append(problem)
+            elif sample is not None:
+                _add(stats, sample, k)
+
+
+def _check_generic_split(source: SegSource, name: str, ignore_index: int, limit: int | None, stats: SplitStats, result: CheckResult) -> None:
+    samples = source.split(name, ignore_index)
+    count = len(samples) if limit is None else min(limit, len(samples))  # type: ignore[arg-type]
+    for i in range(count):
+        try:
+            image, mask = samples[i]
+        except DataError as err:
+            result.file_problems.extend(err.problems)
+            continue
+        stats.sizes[f"{image.shape[1]}x{image.shape[0]}"] += 1
+        stats.channels["grey" if image.shape[-1] == 1 else "RGB"] += 1
+        stats.raw_values.update(int(v) for v in np.unique(mask))
+        bad = sorted(int(v) for v in np.unique(mask) if v != ignore_index and not 0 <= v < source.num_classes)
+        if bad:
+            result.file_problems.append(f"{name} sample {i}: mask values {bad} are neither a class nor ignore_index")
+            continue
+        _add(stats, _sample_stats(image, mask, source.num_classes, ignore_index), source.num_classes)
+
+
+def check_source(source: SegSource, ignore_index: int, limit: int | None = None) -> CheckResult:
+    """Decode every sample (or the first ``limit`` per split) and collect statistics and problems."""
+    result = CheckResult()
+    if 0 <= ignore_index < source.num_classes:
+        result.problems.append(
+            f"ignore_index {ignore_index} is the id of class {source.class_names[ignore_index]!r}; pick a value "
+            f"outside 0..{source.num_classes - 1} (e.g. 255)"
+        )
+    if isinstance(source, PairedFolder):
+        index = source.index
+        result.problems.extend(index.problems)
+        result.notes.extend(index.notes)
+        for name, pairs in index.pairs.items():
+            stats = result.splits.setdefault(name, SplitStats(pairs=len(pairs)))
+            _check_folder_split(source, pairs[:limit] if limit else pairs, ignore_index, stats, result)
+    else:
+        try:
+            source.validate()
+        except DataError as err:
+            result.problems.extend(err.problems)
+        for name in ("train", "val", "test"):
+            if source.has_split(name):
+                stats = result.splits.setdefault(name, SplitStats())
+                _check_generic_split(source, name, ignore_index, limit, stats, result)
+                stats.pairs = len(source.split(name, ignore_index))  # type: ignore[arg-type]
+    _check_classes_seen(source, result, limit)
+    return result
+
+
+def _check_classes_seen(source: SegSource, result: CheckResult, limit: int | None) -> None:
+    totals = [s.pixels for s in result.splits.values() if s.pixels is not None]
+    if not totals or result.problems or result.file_problems:
+        return  # with undecodable masks the histogram is incomplete: say nothing about absence
+    seen = np.sum(totals, axis=0)
+    absent = [f"{i} {source.class_names[i]!r}" for i in range(source.num_classes) if seen[i] == 0]
+    if absent:
+        message = (
+            f"num_classes is {source.num_classes} (class_names) but class(es) {', '.join(absent)} never appear in "
+            "any mask: the data has fewer classes than the config; drop those names, or check the mask "
+            "decoding (void values, threshold, palette)"
+        )
+        (result.notes if limit else result.problems).append(message + (" [only the first files were read]" if limit else ""))
+
+
+def class_weights(stats: SplitStats) -> list[float] | None:
+    """Median-frequency class weights from a split's histogram (None without labelled pixels)."""
+    if stats.pixels is None or stats.pixels.sum() == 0:
+        return None
+    return [round(float(w), 4) for w in median_frequency_weights(stats.pixels, stats.present)]
+
+
+def _values_text(values: set) -> str:
+    ordered = sorted(values)
+    if len(ordered) > 20:
+        return f"{len(ordered)} distinct: {ordered[:10]} ... {ordered[-3:]}"
+    return str(ordered)
+
+
+def render(source: SegSource, ignore_index: int, result: CheckResult) -> str:
+    """The human-readable report."""
+    names = list(source.class_names)
+    where = f" at {source.root}" if isinstance(source, PairedFolder) else ""
+    decoder = f", masks {source.masks!r}" if isinstance(source, PairedFolder) else ""
+    lines = [
+        f"data check: {type(source).__name__}{where}",
+        f"  {len(names)} classes {names}, in_channels {source.in_channels}, ignore_index {ignore_index}{decoder}",
+    ]
+    for split, s in result.splits.items():
+        lines.append(f"\n[{split}] {s.pairs} pairs" + (f" ({s.checked} of them decoded and counted)" if s.checked != s.pairs else ""))
+        lines.append(f"  image sizes: {dict(s.sizes.most_common())}")
+        lines.append(f"  image channels: {dict(s.channels)}")
+        lines.append(f"  mask values in the files: {_values_text(s.raw_values)}")
+        if s.pixels is not None:
+            total = int(s.pixels.sum()) + s.ignored
+            lines.append("  class pixels:")
+            width = max(len(n) for n in names)
+            for i, name in enumerate(names):
+                lines.append(f"    {i:>3} {name:<{width}} {int(s.pixels[i]):>12,d}  {100 * s.pixels[i] / total:6.2f} %")
+            lines.append(f"    {'':>3} {'(ignored)':<{width}} {s.ignored:>12,d}  {100 * s.ignored / total:6.2f} %")
+    train = result.splits.get("train")
+    if train is not None and train.pixels is not None:
+        weights = class_weights(train)
+        if weights is not None:
+            lines.append(f"\nsuggested class weights (median frequency, train): {weights}")
+        mean = train.channel_sum / train.channel_n
+        std = np.sqrt(np.maximum(train.channel_sq / train.channel_n - mean**2, 0))
+        lines.append(
+            f"image mean/std (train, pixels / 255): mean {[round(float(m), 3) for m in mean]}, "
+            f"std {[round(float(v), 3) for v in std]}  (data.normalize)"
+        )
+    for note in result.notes:
+        lines.append(f"\nnote: {note}")
+    problems = result.problems + result.file_problems
+    if not problems:
+        lines.append("\nOK: no problems found")
+    else:
+        lines.append(f"\nPROBLEMS ({len(problems)}):")
+        lines += [f"  - {p}" for p in result.problems]
+        lines += [f"  - {p}" for p in result.file_problems[:_SHOWN_PROBLEMS]]
+        hidden = len(result.file_problems) - _SHOWN_PROBLEMS
+        if hidden > 0:
+            lines.append(f"  ... and {hidden} more file problems (all of them: --json PATH)")
+    return "\n".join(lines)
+
+
+def as_json(source: SegSource, ignore_index: int, result: CheckResult) -> dict[str, Any]:
+    """The report as plain data."""
+    train = result.splits.get("train")
+    return {
+        "source": type(source).__name__,
+        "class_names": list(source.class_names),
+        "ignore_index": ignore_index,
+        "splits": {
+            name: {
+                "pairs": s.pairs,
+                "decoded": s.checked,
+                "image_sizes": dict(s.sizes),
+                "image_channels": dict(s.channels),
+                "mask_values": [list(v) if isinstance(v, tuple) else v for v in sorted(s.raw_values)],
+                "class_pixels": None if s.pixels is None else [int(v) for v in s.pixels],
+                "ignored_pixels": s.ignored,
+            }
+            for name, s in result.splits.items()
+        },
+        "class_weights": class_weights(train) if train is not None else None,
+        "notes": result.notes,
+        "problems": result.problems + result.file_problems,
+    }
+
+
+def _source_from_config(argv: list[str] | None) -> tuple[SegSource, int, int | None, str | None]:
+    """Parse the training YAML with segopt's own CLI parser; instantiate only the data source."""
+    from segopt.cli import SegCLI
+    from segopt.data.datamodule import SegDataModule
+    from segopt.module import SegModule
+
+    class _ConfigOnly(SegCLI):
+        def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse type)
+            super().add_arguments_to_parser(parser)
+            parser.add_argument("--limit", type=int | None, default=None, help="decode at most this many pairs per split")
+            parser.add_argument("--json", type=str | None, default=None, help="also write the report as JSON here")
+
+        def _set_seed(self) -> None:
+            pass  # nothing random happens in the check
+
+        def before_instantiate_classes(self) -> None:
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass  # the check builds the source alone; the model and trainer are not needed
+
+        def after_instantiate_classes(self) -> None:
+            pass
+
+    cli = _ConfigOnly(SegModule, SegDataModule, subclass_mode_model=False, subclass_mode_data=False, run=False, args=argv)
+    data = cli.config.data
+    if data.source is None:
+        source: SegSource = SyntheticShapes()
+    else:
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--source", type=SegSource)
+        parsed = parser.parse_object({"source": data.source.as_dict() if hasattr(data.source, "as_dict") else data.source})
+        source = parser.instantiate(parsed).source
+    return source, data.ignore_index, cli.config.limit, cli.config.json
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the check; the exit status is 1 when a problem was found."""
+    source, ignore_index, limit, json_path = _source_from_config(argv)
+    result = check_source(source, ignore_index, limit)
+    print(render(source, ignore_index, result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(as_json(source, ignore_index, result), indent=2))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
