@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
 from segopt.data.files import DataError
+from segopt.data.predict_folder import PredictFolder, collate_predict
 from segopt.data.synthetic import SyntheticShapes
 from segopt.data.transforms import (
     Augment,
@@ -64,6 +65,11 @@ class SegDataModule(pl.LightningDataModule):
         pin_memory: page-locked batches for faster host→GPU copies; None turns it on when
             training on a CUDA GPU.
         persistent_workers: keep loader workers alive between epochs.
+        predict_dir: a folder of images (any size) for ``predict``; None predicts the
+            test split (or validation when there is none).
+        predict_batch_size: images per prediction batch; images of different sizes in a
+            batch are edge-padded to the largest, so 1 keeps each mask independent of
+            the other images.
     """
 
     def __init__(
@@ -81,6 +87,8 @@ class SegDataModule(pl.LightningDataModule):
         cache: bool = False,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        predict_dir: str | None = None,
+        predict_batch_size: int = 1,
     ) -> None:
         super().__init__()
         self.source = source if source is not None else SyntheticShapes()
@@ -97,6 +105,10 @@ class SegDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self._validate()
+        if predict_batch_size < 1:
+            raise ValueError(f"data.predict_batch_size is {predict_batch_size}; it must be 1 or more")
+        self.predict_dir = predict_dir
+        self.predict_batch_size = predict_batch_size
         self._splits: dict[str, TransformedDataset] = {}
 
     @property
@@ -184,5 +196,16 @@ class SegDataModule(pl.LightningDataModule):
         return self._loader(self._eval_split(), shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
+        if self.predict_dir is not None:
+            folder = PredictFolder(
+                self.predict_dir, self.in_channels, eval_transform(self.eval_size, self.normalize, self.in_channels)
+            )
+            return DataLoader(
+                folder,
+                batch_size=self.predict_batch_size,
+                num_workers=self.num_workers,
+                collate_fn=collate_predict,
+                worker_init_fn=_worker_init,
+            )
         return self._loader("test" if self.source.has_split("test") else "val", shuffle=False)
 

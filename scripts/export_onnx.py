@@ -1,0 +1,88 @@
+"""Export a trained checkpoint to ONNX (dynamic height and width) and check it against PyTorch.
+
+    python scripts/export_onnx.py --config configs/amp.yaml --config configs/data/membrane.yaml \
+        --ckpt_path runs/amp/version_0/checkpoints/last.ckpt --output exports/membrane.onnx
+
+The model is built from the same config files as training (any other ``--model.*`` /
+``--data.*`` flag is passed on), the checkpoint's weights are loaded, and the export is
+run in onnxruntime on random inputs of the ``--check_sizes``; the max abs logit
+difference is printed and the script exits with status 1 when it exceeds ``--atol``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from segopt.cli import SegCLI
+from segopt.data import SegDataModule
+from segopt.export import export_onnx, onnx_parity
+from segopt.module import SegModule
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not HEIGHTxWIDTH, e.g. 512x512") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return h, w
+
+
+class _BuildOnly(SegCLI):
+    """Parses the training config and builds its objects; runs no subcommand."""
+
+    def after_instantiate_classes(self) -> None:
+        pass  # SegCLI's precision note reads the subcommand's config, and nothing runs here
+
+
+def load_model(cli_args: list[str], ckpt_path: Path) -> SegModule:
+    """The SegModule built from the config files in ``cli_args``, with the checkpoint's weights."""
+    if not ckpt_path.is_file():
+        sys.exit(f"error: --ckpt_path {ckpt_path} is not a file; give the .ckpt written by training")
+    cli = _BuildOnly(SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None)
+    model = cli.model
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        sys.exit(
+            f"error: {ckpt_path} does not fit the model built from the config ({str(err).splitlines()[0]} ...); "
+            "pass the same --config files (and overrides) the checkpoint was trained with"
+        )
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> float:
+    """Export, check parity, print the differences; returns the largest one."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", type=Path, required=True, help="checkpoint (.ckpt) to export")
+    parser.add_argument("--output", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument(
+        "--check_sizes", type=_size, nargs="+", default=[(256, 256), (301, 197)],
+        help="HEIGHTxWIDTH inputs for the parity check (default: 256x256 301x197)",
+    )
+    parser.add_argument("--atol", type=float, default=1e-3, help="largest allowed max abs logit difference")
+    args, cli_args = parser.parse_known_args(argv)
+
+    model = load_model(cli_args, args.ckpt_path)
+    in_channels = int(model.hparams.in_channels)
+    multiple = model.sliding_window.pad_multiple
+    export_onnx(model, args.output, in_channels, multiple, args.opset)
+    diffs = onnx_parity(model, args.output, in_channels, args.check_sizes, multiple)
+    for (h, w), diff in diffs.items():
+        print(f"parity {h}x{w}: max abs logit difference {diff:.3g}")
+    worst = max(diffs.values())
+    print(f"wrote {args.output} (opset {args.opset}, dynamic batch/height/width); max abs difference {worst:.3g}")
+    if worst > args.atol:
+        sys.exit(f"error: ONNX and PyTorch logits differ by {worst:.3g} > --atol {args.atol}")
+    return worst
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Sliding-window inference, padding and TTA: sizes, blending and symmetry, on a trained UNet."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from segopt.data import Augment, SegDataModule, SyntheticShapes
+from segopt.data.synthetic import generate
+from segopt.data.transforms import eval_transform
+from segopt.inference import TTA, SlidingWindow, gaussian_weights, predict_probs
+from segopt.models import UNet
+from segopt.module import SegModule
+
+TRAIN_SIZE = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny convolutions on a shared, busy CPU run many times faster on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_trainer(**kwargs: object) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def _datamodule() -> SegDataModule:
+    source = SyntheticShapes(size=TRAIN_SIZE, num_train=80 * 16, num_val=16)
+    return SegDataModule(source, batch_size=16, num_workers=0, augment=Augment(enabled=False))
+
+
+@pytest.fixture(scope="module")
+def trained() -> SegModule:
+    """A small UNet trained for 80 steps on 32x32 synthetic shapes: confident in places,
+    unsure in others, with a receptive field wider than half a tile — tiling can change it."""
+    pl.seed_everything(0)
+    model = SegModule(
+        partial(UNet, base_channels=8, depth=2),
+        num_classes=5,
+        in_channels=3,
+        scheduler=None,
+        optimizer=partial(torch.optim.Adam, lr=1e-2),
+    )
+    _tiny_trainer(max_steps=80, limit_val_batches=0).fit(model, _datamodule())
+    return model.eval()
+
+
+def _mosaic(n: int, seed: int) -> np.ndarray:
+    """An RGB image of n x n synthetic samples at the training scale."""
+    parts = [generate(seed, k, TRAIN_SIZE)[0] for k in range(n * n)]
+    rows = [np.concatenate(parts[r * n : (r + 1) * n], axis=1) for r in range(n)]
+    return np.concatenate(rows, axis=0)
+
+
+def _normalised(image: np.ndarray) -> torch.Tensor:
+    return eval_transform()(image=image)["image"][None]
+
+
+@torch.no_grad()
+def test_tiled_prediction_agrees_with_whole_image(trained: SegModule) -> None:
+    tile = 2 * TRAIN_SIZE
+    x = _normalised(_mosaic(6, seed=7))  # 192 x 192: three tiles across
+    assert x.shape[-2:] == (3 * tile, 3 * tile)
+    whole = predict_probs(trained, x).argmax(dim=1)
+    tiled = predict_probs(trained, x, SlidingWindow(tile=tile, overlap=0.5)).argmax(dim=1)
+    naive = predict_probs(trained, x, SlidingWindow(tile=tile, overlap=0.0, blend="constant")).argmax(dim=1)
+
+    # The model is not trivial: it predicts several classes over a sizeable area.
+    counts = torch.bincount(whole.flatten(), minlength=5)
+    assert (counts[1:] > 0.005 * whole.numel()).sum() >= 2
+    agree = (tiled == whole).float().mean().item()
+    naive_agree = (naive == whole).float().mean().item()
+    assert agree >= 0.99
+    # ... and tiling does change it: abutting tiles without blending disagree more.
+    assert naive_agree < agree
+
+
+class _Pointwise(nn.Module):
+    """A per-pixel model: its output at a pixel ignores every other pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+@torch.no_grad()
+def test_tiles_of_a_pointwise_model_blend_to_the_whole_image_result(blend: str, overlap: float) -> None:
+    x = torch.randn(2, 3, 101, 77)
+    whole = predict_probs(_Pointwise(), x)
+    tiled = predict_probs(_Pointwise(), x, SlidingWindow(tile=(32, 24), overlap=overlap, blend=blend))
+    assert torch.allclose(tiled, whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(197, 301), (301, 197), (20, 45), (64, 64)])
+@pytest.mark.parametrize(
+    "window, tta",
+    [
+        (None, None),
+        (SlidingWindow(tile=64, overlap=0.25), None),
+        (SlidingWindow(tile=48, overlap=0.5), TTA(hflip=True, vflip=True, scales=(0.75, 1.0, 1.5))),
+    ],
+    ids=["whole", "tiled", "tiled+tta"],
+)
+@torch.no_grad()
+def test_probabilities_keep_the_input_size(
+    trained: SegModule, size: tuple[int, int], window: SlidingWindow | None, tta: TTA | None
+) -> None:
+    x = torch.randn(1, 3, *size)
+    probs = predict_probs(trained, x, window, tta)
+    assert probs.shape == (1, 5, *size)
+    assert probs.dtype == torch.float32
+    assert torch.allclose(probs.sum(dim=1), torch.ones(1, *size), atol=1e-5)
+
+
+@torch.no_grad()
+def test_flip_tta_of_a_mirror_symmetric_image_is_mirror_symmetric(trained: SegModule) -> None:
+    x = _normalised(_mosaic(2, seed=3))[..., :61]  # an odd width, so padding is one-sided
+    x = (x + x.flip(-1)) / 2  # exactly mirror-symmetric
+    assert torch.equal(x, x.flip(-1))
+    plain = predict_probs(trained, x).argmax(dim=1)
+    assert not torch.equal(plain, plain.flip(-1))  # the network alone is not
+    probs = predict_probs(trained, x, tta=TTA(hflip=True))
+    assert torch.equal(probs, probs.flip(-1))
+    mask = probs.argmax(dim=1)
+    assert torch.equal(mask, mask.flip(-1))
+
+
+def test_gaussian_weights_peak_at_the_centre_and_stay_positive() -> None:
+    w = gaussian_weights((33, 21), sigma=0.125)
+    assert w.shape == (33, 21)
+    assert w[16, 10] == 1.0
+    assert w.max() == 1.0
+    assert torch.equal(w, w.flip(0)) and torch.equal(w, w.flip(1))
+    assert w[0, 0] == pytest.approx(1e-3)  # floored: corners are only ever seen by tile borders
+
+
+@torch.no_grad()
+def test_validate_uses_the_configured_tta(trained: SegModule) -> None:
+    datamodule = _datamodule()
+    datamodule.setup("validate")
+    trainer = _tiny_trainer()
+    trained.tta = TTA(hflip=True, scales=(1.0, 1.5))
+    try:
+        with_tta = trainer.validate(trained, datamodule=datamodule, verbose=False)[0]["val/mIoU"]
+        iou = MulticlassJaccardIndex(5, ignore_index=255, average="none", zero_division=float("nan"))
+        for batch in datamodule.val_dataloader():
+            iou.update(predict_probs(trained, batch["image"], tta=trained.tta).argmax(dim=1), batch["mask"])
+        assert with_tta == pytest.approx(iou.compute().nanmean().item(), abs=1e-6)
+        trained.tta = TTA()
+        plain = trainer.validate(trained, datamodule=datamodule, verbose=False)[0]["val/mIoU"]
+        assert plain != with_tta
+    finally:
+        trained.tta = TTA()
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"tile": 0}, "sliding_window.tile"),
+        ({"tile": (32, 32, 3)}, "sliding_window.tile"),
+        ({"overlap": 1.0}, "sliding_window.overlap"),
+        ({"blend": "median"}, "sliding_window.blend"),
+        ({"sigma": 0.0}, "sliding_window.sigma"),
+        ({"tile_batch": 0}, "sliding_window.tile_batch"),
+        ({"pad_multiple": 0}, "sliding_window.pad_multiple"),
+    ],
+)
+def test_bad_sliding_window_settings_name_the_key(kwargs: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        SlidingWindow(**kwargs)
+
+
+@pytest.mark.parametrize("scales", [(), (0.0,), (1.0, -0.5)])
+def test_bad_tta_scales_name_the_key(scales: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match=r"tta\.scales"):
+        TTA(scales=scales)

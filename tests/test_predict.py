@@ -1,0 +1,199 @@
+"""Predicting a folder of images: masks and overlays at each image's size, bad files skipped."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import cv2
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from segopt.cli import main
+from segopt.data import SegDataModule, SyntheticShapes
+from segopt.data.transforms import eval_transform
+from segopt.inference import predict_probs
+from segopt.models import UNet
+from segopt.module import SegModule
+from segopt.palette import overlay
+from segopt.predict import PredictionWriter
+from tests.conftest import CONFIGS
+
+# name -> (height, width, channels); odd sizes, grey and colour, PNG and JPEG
+GOOD = {"a": (197, 301, 3), "b": (40, 33, 1), "c": (64, 64, 3)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Three images of different sizes, a corrupt PNG and a file that is not an image."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    root.mkdir()
+    for name, (h, w, c) in GOOD.items():
+        image = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+        assert cv2.imwrite(str(root / (f"{name}.jpg" if name == "b" else f"{name}.png")), image)
+    (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n but the rest is not a PNG")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def _model(num_classes: int = 5) -> SegModule:
+    torch.manual_seed(0)
+    return SegModule(partial(UNet, base_channels=4, depth=2), num_classes=num_classes, in_channels=3).eval()
+
+
+def _predict(model: SegModule, datamodule: SegDataModule, out: Path) -> PredictionWriter:
+    writer = PredictionWriter(str(out))
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[writer]
+    )
+    assert trainer.predict(model, datamodule=datamodule, return_predictions=False) is None
+    return writer
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def test_writes_a_mask_and_an_overlay_per_image_and_skips_the_bad_one(
+    folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = _model()
+    datamodule = SegDataModule(SyntheticShapes(), num_workers=0, predict_dir=str(folder))
+    with caplog.at_level(logging.WARNING):
+        writer = _predict(model, datamodule, tmp_path / "out")
+
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a.png", "a_overlay.png", "b.png", "b_overlay.png", "c.png", "c_overlay.png"
+    ]  # fmt: skip
+    assert [Path(p).name for p, _ in writer.skipped] == ["bad.png"]
+    assert any("bad.png" in r.getMessage() and "cannot be decoded" in r.getMessage() for r in caplog.records)
+
+    transform = eval_transform()
+    for name, (h, w, _) in GOOD.items():
+        mask = cv2.imread(str(tmp_path / "out" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (h, w) and mask.dtype == np.uint8
+        # The same mask as predicting the image directly (grey files are read as RGB here).
+        image = _read_rgb(next(folder.glob(f"{name}.*")))
+        with torch.no_grad():
+            expected = predict_probs(model, transform(image=image)["image"][None]).argmax(dim=1)[0]
+        assert np.array_equal(mask, expected.numpy())
+        # The overlay is the shared palette over the original pixels.
+        drawn = _read_rgb(tmp_path / "out" / f"{name}_overlay.png")
+        assert np.array_equal(drawn, overlay(image, mask, 5, 0.5))
+
+
+def test_batches_of_mixed_sizes_and_resized_evaluation_still_give_original_sizes(
+    folder: Path, tmp_path: Path
+) -> None:
+    datamodule = SegDataModule(
+        SyntheticShapes(), num_workers=0, predict_dir=str(folder), predict_batch_size=4, eval_size=(48, 48)
+    )
+    writer = _predict(_model(), datamodule, tmp_path / "out")
+    assert len(writer.written) == 3 and len(writer.overlays) == 3
+    for name, (h, w, _) in GOOD.items():
+        assert cv2.imread(str(tmp_path / "out" / f"{name}.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
+
+
+def test_more_than_256_classes_are_written_as_uint16(folder: Path, tmp_path: Path) -> None:
+    def constant_class(in_channels: int, num_classes: int) -> nn.Module:
+        conv = nn.Conv2d(in_channels, num_classes, 1)
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+        conv.bias.data[299] = 1.0  # every pixel is class 299
+        return conv
+
+    model = SegModule(constant_class, num_classes=300, in_channels=3).eval()
+    _predict(model, SegDataModule(SyntheticShapes(), num_workers=0, predict_dir=str(folder)), tmp_path / "out")
+    mask = cv2.imread(str(tmp_path / "out" / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.dtype == np.uint16
+    assert mask.shape == (197, 301) and (mask == 299).all()
+
+
+def test_grey_model_reads_colour_images_as_grey(folder: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SegModule(partial(UNet, base_channels=4, depth=2), num_classes=2, in_channels=1).eval()
+    source = SyntheticShapes()
+    source.in_channels = 1
+    datamodule = SegDataModule(source, num_workers=0, predict_dir=str(folder))
+    writer = _predict(model, datamodule, tmp_path / "out")
+    assert sorted(p.name for p in writer.written) == ["a.png", "b.png", "c.png"]
+    assert _read_rgb(tmp_path / "out" / "a_overlay.png").shape == (197, 301, 3)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: root / "missing", "is not a folder"),
+        (lambda root: root, "holds no images"),
+    ],
+    ids=["missing", "empty"],
+)
+def test_unusable_predict_folder_is_a_clear_error(tmp_path: Path, make, message: str) -> None:
+    (tmp_path / "readme.txt").write_text("no images here")
+    datamodule = SegDataModule(SyntheticShapes(), num_workers=0, predict_dir=str(make(tmp_path)))
+    with pytest.raises(FileNotFoundError, match=rf"data\.predict_dir: .*{message}"):
+        datamodule.predict_dataloader()
+
+
+def test_images_sharing_a_name_are_refused(folder: Path) -> None:
+    cv2.imwrite(str(folder / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    datamodule = SegDataModule(SyntheticShapes(), num_workers=0, predict_dir=str(folder))
+    with pytest.raises(ValueError, match=r"a\.jpg and a\.png share the name 'a'"):
+        datamodule.predict_dataloader()
+
+
+def test_bad_predict_batch_size_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"data\.predict_batch_size is 0"):
+        SegDataModule(SyntheticShapes(), predict_batch_size=0)
+
+
+def test_cli_predicts_a_folder_with_a_checkpoint_and_the_training_config(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    tiny = [
+        f"--config={CONFIGS / 'amp.yaml'}",
+        "--data.source.init_args.size=32",
+        "--data.source.init_args.num_train=8",
+        "--data.source.init_args.num_val=4",
+        "--data.batch_size=4",
+        "--data.num_workers=0",
+        "--model.backbone.init_args.base_channels=4",
+        "--model.backbone.init_args.depth=2",
+    ]
+    main(["fit", *tiny, "--trainer.max_epochs=1"])
+    ckpt = tmp_path / "runs" / "amp" / "version_0" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    out = tmp_path / "predictions" / "folder"
+    main(
+        [
+            "predict",
+            *tiny,
+            f"--config={CONFIGS / 'predict.yaml'}",
+            f"--ckpt_path={ckpt}",
+            f"--data.predict_dir={folder}",
+            f"--trainer.default_root_dir={out}",
+            "--model.tta.hflip=true",
+            "--model.sliding_window.tile=32",
+        ]
+    )
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["config.yaml"] + [f"{n}{s}.png" for n in GOOD for s in ("", "_overlay")])
+    for name, (h, w, _) in GOOD.items():
+        assert cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
+    saved = (out / "config.yaml").read_text()
+    assert "hflip: true" in saved and "PredictionWriter" in saved
