@@ -258,8 +258,8 @@ class SegModule(pl.LightningModule):
 
         A schedule sized to the whole run (OneCycle, Cosine, Poly) restores the length it
         was planned with; resumed into a longer run it would end early (OneCycle raises
-        "Tried to step N times" mid-training). Stretching it would bend the curve already
-        followed, so the run stops here, before any step, and says what to do.
+        "Tried to step N times" at the first step past its end). Stretching it would bend the
+        curve already followed, so the run stops here, before any step, and says what to do.
         """
         trainer = self._trainer
         if trainer is None or trainer.state.fn != TrainerFn.FITTING or self.scheduler_factory is None:
