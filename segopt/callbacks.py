@@ -105,7 +105,9 @@ class HParamsBestMetric(pl.Callback):
     HPARAMS tab (use with the logger's ``default_hp_metric: false``)."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        best = pl_module.val_miou_best.compute() if pl_module.val_miou_best.update_called else 0.0
+        # Read the state, not compute(): after a resume the restored best has no update yet.
+        best = float(pl_module.val_miou_best.max_value)
+        best = best if best > float("-inf") else 0.0
         for lg in trainer.loggers:
             if isinstance(lg, TensorBoardLogger):
                 lg.log_hyperparams(pl_module.hparams, {"val/mIoU_best": float(best)})

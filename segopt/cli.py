@@ -32,6 +32,8 @@ class SegCLI(LightningCLI):
             _resolve_last_checkpoint(self.config[self.subcommand])
 
     def after_instantiate_classes(self) -> None:
+        if self.subcommand is None:  # run=False: nothing will run, nothing to report
+            return
         requested = str(self.config[self.subcommand].trainer.precision)
         ran = self.trainer.precision
         device = type(self.trainer.accelerator).__name__.replace("Accelerator", "").lower()
