@@ -74,3 +74,10 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         mode = "reflect" if ph < h and pw < w else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
     return x, (h, w)
+
+
+def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Undo :func:`pad_to_multiple`: the top-left ``size`` of ``x`` (``x`` itself when unpadded)."""
+    h, w = size
+    # Slicing an unpadded map would still add a copy to the backward pass.
+    return x if x.shape[-2:] == (h, w) else x[..., :h, :w]

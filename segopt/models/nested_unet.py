@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segopt.models.blocks import ConvBlock, ResidualBlock, pad_to_multiple
+from segopt.models.blocks import ConvBlock, ResidualBlock, crop_to, pad_to_multiple
 
 
 class NestedUNet(nn.Module):
@@ -67,5 +67,5 @@ class NestedUNet(nn.Module):
                 inputs = [*grid[i][:j], self.up(grid[i + 1][j - 1])]
                 grid[i].append(self.nodes[f"{i}_{j}"](torch.cat(inputs, dim=1)))
         if self.deep_supervision and self.training:
-            return [head(y)[..., :h, :w] for head, y in zip(self.heads, grid[0][1:])]
-        return self.heads[-1](grid[0][-1])[..., :h, :w]
+            return [crop_to(head(y), (h, w)) for head, y in zip(self.heads, grid[0][1:])]
+        return crop_to(self.heads[-1](grid[0][-1]), (h, w))

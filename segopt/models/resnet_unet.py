@@ -14,7 +14,7 @@ import torchvision
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from segopt.models.blocks import ConvBlock, pad_to_multiple
+from segopt.models.blocks import ConvBlock, crop_to, pad_to_multiple
 from segopt.models.finetune import EncoderFreeze, check_finetune_options, encoder_param_groups
 
 ENCODERS = ("resnet18", "resnet34", "resnet50")
@@ -163,7 +163,7 @@ class ResNetUNet(nn.Module):
             if i < len(skips):
                 y = torch.cat([y, skips[i]], dim=1)
             y = block(y)
-        return self.head(y)[..., :h, :w]
+        return crop_to(self.head(y), (h, w))
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Decoder and head at the base learning rate; encoder at ``encoder_lr_scale`` x."""

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from segopt.models.blocks import pad_to_multiple
+from segopt.models.blocks import crop_to, pad_to_multiple
 from segopt.models.finetune import EncoderFreeze, check_finetune_options, encoder_param_groups
 
 
@@ -88,7 +88,7 @@ class SMPBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (h, w) = pad_to_multiple(x, self.multiple)
-        return self.model(x)[..., :h, :w]
+        return crop_to(self.model(x), (h, w))
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Decoder and head at the base learning rate; encoder at ``encoder_lr_scale`` x."""

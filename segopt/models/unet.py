@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segopt.models.blocks import ConvBlock, ResidualBlock, Up, pad_to_multiple
+from segopt.models.blocks import ConvBlock, ResidualBlock, Up, crop_to, pad_to_multiple
 
 
 class UNet(nn.Module):
@@ -50,4 +50,4 @@ class UNet(nn.Module):
         y = skips.pop()
         for up, dec in zip(self.up, self.dec):
             y = dec(torch.cat([up(y), skips.pop()], dim=1))
-        return self.head(y)[..., :h, :w]
+        return crop_to(self.head(y), (h, w))

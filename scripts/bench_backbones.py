@@ -1,0 +1,110 @@
+"""Compare the backbones of configs/model/*.yaml: parameters, GFLOPs and training-step time.
+
+GFLOPs: one forward pass of a 1x3xSxS image in eval mode, counted by
+``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; convolutions and
+matrix products only). Step time: forward + Dice/CE loss + backward + AdamW on a fixed
+batch, all backbones run round-robin so that changes in machine load hit them alike.
+
+    python scripts/bench_backbones.py --batch 2 --size 256 --reps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench_common import hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 5  # the built-in SyntheticShapes data
+
+
+def build_from_config(path: Path, in_channels: int = 3, num_classes: int = NUM_CLASSES) -> nn.Module:
+    """The backbone a configs/model/*.yaml file selects, built as the CLI builds it."""
+    spec = yaml.safe_load(path.read_text())["model"]["backbone"]
+    module_name, cls_name = spec["class_path"].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(in_channels, num_classes, **spec.get("init_args", {}))
+
+
+def gflops(net: nn.Module, size: int) -> float:
+    """Forward GFLOPs of ``net`` for one 3 x size x size image."""
+    net.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(torch.randn(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="*", type=Path, default=sorted((ROOT / "configs" / "model").glob("*.yaml")))
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--precision", default="bf16-mixed", help="32-true, bf16-mixed or 16-mixed (CUDA)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "backbones")
+    parser.add_argument("--note", default="", help="a line about the conditions, e.g. a shared, loaded machine")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    rows, steps = [], {}
+    for path in args.configs:
+        torch.manual_seed(0)
+        net = build_from_config(path)
+        name = path.stem
+        rows.append(
+            {
+                "backbone": name,
+                "class": type(net).__name__,
+                "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
+                "gflops": round(gflops(net, args.size), 2),
+            }
+        )
+        steps[name] = make_train_step(net, NUM_CLASSES, args.batch, args.size, args.device, args.precision)
+    times = time_interleaved(steps, args.warmup, args.reps)
+    for row in rows:
+        row.update(summary(times[row["backbone"]], args.batch))
+
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("configs", "out")}
+    hw = hardware(args.device)
+    lines = [
+        "# Backbones: size and training-step time",
+        "",
+        f"`python scripts/bench_backbones.py --batch {args.batch} --size {args.size} --precision {args.precision} "
+        f"--device {args.device} --reps {args.reps} --warmup {args.warmup}"
+        + (f" --threads {args.threads}" if args.threads else "")
+        + "`",
+        "",
+        f"Hardware: {hw.get('gpu') or hw.get('cpu')}, {hw['torch_threads']} torch threads; torch {hw['torch']}.",
+        f"GFLOPs: forward of one 3x{args.size}x{args.size} image (multiply-add = 2). Step: forward + Dice/CE + "
+        f"backward + AdamW, batch {args.batch} of {args.size}x{args.size}, {args.precision}, "
+        f"{NUM_CLASSES} classes; median and fastest of {args.reps} round-robin runs.",
+    ]
+    if args.note:
+        lines.append(f"Conditions: {args.note}")
+    columns = {
+        "backbone": "config",
+        "class": "class",
+        "params_M": "params (M)",
+        "gflops": f"GFLOPs @{args.size}",
+        "step_ms_median": "step ms (median)",
+        "step_ms_min": "step ms (min)",
+        "images_per_s": "images/s",
+    }
+    lines += ["", *markdown_table(rows, columns)]
+    write_results(args.out, {"settings": settings, "hardware": hw, "rows": rows, "times_s": times}, lines)
+
+
+if __name__ == "__main__":
+    main()

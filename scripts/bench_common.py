@@ -1,0 +1,125 @@
+"""Shared pieces of the backbone benchmarks: one training step, interleaved timing, hardware, output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segopt.losses import CombinedLoss
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast region Lightning's MixedPrecision plugin opens for ``precision``."""
+    if precision == "32-true":
+        return contextlib.nullcontext()
+    if precision == "16-mixed" and device == "cpu":
+        raise ValueError("precision 16-mixed needs a CUDA GPU; use bf16-mixed on a CPU")
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+def make_train_step(
+    net: nn.Module, num_classes: int, batch: int, size: int, device: str, precision: str, channels_last: bool = False
+) -> Callable[[], None]:
+    """A closure running one training step (forward, Dice+CE loss, backward, AdamW) on fixed data."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    net = net.to(device).train()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    y = torch.randint(0, num_classes, (batch, size, size), generator=gen).to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    criterion = CombinedLoss(num_classes, 255)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-4)
+    scaler = torch.amp.GradScaler(device, enabled=precision == "16-mixed")
+
+    def step() -> None:
+        with autocast(device, precision):
+            out = net(x)
+            outs = out if isinstance(out, list) else [out]
+            loss = sum(criterion(o, y) for o in outs) / len(outs)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, reps: int) -> dict[str, list[float]]:
+    """Seconds per call of each step, run round-robin so that load changes hit all alike."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(seconds: list[float], batch: int) -> dict[str, float]:
+    """Median and fastest step time (ms) and the median throughput (images/s)."""
+    median = statistics.median(seconds)
+    return {
+        "step_ms_median": round(1000 * median, 1),
+        "step_ms_min": round(1000 * min(seconds), 1),
+        "images_per_s": round(batch / median, 2),
+    }
+
+
+def hardware(device: str) -> dict[str, Any]:
+    """What ran the benchmark: CPU model and threads, or the GPU name, and library versions."""
+    info: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    else:
+        info["cpu"] = _cpu_name()
+    return info
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> Iterator[str]:
+    """Lines of a markdown table of ``rows``; ``columns`` maps row keys to headers."""
+    yield "| " + " | ".join(columns.values()) + " |"
+    yield "|" + "|".join("---" for _ in columns) + "|"
+    for row in rows:
+        yield "| " + " | ".join(str(row[k]) for k in columns) + " |"
+
+
+def write_results(stem: Path, payload: dict[str, Any], markdown: list[str]) -> None:
+    """Write ``stem``.json and ``stem``.md."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(markdown) + "\n")
+    print("\n".join(markdown))
+    print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}")

@@ -1,0 +1,112 @@
+"""Training-step throughput of segopt's ResNetUNet(resnet34) beside segmentation_models_pytorch's Unet("resnet34").
+
+Both get the same batch, size, precision, loss (Dice/CE) and optimiser (AdamW); they are run
+round-robin so that changes in machine load hit both alike. Target: ours >= 0.95x theirs.
+
+    python scripts/bench_smp.py --batch 4 --size 256 --precision bf16-mixed          # CPU
+    python scripts/bench_smp.py --device cuda --precision 16-mixed --batch 16 --size 512  # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from bench_common import hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
+from segopt.models import ResNetUNet
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 5
+TARGET = 0.95
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--precision", default="bf16-mixed", help="32-true, bf16-mixed or 16-mixed (CUDA)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--channels-last", action="store_true", help="also time both in channels-last format")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "resnet_vs_smp")
+    parser.add_argument("--note", default="", help="a line about the conditions, e.g. a shared, loaded machine")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError as err:
+        raise SystemExit('this benchmark needs segmentation_models_pytorch: pip install "segopt[smp]"') from err
+
+    def ours() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return ResNetUNet(3, NUM_CLASSES, encoder="resnet34")
+
+    def theirs() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return smp.Unet("resnet34", encoder_weights=None, in_channels=3, classes=NUM_CLASSES)
+
+    params = {
+        "segopt ResNetUNet": sum(p.numel() for p in ours().parameters()),
+        "smp Unet": sum(p.numel() for p in theirs().parameters()),
+    }
+    formats = [False, True] if args.channels_last else [False]
+    steps = {}
+    for cl in formats:
+        suffix = " (channels_last)" if cl else ""
+        for name, build in (("segopt ResNetUNet", ours), ("smp Unet", theirs)):
+            steps[name + suffix] = make_train_step(
+                build(), NUM_CLASSES, args.batch, args.size, args.device, args.precision, channels_last=cl
+            )
+    times = time_interleaved(steps, args.warmup, args.reps)
+
+    rows = []
+    for name, seconds in times.items():
+        row = {"model": name, "params": params[name.split(" (")[0]], **summary(seconds, args.batch)}
+        rows.append(row)
+    ratios = {}
+    for cl in formats:
+        suffix = " (channels_last)" if cl else ""
+        a = next(r for r in rows if r["model"] == "segopt ResNetUNet" + suffix)
+        b = next(r for r in rows if r["model"] == "smp Unet" + suffix)
+        ratios["channels_last" if cl else "contiguous"] = round(a["images_per_s"] / b["images_per_s"], 3)
+
+    hw = hardware(args.device)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
+    lines = [
+        "# ResNetUNet(resnet34) vs segmentation_models_pytorch Unet(resnet34): training-step throughput",
+        "",
+        f"`python scripts/bench_smp.py --batch {args.batch} --size {args.size} --precision {args.precision} "
+        f"--device {args.device} --reps {args.reps} --warmup {args.warmup}"
+        + (f" --threads {args.threads}" if args.threads else "")
+        + (" --channels-last" if args.channels_last else "")
+        + "`",
+        "",
+        f"Hardware: {hw.get('gpu') or hw.get('cpu')}, {hw['torch_threads']} torch threads; torch {hw['torch']}, "
+        f"segmentation_models_pytorch {smp.__version__}.",
+        f"Step: forward + Dice/CE + backward + AdamW, batch {args.batch} of {args.size}x{args.size}, "
+        f"{args.precision}, {NUM_CLASSES} classes; median and fastest of {args.reps} round-robin runs.",
+    ]
+    if args.note:
+        lines.append(f"Conditions: {args.note}")
+    columns = {
+        "model": "model",
+        "params": "parameters",
+        "step_ms_median": "step ms (median)",
+        "step_ms_min": "step ms (min)",
+        "images_per_s": "images/s",
+    }
+    lines += ["", *markdown_table(rows, columns), ""]
+    for layout, ratio in ratios.items():
+        verdict = "meets" if ratio >= TARGET else "misses"
+        lines.append(f"- ours / theirs ({layout}): **{ratio:.3f}x** — {verdict} the {TARGET}x target")
+    payload = {"settings": settings, "hardware": hw, "rows": rows, "ratio_ours_over_theirs": ratios, "times_s": times}
+    write_results(args.out, payload, lines)
+
+
+if __name__ == "__main__":
+    main()
