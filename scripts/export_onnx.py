@@ -15,12 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from segopt.cli import SegCLI
-from segopt.data import SegDataModule
 from segopt.export import export_onnx, onnx_parity
-from segopt.module import SegModule
+from segopt.from_config import build_from_config, load_weights
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -31,30 +27,6 @@ def _size(text: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
     return h, w
-
-
-class _BuildOnly(SegCLI):
-    """Parses the training config and builds its objects; runs no subcommand."""
-
-    def after_instantiate_classes(self) -> None:
-        pass  # SegCLI's precision note reads the subcommand's config, and nothing runs here
-
-
-def load_model(cli_args: list[str], ckpt_path: Path) -> SegModule:
-    """The SegModule built from the config files in ``cli_args``, with the checkpoint's weights."""
-    if not ckpt_path.is_file():
-        sys.exit(f"error: --ckpt_path {ckpt_path} is not a file; give the .ckpt written by training")
-    cli = _BuildOnly(SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None)
-    model = cli.model
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        sys.exit(
-            f"error: {ckpt_path} does not fit the model built from the config ({str(err).splitlines()[0]} ...); "
-            "pass the same --config files (and overrides) the checkpoint was trained with"
-        )
-    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -70,7 +42,10 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--atol", type=float, default=1e-3, help="largest allowed max abs logit difference")
     args, cli_args = parser.parse_known_args(argv)
 
-    model = load_model(cli_args, args.ckpt_path)
+    try:
+        model = load_weights(build_from_config(cli_args).model, args.ckpt_path).eval()
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
     in_channels = int(model.hparams.in_channels)
     multiple = model.sliding_window.pad_multiple
     export_onnx(model, args.output, in_channels, multiple, args.opset)

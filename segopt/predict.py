@@ -43,6 +43,8 @@ class PredictionWriter(BasePredictionWriter):
         if not 0 <= alpha <= 1:
             raise ValueError(f"PredictionWriter alpha is {alpha}; it must be in [0, 1], e.g. 0.5")
         self.output_dir = Path(output_dir) if output_dir is not None else None
+        #: Where this run writes: ``output_dir`` or the trainer's ``default_root_dir``.
+        self.directory = self.output_dir or Path()
         self.overlay = overlay
         self.alpha = alpha
         self.written: list[Path] = []
@@ -50,9 +52,8 @@ class PredictionWriter(BasePredictionWriter):
         self.skipped: list[tuple[str, str]] = []
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.output_dir is None:
-            self.output_dir = Path(trainer.default_root_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.directory = self.output_dir or Path(trainer.default_root_dir)
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.written, self.overlays, self.skipped = [], [], []
 
     def write_on_batch_end(
@@ -75,16 +76,16 @@ class PredictionWriter(BasePredictionWriter):
         for i, mask in enumerate(prediction["mask"]):
             stem = Path(paths[i]).stem if paths else f"{int(prediction['index'][i]):05d}"
             ids = mask.cpu().numpy()
-            self.written.append(_write(self.output_dir / f"{stem}.png", ids.astype(dtype)))
+            self.written.append(_write(self.directory / f"{stem}.png", ids.astype(dtype)))
             if self.overlay and raws:
                 colour = overlay(raws[i], ids, num_classes, self.alpha)
-                path = _write(self.output_dir / f"{stem}_overlay.png", cv2.cvtColor(colour, cv2.COLOR_RGB2BGR))
+                path = _write(self.directory / f"{stem}_overlay.png", cv2.cvtColor(colour, cv2.COLOR_RGB2BGR))
                 self.overlays.append(path)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         note = f"; skipped {len(self.skipped)} unreadable: " + ", ".join(Path(p).name for p, _ in self.skipped)
         rank_zero_info(
-            f"segopt: wrote {len(self.written)} masks and {len(self.overlays)} overlays to {self.output_dir}/"
+            f"segopt: wrote {len(self.written)} masks and {len(self.overlays)} overlays to {self.directory}/"
             + (note if self.skipped else "")
         )
 

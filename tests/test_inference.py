@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -18,6 +21,7 @@ from segopt.data.transforms import eval_transform
 from segopt.inference import TTA, SlidingWindow, gaussian_weights, predict_probs
 from segopt.models import UNet
 from segopt.module import SegModule
+from tests.conftest import CONFIGS, ROOT
 
 TRAIN_SIZE = 32
 
@@ -198,3 +202,34 @@ def test_bad_sliding_window_settings_name_the_key(kwargs: dict, key: str) -> Non
 def test_bad_tta_scales_name_the_key(scales: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match=r"tta\.scales"):
         TTA(scales=scales)
+
+
+def test_bench_script_writes_one_row_per_setting(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "scripts" / "bench_inference.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    model = SegModule(partial(UNet, base_channels=4, depth=2), num_classes=5, in_channels=3)
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    out = tmp_path / "results" / "inference.md"
+    rows = script.main(
+        [
+            f"--config={CONFIGS / 'amp.yaml'}",
+            "--trainer.precision=32-true",
+            "--model.backbone.init_args.base_channels=4",
+            "--model.backbone.init_args.depth=2",
+            "--data.source.init_args.size=48",
+            "--data.source.init_args.num_val=4",
+            "--data.num_workers=0",
+            f"--ckpt_path={ckpt}",
+            "--tile=32",
+            f"--output={out}",
+        ]
+    )
+    names = [r["setting"] for r in rows]
+    assert names == list(script.settings(32))
+    table = out.read_text()
+    assert all(f"| {name} |" in table for name in names)
+    assert json.loads(out.with_suffix(".json").read_text()) == rows
+    assert all(0 <= r["val/mIoU"] <= 1 and r["seconds"] > 0 for r in rows)

@@ -1,0 +1,44 @@
+"""Build the objects of a training config and load a checkpoint into them, for scripts.
+
+Scripts that work on a trained model (export, benchmarks) take the same ``--config`` files
+and flags as ``python -m segopt.cli`` and a ``--ckpt_path``, so the network is rebuilt
+exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from segopt.cli import SegCLI
+from segopt.data import SegDataModule
+from segopt.module import SegModule
+
+
+class _BuildOnly(SegCLI):
+    """Parses a training config and instantiates its objects; runs no subcommand."""
+
+    def after_instantiate_classes(self) -> None:
+        pass  # SegCLI's precision note reads a subcommand's config, and nothing runs here
+
+
+def build_from_config(cli_args: list[str]) -> SegCLI:
+    """The CLI objects (``.model``, ``.datamodule``, ``.trainer``, ``.config``) for ``cli_args``."""
+    return _BuildOnly(SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None)
+
+
+def load_weights(model: SegModule, ckpt_path: str | Path) -> SegModule:
+    """Load the weights of a Lightning checkpoint into ``model``; errors say what to change."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"--ckpt_path {ckpt_path} is not a file; give the .ckpt written by training")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{ckpt_path} does not fit the model built from the config ({str(err).splitlines()[0]} ...); "
+            "pass the same --config files (and overrides) the checkpoint was trained with"
+        ) from None
+    return model
