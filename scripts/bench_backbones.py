@@ -33,6 +33,13 @@ def build_from_config(path: Path, in_channels: int = 3, num_classes: int = NUM_C
     return cls(in_channels, num_classes, **spec.get("init_args", {}))
 
 
+def default_configs() -> list[Path]:
+    """configs/model/*.yaml, simplest first."""
+    order = ["unet", "res_unet", "nested_unet", "resnet34_unet", "smp_unet"]
+    paths = (ROOT / "configs" / "model").glob("*.yaml")
+    return sorted(paths, key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.stem))
+
+
 def gflops(net: nn.Module, size: int) -> float:
     """Forward GFLOPs of ``net`` for one 3 x size x size image."""
     net.eval()
@@ -44,7 +51,7 @@ def gflops(net: nn.Module, size: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="*", type=Path, default=sorted((ROOT / "configs" / "model").glob("*.yaml")))
+    parser.add_argument("--configs", nargs="*", type=Path, default=default_configs())
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--precision", default="bf16-mixed", help="32-true, bf16-mixed or 16-mixed (CUDA)")

@@ -10,16 +10,28 @@ round-robin so that changes in machine load hit both alike. Target: ours >= 0.95
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
-from bench_common import hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
+from bench_common import autocast, hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
 from segopt.models import ResNetUNet
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5
 TARGET = 0.95
+
+
+def op_counts(net: torch.nn.Module, precision: str) -> Counter[str]:
+    """How often each aten op runs in one CPU forward + backward of a small batch."""
+    x = torch.randn(2, 3, 64, 64)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with autocast("cpu", "32-true" if precision == "16-mixed" else precision):
+            out = net.train()(x)
+        out.float().square().mean().backward()
+    return Counter({e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")})
 
 
 def main() -> None:
@@ -54,6 +66,9 @@ def main() -> None:
         "segopt ResNetUNet": sum(p.numel() for p in ours().parameters()),
         "smp Unet": sum(p.numel() for p in theirs().parameters()),
     }
+    # Same kernels in the same numbers means any gap in time is the machine, not the model.
+    ours_ops, theirs_ops = op_counts(ours(), args.precision), op_counts(theirs(), args.precision)
+    op_diff = {k: [ours_ops[k], theirs_ops[k]] for k in sorted(ours_ops | theirs_ops) if ours_ops[k] != theirs_ops[k]}
     formats = [False, True] if args.channels_last else [False]
     steps = {}
     for cl in formats:
@@ -73,7 +88,11 @@ def main() -> None:
         suffix = " (channels_last)" if cl else ""
         a = next(r for r in rows if r["model"] == "segopt ResNetUNet" + suffix)
         b = next(r for r in rows if r["model"] == "smp Unet" + suffix)
-        ratios["channels_last" if cl else "contiguous"] = round(a["images_per_s"] / b["images_per_s"], 3)
+        ratios["channels_last" if cl else "contiguous"] = {
+            "median": round(a["images_per_s"] / b["images_per_s"], 3),
+            # The fastest run is the least disturbed by other work on a shared machine.
+            "fastest": round(b["step_ms_min"] / a["step_ms_min"], 3),
+        }
 
     hw = hardware(args.device)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
@@ -102,9 +121,16 @@ def main() -> None:
     }
     lines += ["", *markdown_table(rows, columns), ""]
     for layout, ratio in ratios.items():
-        verdict = "meets" if ratio >= TARGET else "misses"
-        lines.append(f"- ours / theirs ({layout}): **{ratio:.3f}x** — {verdict} the {TARGET}x target")
-    payload = {"settings": settings, "hardware": hw, "rows": rows, "ratio_ours_over_theirs": ratios, "times_s": times}
+        verdict = "meets" if ratio["median"] >= TARGET else "misses"
+        lines.append(
+            f"- ours / theirs throughput ({layout}): **{ratio['median']:.3f}x** by median step, "
+            f"{ratio['fastest']:.3f}x by fastest step — {verdict} the {TARGET}x target"
+        )
+    if op_diff:
+        lines.append(f"- aten op counts per forward+backward differ (ours, theirs): {op_diff}")
+    else:
+        lines.append(f"- both run the same aten ops the same number of times per forward+backward ({sum(ours_ops.values())} calls)")
+    payload = {"settings": settings, "aten_op_count_differences": op_diff, "hardware": hw, "rows": rows, "ratio_ours_over_theirs": ratios, "times_s": times}
     write_results(args.out, payload, lines)
 
 

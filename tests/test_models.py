@@ -29,7 +29,7 @@ BACKBONES: dict[str, Callable[[int, int], nn.Module]] = {
     "nested_unet": partial(NestedUNet, base_channels=4, depth=3),
     "nested_unet_ds": partial(NestedUNet, base_channels=4, depth=3, deep_supervision=True, residual=True),
     "resnet18_unet": partial(ResNetUNet, encoder="resnet18", decoder_channels=TINY_DECODER),
-    "resnet50_unet_bilinear": partial(ResNetUNet, encoder="resnet50", decoder_channels=TINY_DECODER, up_mode="bilinear"),
+    "resnet50_unet_bilinear": partial(ResNetUNet, encoder="resnet50", decoder_channels=TINY_DECODER, decoder_interpolation="bilinear"),
     "smp_unet": partial(SMPBackbone, encoder_name="resnet18", decoder_channels=TINY_DECODER),
     "smp_fpn": partial(SMPBackbone, arch="FPN", encoder_name="resnet18", decoder_pyramid_channels=32, decoder_segmentation_channels=32),
 }
@@ -205,7 +205,7 @@ def test_torchvision_weight_names_resolve_without_download() -> None:
     [
         ({"encoder": "resnet101"}, "encoder='resnet101' is not supported; use one of resnet18, resnet34, resnet50"),
         ({"decoder_channels": (64, 32)}, "decoder_channels has 2 widths"),
-        ({"up_mode": "bicubic"}, "up_mode='bicubic' is not one of nearest, bilinear"),
+        ({"decoder_interpolation": "bicubic"}, "decoder_interpolation='bicubic' is not one of nearest, bilinear"),
         ({"freeze_encoder_epochs": -1}, "freeze_encoder_epochs=-1 is negative"),
         ({"encoder_lr_scale": 0.0}, "encoder_lr_scale=0.0 must be > 0"),
     ],

@@ -102,7 +102,8 @@ class ResNetUNet(nn.Module):
             internet); or the path of a local state-dict file of that ResNet (``fc.*`` keys
             are ignored), loaded with ``torch.load(weights_only=True)``.
         decoder_channels: widths of the five decoder blocks, deepest first.
-        up_mode: decoder up-sampling, "nearest" or "bilinear".
+        decoder_interpolation: decoder up-sampling, "nearest" or "bilinear" (named as in smp;
+            a different name from UNet's ``up_mode`` keeps a UNet config's value from carrying over).
         freeze_encoder_epochs: keep the encoder frozen for this many first epochs.
         encoder_lr_scale: encoder learning rate = this x the optimiser's (and schedule's).
     """
@@ -114,7 +115,7 @@ class ResNetUNet(nn.Module):
         encoder: str = "resnet34",
         weights: str | None = None,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-        up_mode: str = "nearest",
+        decoder_interpolation: str = "nearest",
         freeze_encoder_epochs: int = 0,
         encoder_lr_scale: float = 1.0,
     ) -> None:
@@ -126,12 +127,14 @@ class ResNetUNet(nn.Module):
                 f"decoder_channels has {len(decoder_channels)} widths {list(decoder_channels)}; give 5, one per "
                 "decoder block, deepest first, e.g. [256, 128, 64, 32, 16]"
             )
-        if up_mode not in _UP_MODES:
-            raise ValueError(f"up_mode={up_mode!r} is not one of {', '.join(_UP_MODES)}")
+        if decoder_interpolation not in _UP_MODES:
+            raise ValueError(
+                f"decoder_interpolation={decoder_interpolation!r} is not one of {', '.join(_UP_MODES)}"
+            )
         check_finetune_options(freeze_encoder_epochs, encoder_lr_scale)
         self.freeze_encoder_epochs = freeze_encoder_epochs
         self.encoder_lr_scale = encoder_lr_scale
-        self.up_mode = up_mode
+        self.decoder_interpolation = decoder_interpolation
 
         self.encoder = _build_encoder(encoder, in_channels, weights)
         expansion = self.encoder.layer1[0].expansion
@@ -159,7 +162,7 @@ class ResNetUNet(nn.Module):
         *skips, y = self.encode(x)
         skips.reverse()
         for i, block in enumerate(self.decoder):
-            y = F.interpolate(y, scale_factor=2.0, mode=self.up_mode)
+            y = F.interpolate(y, scale_factor=2.0, mode=self.decoder_interpolation)
             if i < len(skips):
                 y = torch.cat([y, skips[i]], dim=1)
             y = block(y)
