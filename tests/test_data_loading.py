@@ -187,3 +187,27 @@ def test_check_on_membrane_config(monkeypatch, capsys):
     assert code == 0, out
     assert "[train] 24 pairs" in out and "[val] 6 pairs" in out
     assert "mask values in the files: [0, 255]" in out
+
+
+def test_normalize_on_device_gives_the_same_batches_after_transfer():
+    def first_batch(on_device: bool) -> tuple[SegDataModule, dict]:
+        torch.manual_seed(3)
+        dm = SegDataModule(
+            SyntheticShapes(size=40, num_train=4, num_val=2),
+            batch_size=4,
+            num_workers=0,
+            train_size=(32, 32),
+            resize_mode="crop",
+            normalize_on_device=on_device,
+        )
+        return dm, next(iter(dm.train_dataloader()))
+
+    _, reference = first_batch(False)
+    dm, narrow = first_batch(True)
+    assert narrow["image"].dtype == torch.uint8  # 4x fewer bytes than float32
+    assert narrow["mask"].dtype == torch.int32  # the synthetic int64 masks come out of OpenCV as int32
+    moved = dm.on_after_batch_transfer(narrow, 0)
+    assert moved["image"].dtype == torch.float32 and moved["mask"].dtype == torch.int64
+    torch.testing.assert_close(moved["image"], reference["image"], atol=1e-5, rtol=0)
+    assert torch.equal(moved["mask"], reference["mask"])
+    assert dm.on_after_batch_transfer(reference, 0)["image"] is reference["image"]  # float batches untouched

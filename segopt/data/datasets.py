@@ -87,13 +87,16 @@ class CachedSamples(Dataset):
 class TransformedDataset(Dataset):
     """Applies one albumentations ``Compose`` jointly to image and mask.
 
-    Returns ``{"image": float [C,H,W], "mask": int64 [H,W], "index": int}``.
+    Returns ``{"image": float [C,H,W], "mask": int64 [H,W], "index": int}`` (with
+    ``widen_mask=False`` and a pipeline without normalisation: uint8 image, narrow mask).
 
     Args:
         samples: decoded ``(image, mask)`` pairs.
         transform: called as ``transform(image=, mask=)``.
         check_mask: ``(num_classes, ignore_index)`` to verify every transformed mask holds
             only class ids or ``ignore_index`` (used for user-supplied pipelines).
+        widen_mask: return the mask as int64; False keeps its decoded dtype (uint8 for most
+            data sets) so batches are smaller until the datamodule widens them on the device.
     """
 
     def __init__(
@@ -101,10 +104,12 @@ class TransformedDataset(Dataset):
         samples: Dataset[Sample],
         transform: Callable[..., dict[str, Any]],
         check_mask: tuple[int, int] | None = None,
+        widen_mask: bool = True,
     ) -> None:
         self.samples = samples
         self.transform = transform
         self.check_mask = check_mask
+        self.widen_mask = widen_mask
 
     def __len__(self) -> int:
         return len(self.samples)  # type: ignore[arg-type]
@@ -118,7 +123,9 @@ class TransformedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.samples[index]
         out = self.transform(image=image, mask=mask)
-        mask_out = torch.as_tensor(out["mask"]).long()
+        mask_out = torch.as_tensor(out["mask"])
+        if self.widen_mask:
+            mask_out = mask_out.long()
         if self.check_mask is not None:
             self._check(mask_out, index)
         return {"image": out["image"], "mask": mask_out, "index": index}

@@ -19,6 +19,9 @@ from PIL import Image, UnidentifiedImageError
 #: File extensions (lower case) that count as images or masks.
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
+# OpenCV >= 4.10 decodes straight to RGB; older versions decode BGR and convert.
+_READ_RGB = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
+
 # Pillow modes with one channel; everything else ("RGB", "RGBA", "P", "CMYK", ...) is colour.
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "LA"}
 
@@ -68,13 +71,13 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     Grey files become 3 identical channels when ``channels`` is 3.
     """
     data = np.fromfile(path, dtype=np.uint8)  # imdecode, unlike imread, copes with any path
-    flag = cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE
+    flag = _READ_RGB if channels == 3 else cv2.IMREAD_GRAYSCALE
     image = cv2.imdecode(data, flag) if data.size else None
     if image is None:
         raise DataError(f"{path}: image cannot be decoded (corrupt or truncated file); re-export it or remove it")
-    if channels == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image[..., None]
+    if channels == 1:
+        return image[..., None]
+    return image if _READ_RGB != cv2.IMREAD_COLOR else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: Path, colour: bool) -> np.ndarray:

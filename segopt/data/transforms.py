@@ -149,12 +149,12 @@ def load_pipeline(path: str | Path) -> A.Compose:
     return pipeline
 
 
-def _complete(pipeline: A.Compose, norm: Normalize, in_channels: int) -> list[A.BasicTransform]:
-    """A user pipeline plus whatever of normalise + to-tensor it lacks at its end."""
+def _complete(pipeline: A.Compose, norm: Normalize | None, in_channels: int) -> list[A.BasicTransform]:
+    """A user pipeline plus whatever of normalise + to-tensor it lacks at its end (no normalise when ``norm`` is None)."""
     steps = list(pipeline.transforms)
     if steps and isinstance(steps[-1], ToTensorV2):
         return steps
-    if any(isinstance(t, A.Normalize) for t in steps):
+    if norm is None or any(isinstance(t, A.Normalize) for t in steps):
         return [*steps, ToTensorV2()]
     return steps + _finish(norm, in_channels)
 
@@ -168,21 +168,24 @@ def train_transform(
     mode: ResizeMode = "resize",
     pipeline: str | Path | None = None,
     seed: int | None = None,
+    normalize: bool = True,
 ) -> A.Compose:
     """The training pipeline: size (resize or crop), augmentation, normalisation.
 
     Sizing comes first so the augmentation works on the smaller image. ``pipeline``, a
     file saved by ``albumentations.save``, replaces ``augment``; it is completed with
-    normalisation and to-tensor unless it already ends with them.
+    normalisation and to-tensor unless it already ends with them. ``normalize=False``
+    ends with a uint8 tensor instead, for normalising on the device.
     """
-    norm = norm or Normalize()
+    norm = (norm or Normalize()) if normalize else None
     steps: list[A.BasicTransform] = []
     if size is not None:
         steps.append(_size_step(tuple(size), mode, ignore_index, augment.fill))  # type: ignore[arg-type]
     if pipeline is not None:
         steps += _complete(load_pipeline(pipeline), norm, in_channels)
     else:
-        steps += augmentation(augment, ignore_index, in_channels) + _finish(norm, in_channels)
+        end = _finish(norm, in_channels) if norm is not None else [ToTensorV2()]
+        steps += augmentation(augment, ignore_index, in_channels) + end
     return A.Compose(steps, seed=seed)
 
 
