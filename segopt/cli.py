@@ -10,10 +10,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from segopt.data import SegDataModule
+from segopt.failsafe import NonFiniteLossGuard, is_out_of_memory, out_of_memory_message
 from segopt.module import SegModule
 
 # segopt prints its own single line about the precision that actually ran (see below).
@@ -26,6 +28,8 @@ class SegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse type)
         for key in ("num_classes", "in_channels", "ignore_index", "class_names"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+        # Always on, configured under its own key (nonfinite_loss.patience).
+        parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite_loss")
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
@@ -34,11 +38,28 @@ class SegCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: nothing will run, nothing to report
             return
-        requested = str(self.config[self.subcommand].trainer.precision)
-        ran = self.trainer.precision
+        config = self.config[self.subcommand]
         device = type(self.trainer.accelerator).__name__.replace("Accelerator", "").lower()
+        if self.subcommand == "fit" and config.trainer.sync_batchnorm and not isinstance(self.trainer.accelerator, CUDAAccelerator):
+            # Said now: DDP would only raise "SyncBatchNorm layers only work with GPU modules" once fit started.
+            sys.exit(
+                f"error: trainer.sync_batchnorm is true but the run is on {device}; SyncBatchNorm needs CUDA GPUs. "
+                "Add --trainer.sync_batchnorm false (each process then keeps its own BatchNorm statistics)."
+            )
+        requested = str(config.trainer.precision)
+        ran = self.trainer.precision
         note = "" if ran == requested else f" (requested {requested}; fp16 autocast needs a CUDA GPU)"
         rank_zero_info(f"segopt: running precision {ran} on {device}{note}")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            # The Trainer has already torn down (and stopped the other processes); what is
+            # left to do is to say what ran out and which settings to change.
+            raise SystemExit("error: " + out_of_memory_message(error, self.trainer, subcommand)) from error
 
 
 def _resolve_last_checkpoint(config) -> None:  # noqa: ANN001 (jsonargparse Namespace)

@@ -74,6 +74,12 @@ class SegModule(pl.LightningModule):
         # How to infer is chosen per command, not stored: a checkpoint's hyperparameters
         # override the command line when LightningCLI loads it.
         self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "scheduler", "tta", "sliding_window"])
+        if num_classes < 2:
+            raise ValueError(
+                f"num_classes is {num_classes} (class names: {list(class_names or [])}), but segmentation needs at "
+                "least 2 classes; for one kind of object against the rest name both, background first, e.g. "
+                "data.source.init_args.class_names: [background, cell] (with segopt.data.BinaryMask for 0/255 masks)"
+            )
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
@@ -183,13 +189,13 @@ class SegModule(pl.LightningModule):
         # A class absent from both target and prediction has IoU NaN and stays out of the
         # mean: counting it as 0 would punish the model for a class the data never showed.
         miou = iou.nanmean()
-        self.log(f"{stage}/mIoU", miou, prog_bar=True)
+        self._log_global(f"{stage}/mIoU", miou, prog_bar=True)
         # Per class over the whole set, Dice = 2J / (1 + J): no second confusion count needed.
-        self.log(f"{stage}/dice", (2 * iou / (1 + iou)).nanmean())
-        self.log(f"{stage}/acc", values["acc"])
+        self._log_global(f"{stage}/dice", (2 * iou / (1 + iou)).nanmean())
+        self._log_global(f"{stage}/acc", values["acc"])
         # Absent classes are logged as NaN so that every epoch has the same keys.
         for name, value in zip(self.class_names, iou):
-            self.log(f"{stage}/iou/{name}", value)
+            self._log_global(f"{stage}/iou/{name}", value)
         if stage == "val":
             self.val_confusion = values["confmat"].detach().cpu()
         metrics.reset()
@@ -202,7 +208,16 @@ class SegModule(pl.LightningModule):
         miou = self._log_epoch("val", self.val_metrics)
         if not self.trainer.sanity_checking:
             self.val_miou_best.update(miou)
-            self.log("val/mIoU_best", self.val_miou_best.compute())
+            self._log_global("val/mIoU_best", self.val_miou_best.compute())
+
+    def _log_global(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
+        """Log a value torchmetrics has already reduced over all processes.
+
+        Every process holds the same number; reducing it again with ``max`` leaves it
+        exactly as it is (a mean over 3 processes could round) and tells Lightning it is
+        synchronised, so multi-process runs do not warn about ``sync_dist``.
+        """
+        self.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_metrics)

@@ -1,0 +1,204 @@
+"""Failing safely: a loss that stays non-finite, weights that went NaN, running out of memory.
+
+A failed run should say why and keep what it had: the guard below stops training on a
+loss that stays NaN/inf and refuses to write a checkpoint whose weights are not finite,
+so the newest checkpoint on disk is always one a resumed run can use. The out-of-memory
+helpers turn an allocator failure into advice in terms of this project's config keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BatchSizeFinder, ModelCheckpoint
+from torchmetrics import Metric
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss stayed non-finite or the weights became non-finite."""
+
+
+@dataclass(frozen=True)
+class _BadBatch:
+    step: int
+    epoch: int
+    batch: int
+    value: float
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stops training when the loss is NaN/inf for ``patience`` consecutive batches.
+
+    Under ``16-mixed`` on a GPU the gradient scaler already skips optimiser steps whose
+    gradients overflowed; that shows in the gradients, not in the loss, and is left to
+    the scaler. Only a loss value that is itself NaN/inf counts here. In a distributed run
+    a batch counts when the loss of any process is non-finite, so every process stops
+    at the same batch.
+
+    Independently of the count, a checkpoint is never written while any weight is
+    NaN/inf (without a gradient scaler one non-finite loss is enough to poison the
+    weights): the save raises instead, and the checkpoints already on disk stay as they
+    were.
+
+    Args:
+        patience: consecutive batches with a non-finite loss that stop the run.
+    """
+
+    def __init__(self, patience: int = 3) -> None:
+        if patience < 1:
+            raise ValueError(f"nonfinite_loss.patience is {patience}; it must be 1 or more (e.g. 3)")
+        self.patience = patience
+        self._step = 0
+        self._streak: list[_BadBatch] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        # The step TensorBoard shows for this batch's train/loss (the counter moves after the optimiser step).
+        self._step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, torch.Tensor):  # training_step returned None: Lightning skipped the batch
+            return
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            self._streak.clear()
+            return
+        value = float(loss.detach().float().reshape(-1)[0])
+        self._streak.append(_BadBatch(self._step, trainer.current_epoch, batch_idx, value))
+        if len(self._streak) >= self.patience:
+            raise NonFiniteLossError(self._stop_message(trainer))
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Metric states are not weights, and some start non-finite (a running max starts at -inf).
+        metrics = tuple(f"{name}." for name, m in pl_module.named_modules() if isinstance(m, Metric) and name)
+        bad = [
+            name
+            for name, tensor in checkpoint.get("state_dict", {}).items()
+            if isinstance(tensor, torch.Tensor)
+            and tensor.is_floating_point()
+            and not name.startswith(metrics)
+            and not bool(torch.isfinite(tensor).all())
+        ]
+        if not bad:
+            return
+        since = f" since the non-finite loss at step {self._streak[0].step}" if self._streak else ""
+        raise NonFiniteLossError(
+            f"not writing a checkpoint at step {trainer.global_step} (epoch {trainer.current_epoch}): "
+            f"{len(bad)} weight tensor(s) hold NaN/inf{since}, e.g. {', '.join(bad[:3])}. "
+            f"{_newest_checkpoint_note(trainer)} {_CAUSES}"
+        )
+
+    def _stop_message(self, trainer: pl.Trainer) -> str:
+        first, last = self._streak[0], self._streak[-1]
+        values = ", ".join(f"{b.value:g}" for b in self._streak)
+        if trainer.world_size > 1:
+            values = f"rank {trainer.global_rank}: {values}"
+        return (
+            f"train loss was non-finite ({values}) for {len(self._streak)} consecutive batches, the last at step {last.step} "
+            f"(epoch {last.epoch}, batch {last.batch}; the first at step {first.step}), so training stopped "
+            f"before writing another checkpoint. {_newest_checkpoint_note(trainer)} {_CAUSES} "
+            f"To tolerate longer streaks raise nonfinite_loss.patience (now {self.patience})."
+        )
+
+
+_CAUSES = (
+    "Usual causes: a learning rate too high (model.optimizer.init_args.lr, model.scheduler.init_args.max_lr), "
+    "exploding gradients (set trainer.gradient_clip_val, e.g. 1.0), float16 overflow (trainer.precision "
+    "bf16-mixed or 32-true), or bad input (check the data with python -m segopt.data.check)."
+)
+
+
+def _newest_checkpoint_note(trainer: pl.Trainer) -> str:
+    paths = {
+        Path(p)
+        for cb in trainer.checkpoint_callbacks
+        if isinstance(cb, ModelCheckpoint)
+        for p in (cb.best_model_path, cb.last_model_path)
+        if p
+    }
+    existing = [p for p in paths if p.is_file()]
+    if not existing:
+        return "No checkpoint had been written yet."
+    newest = max(existing, key=lambda p: p.stat().st_mtime)
+    return f"The newest checkpoint, {newest}, was written before the failure and is intact (resume with --ckpt_path)."
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator failure (CUDA ``OutOfMemoryError``, or a CPU/MPS one)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(marker in str(error) for marker in _OOM_MARKERS)
+
+
+def out_of_memory_message(error: BaseException, trainer: pl.Trainer | None, subcommand: str) -> str:
+    """What ran out, with which settings, and the config keys that reduce memory."""
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    key = "data.predict_batch_size" if subcommand == "predict" else "data.batch_size"
+    batch = getattr(datamodule, key.split(".")[1], None)
+    where = ""
+    settings = []
+    if trainer is not None:
+        where = f" on rank {trainer.global_rank} ({trainer.strategy.root_device})"
+        settings.append(f"trainer.precision {trainer.precision}")
+        if subcommand == "fit":
+            settings.append(f"trainer.accumulate_grad_batches {trainer.accumulate_grad_batches}")
+    if batch is not None:
+        settings.insert(0, f"{key} {batch}")
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = [
+        f"out of memory during {subcommand}{where}" + (f" with {', '.join(settings)}" if settings else "") + ":",
+        f"  {detail}",
+        "No checkpoint was written after the failure; the ones already saved are as they were.",
+        "To fit in memory:",
+    ]
+    smaller = max(1, batch // 2) if isinstance(batch, int) else None
+    if subcommand == "fit":
+        accumulate = 2 * trainer.accumulate_grad_batches if trainer is not None else 2
+        lines.append(
+            f"  - a smaller batch with gradient accumulation: --data.batch_size {smaller or 'N/2'} "
+            f"--trainer.accumulate_grad_batches {accumulate} (the optimiser still sees as many images per step, "
+            "and a resume with --ckpt_path last keeps its learning-rate schedule)"
+        )
+    else:
+        lines.append(f"  - a smaller batch: --{key} {smaller or 'N/2'}")
+    lines += [
+        "  - mixed precision: --trainer.precision 16-mixed (or bf16-mixed on GPUs that support it), "
+        "which about halves activation memory",
+        "  - smaller inputs: data.train_size / data.eval_size, or data.resize_mode crop",
+    ]
+    if subcommand == "fit":
+        lines.append(
+            "  - let Lightning find the largest batch that fits (one device): "
+            "--trainer.callbacks+=segopt.failsafe.ScheduleAwareBatchSizeFinder"
+        )
+    return "\n".join(lines)
+
+
+class ScheduleAwareBatchSizeFinder(BatchSizeFinder):
+    """Lightning's :class:`BatchSizeFinder`, then the optimiser and schedule rebuilt for the batch found.
+
+    The finder changes ``data.batch_size`` after the learning-rate schedule was sized to
+    the run's optimiser steps; a OneCycle planned for the old number of steps would end
+    early (or raise mid-run). Its trial steps run without the schedule, and afterwards
+    ``configure_optimizers`` plans it again for the new batch size. Single device only
+    (Lightning's finder refuses distributed strategies).
+    """
+
+    def scale_batch_size(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        strategy = trainer.strategy
+        # Without scheduler state in the finder's own checkpoint, restoring it does not
+        # reload the schedule planned for the old batch size.
+        strategy.lr_scheduler_configs = []
+        try:
+            super().scale_batch_size(trainer, pl_module)
+        finally:
+            strategy.setup_optimizers(trainer)

@@ -1,0 +1,263 @@
+"""Failing safely: a non-finite loss, NaN weights, out-of-memory and config errors.
+
+Each failure must stop the run with a message that says what happened and what to
+change, and leave the checkpoints already written exactly as they were.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import cv2
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from segopt.cli import main
+from segopt.data import DataError
+from segopt.failsafe import NonFiniteLossError, NonFiniteLossGuard, is_out_of_memory
+from tests.conftest import CONFIGS
+
+TINY = [
+    "--trainer.max_epochs=2",
+    "--trainer.precision=32-true",
+    "--trainer.accelerator=cpu",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.num_sanity_val_steps=0",
+    "--data.source.init_args.size=32",
+    "--data.source.init_args.num_train=8",
+    "--data.source.init_args.num_val=4",
+    "--data.batch_size=4",
+    "--data.num_workers=0",
+    "--model.backbone.init_args.base_channels=8",
+    "--model.backbone.init_args.depth=2",
+]
+STEPS_PER_EPOCH = 8 // 4
+RUN = Path("runs") / "amp" / "version_0"
+
+#: Checkpoint bytes as they were when a test callback injected its failure (path → bytes).
+SNAPSHOT: dict[Path, bytes] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    SNAPSHOT.clear()
+    return tmp_path
+
+
+def _fit(*extra: str) -> object:
+    return main(["fit", f"--config={CONFIGS / 'amp.yaml'}", *TINY, *extra])
+
+
+def _snapshot(trainer: pl.Trainer) -> None:
+    folder = Path(trainer.log_dir) / "checkpoints"
+    SNAPSHOT.update({p: p.read_bytes() for p in sorted(folder.glob("*.ckpt"))})
+
+
+def _checkpoints_unchanged() -> None:
+    """The checkpoints on disk are exactly those snapshotted, byte for byte, and hold finite weights."""
+    assert SNAPSHOT, "the failure was injected before any checkpoint existed"
+    on_disk = {p.resolve() for p in (RUN / "checkpoints").iterdir()}
+    assert on_disk == {p.resolve() for p in SNAPSHOT}
+    for path, data in SNAPSHOT.items():
+        assert path.read_bytes() == data, path
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        assert ckpt["global_step"] == STEPS_PER_EPOCH
+        assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values() if t.is_floating_point()), path
+
+
+class NaNImages(pl.Callback):
+    """Fills the images of the batches of optimiser steps ``first..last`` with NaN (used via --trainer.callbacks+=)."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.first:
+            _snapshot(trainer)
+        if self.first <= trainer.global_step <= self.last:
+            batch["image"].fill_(float("nan"))
+
+
+class OutOfMemoryAt(pl.Callback):
+    """Raises the error CUDA raises when an allocation fails, at optimiser step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            _snapshot(trainer)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total)")
+
+
+def test_loss_nan_for_patience_batches_stops_naming_the_step_and_keeps_checkpoints(in_tmp: Path) -> None:
+    nan = ["--trainer.callbacks+=tests.test_failsafe.NaNImages", "--trainer.callbacks.first=2", "--trainer.callbacks.last=99"]
+    with pytest.raises(NonFiniteLossError) as error:
+        _fit("--nonfinite_loss.patience=2", *nan)
+    message = str(error.value)
+    assert message.startswith(
+        "train loss was non-finite (nan, nan) for 2 consecutive batches, the last at step 3 (epoch 1, batch 1; "
+        "the first at step 2), so training stopped before writing another checkpoint. The newest checkpoint, "
+    )
+    assert "raise nonfinite_loss.patience (now 2)" in message
+    assert "trainer.gradient_clip_val" in message
+    _checkpoints_unchanged()
+
+
+def test_checkpoint_with_nan_weights_is_refused_before_patience_runs_out(in_tmp: Path) -> None:
+    # One NaN batch, the last of epoch 1: without a gradient scaler it poisons the weights,
+    # and the epoch-end checkpoint must not be written (patience 3 is not reached).
+    nan = ["--trainer.callbacks+=tests.test_failsafe.NaNImages", "--trainer.callbacks.first=3", "--trainer.callbacks.last=3"]
+    with pytest.raises(NonFiniteLossError, match=r"^not writing a checkpoint at step 4 \(epoch 1\): \d+ weight tensor\(s\) "
+                       r"hold NaN/inf since the non-finite loss at step 3, e\.g\. net\."):
+        _fit(*nan)
+    _checkpoints_unchanged()
+
+
+def _guard_sees(losses: list[float], patience: int) -> NonFiniteLossGuard:
+    guard = NonFiniteLossGuard(patience)
+    trainer = SimpleNamespace(
+        global_step=0, current_epoch=0, world_size=1, global_rank=0, checkpoint_callbacks=[],
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
+    )
+    for i, loss in enumerate(losses):
+        trainer.global_step = i
+        guard.on_train_batch_start(trainer, None, None, i)
+        guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, i)
+    return guard
+
+
+def test_a_finite_loss_resets_the_count() -> None:
+    _guard_sees([math.nan, 1.0, math.nan, math.inf, 2.0, math.nan, math.nan], patience=3)  # no streak of 3
+
+
+def test_nan_and_inf_both_count() -> None:
+    with pytest.raises(NonFiniteLossError, match=r"^train loss was non-finite \(nan, inf, -inf\) for 3 consecutive "
+                       r"batches, the last at step 4 \(epoch 0, batch 4; the first at step 2\).*No checkpoint had been "
+                       r"written yet\."):
+        _guard_sees([1.0, 2.0, math.nan, math.inf, -math.inf], patience=3)
+
+
+def test_patience_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"nonfinite_loss.patience is 0; it must be 1 or more"):
+        NonFiniteLossGuard(0)
+
+
+def test_out_of_memory_says_what_to_change_and_keeps_checkpoints(in_tmp: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _fit("--trainer.callbacks+=tests.test_failsafe.OutOfMemoryAt", "--trainer.callbacks.step=3")
+    assert str(exit_info.value.code) == "\n".join(
+        [
+            "error: out of memory during fit on rank 0 (cpu) with data.batch_size 4, trainer.precision 32-true, "
+            "trainer.accumulate_grad_batches 1:",
+            "  CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total)",
+            "No checkpoint was written after the failure; the ones already saved are as they were.",
+            "To fit in memory:",
+            "  - a smaller batch with gradient accumulation: --data.batch_size 2 --trainer.accumulate_grad_batches 2 "
+            "(the optimiser still sees as many images per step, and a resume with --ckpt_path last keeps its "
+            "learning-rate schedule)",
+            "  - mixed precision: --trainer.precision 16-mixed (or bf16-mixed on GPUs that support it), which about "
+            "halves activation memory",
+            "  - smaller inputs: data.train_size / data.eval_size, or data.resize_mode crop",
+            "  - let Lightning find the largest batch that fits (one device): "
+            "--trainer.callbacks+=segopt.failsafe.ScheduleAwareBatchSizeFinder",
+        ]
+    )
+    assert isinstance(exit_info.value.__cause__, torch.OutOfMemoryError)
+    _checkpoints_unchanged()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory."), True),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: 8 GB"), True),
+        (RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"), True),
+        (RuntimeError("simulated crash"), False),
+        (ValueError("out of memory"), False),
+    ],
+)
+def test_is_out_of_memory(error: BaseException, expected: bool) -> None:
+    assert is_out_of_memory(error) is expected
+
+
+def test_batch_size_finder_sets_the_datamodule_batch_and_replans_the_schedule(in_tmp: Path) -> None:
+    # Trials of 2, 4 and 8 images; on a CPU nothing runs out, so they end at max_trials.
+    finder = [
+        "--trainer.callbacks+=segopt.failsafe.ScheduleAwareBatchSizeFinder",
+        "--trainer.callbacks.max_trials=3",
+        "--trainer.callbacks.steps_per_trial=1",
+    ]
+    cli = _fit("--trainer.max_epochs=1", *finder)
+    assert cli.datamodule.batch_size == 8
+    assert cli.trainer.global_step == 1  # 8 images / 8 per batch
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.total_steps == 1
+    assert not list(in_tmp.glob(".scale_batch_size_*"))
+
+
+# -- config errors: before anything runs, nothing written ------------------------------------------------------
+
+
+def _fails_before_training(capsys: pytest.CaptureFixture, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--config={CONFIGS / 'amp.yaml'}", *TINY, *args])
+    assert exit_info.value.code != 0
+    assert not Path("runs").exists()
+    return str(exit_info.value.code) + capsys.readouterr().err
+
+
+def test_unknown_key_on_the_command_line_is_named(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    assert "unrecognized arguments: --data.batch_sise=8" in _fails_before_training(capsys, "--data.batch_sise=8")
+
+
+def test_unknown_key_in_a_config_file_is_named(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    Path("extra.yaml").write_text("data:\n  batch_sise: 8\n")
+    assert "does not accept option 'data.batch_sise'" in _fails_before_training(capsys, "--config=extra.yaml")
+
+
+def test_wrong_type_names_the_key_and_the_value(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _fails_before_training(capsys, "--data.batch_size=sixteen")
+    assert 'Parser key "data.batch_size":' in err and "Expected a <class 'int'>. Got value: sixteen" in err
+
+
+def test_sync_batchnorm_on_cpu_is_refused_before_training(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _fails_before_training(capsys, f"--config={CONFIGS / 'ddp.yaml'}", "--trainer.devices=2")
+    assert err.startswith(
+        "error: trainer.sync_batchnorm is true but the run is on cpu; SyncBatchNorm needs CUDA GPUs. "
+        "Add --trainer.sync_batchnorm false"
+    )
+
+
+def test_missing_data_root_names_the_key(in_tmp: Path) -> None:
+    with pytest.raises(DataError, match=r"data root no/such/dir does not exist .*set data\.source\.init_args\.root"):
+        main(["fit", f"--config={CONFIGS / 'amp.yaml'}", f"--config={CONFIGS / 'data' / 'membrane.yaml'}",
+              "--data.source.init_args.root=no/such/dir"])
+    assert not Path("runs").exists()
+
+
+def test_a_single_class_is_refused(in_tmp: Path) -> None:
+    for folder in ("train", "trainannot", "val", "valannot"):
+        Path("data", folder).mkdir(parents=True)
+        image = np.zeros((8, 8, 3) if not folder.endswith("annot") else (8, 8), np.uint8)
+        cv2.imwrite(str(Path("data", folder, "a.png")), image)
+    source = "{class_path: segopt.data.PairedFolder, init_args: {root: data, class_names: [cell]}}"
+    with pytest.raises(ValueError, match=r"^num_classes is 1 \(class names: \['cell'\]\), but segmentation needs at "
+                       r"least 2 classes; .*data\.source\.init_args\.class_names: \[background, cell\]"):
+        main(["fit", f"--config={CONFIGS / 'amp.yaml'}", *TINY, f"--data.source={source}"])
+    assert not Path("runs").exists()
