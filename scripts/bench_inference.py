@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--ckpt_path", type=Path, required=True, help="checkpoint (.ckpt) to validate")
     parser.add_argument("--tile", type=int, default=256, help="sliding-window tile side in pixels")
     parser.add_argument("--output", type=Path, required=True, help="Markdown file to write (.json beside it)")
+    parser.add_argument("--note", default="", help="how the checkpoint was trained, copied into the report")
     args, cli_args = parser.parse_known_args(argv)
 
     cli = build_from_config(cli_args)
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "",
         f"- command: `{command}`",
         f"- device: {_device()}; precision {precision}; torch {torch.__version__}",
+        *([f"- checkpoint: {args.note}"] if args.note else []),
         f"- validation images: {len(cli.datamodule.dataset('val'))}",
         "",
         "| setting | val mIoU | val Dice | val acc | seconds |",
