@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from segopt.data import SegDataModule
-from segopt.failsafe import NonFiniteLossGuard, is_out_of_memory, out_of_memory_message
+from segopt.failsafe import NonFiniteLossError, NonFiniteLossGuard, is_out_of_memory, out_of_memory_message
 from segopt.module import SegModule
 
 # segopt prints its own single line about the precision that actually ran (see below).
@@ -52,13 +52,15 @@ class SegCLI(LightningCLI):
         rank_zero_info(f"segopt: running precision {ran} on {device}{note}")
 
     def _run_subcommand(self, subcommand: str) -> None:
+        # The Trainer has already torn down (and stopped the other processes); what is left
+        # is to say what happened and what to change, without a traceback in the way.
         try:
             super()._run_subcommand(subcommand)
+        except NonFiniteLossError as error:
+            raise SystemExit(f"error: {error}") from error
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
-            # The Trainer has already torn down (and stopped the other processes); what is
-            # left to do is to say what ran out and which settings to change.
             raise SystemExit("error: " + out_of_memory_message(error, self.trainer, subcommand)) from error
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BatchSizeFinder, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
@@ -165,8 +166,7 @@ def out_of_memory_message(error: BaseException, trainer: pl.Trainer | None, subc
         accumulate = 2 * trainer.accumulate_grad_batches if trainer is not None else 2
         lines.append(
             f"  - a smaller batch with gradient accumulation: --data.batch_size {smaller or 'N/2'} "
-            f"--trainer.accumulate_grad_batches {accumulate} (the optimiser still sees as many images per step, "
-            "and a resume with --ckpt_path last keeps its learning-rate schedule)"
+            f"--trainer.accumulate_grad_batches {accumulate} (the optimiser still sees as many images per step)"
         )
     else:
         lines.append(f"  - a smaller batch: --{key} {smaller or 'N/2'}")
@@ -189,9 +189,20 @@ class ScheduleAwareBatchSizeFinder(BatchSizeFinder):
     The finder changes ``data.batch_size`` after the learning-rate schedule was sized to
     the run's optimiser steps; a OneCycle planned for the old number of steps would end
     early (or raise mid-run). Its trial steps run without the schedule, and afterwards
-    ``configure_optimizers`` plans it again for the new batch size. Single device only
-    (Lightning's finder refuses distributed strategies).
+    ``configure_optimizers`` plans it again for the new batch size. A resumed fit keeps
+    its batch size (no search). Single device only (Lightning's finder refuses distributed
+    strategies).
     """
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path:
+            # The checkpoint's optimiser and schedule belong to the batch size it was trained with.
+            rank_zero_info(
+                f"segopt: resuming {trainer.ckpt_path}, so no batch-size search; data.batch_size stays "
+                f"{getattr(trainer.datamodule, 'batch_size', '?')}"
+            )
+            return
+        super().on_fit_start(trainer, pl_module)
 
     def scale_batch_size(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         strategy = trainer.strategy
