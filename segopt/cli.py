@@ -52,8 +52,8 @@ class SegCLI(LightningCLI):
         rank_zero_info(f"segopt: running precision {ran} on {device}{note}")
 
     def _run_subcommand(self, subcommand: str) -> None:
-        # The Trainer has already torn down (and stopped the other processes); what is left
-        # is to say what happened and what to change, without a traceback in the way.
+        # By now the Trainer has torn down; what is left is to say what happened and what to
+        # change, without a traceback in the way.
         try:
             super()._run_subcommand(subcommand)
         except NonFiniteLossError as error:

@@ -40,8 +40,8 @@ class NonFiniteLossGuard(pl.Callback):
     Under ``16-mixed`` on a GPU the gradient scaler already skips optimiser steps whose
     gradients overflowed; that shows in the gradients, not in the loss, and is left to
     the scaler. Only a loss value that is itself NaN/inf counts here. In a distributed run
-    a batch counts when the loss of any process is non-finite, so every process stops
-    at the same batch.
+    a batch counts when the loss of any process is non-finite (one boolean all-reduce per
+    batch), so every process stops at the same batch.
 
     Independently of the count, a checkpoint is never written while any weight is
     NaN/inf (without a gradient scaler one non-finite loss is enough to poison the
@@ -104,9 +104,9 @@ class NonFiniteLossGuard(pl.Callback):
         if trainer.world_size > 1:
             values = f"rank {trainer.global_rank}: {values}"
         return (
-            f"train loss was non-finite ({values}) for {len(self._streak)} consecutive batches, the last at step {last.step} "
-            f"(epoch {last.epoch}, batch {last.batch}; the first at step {first.step}), so training stopped "
-            f"before writing another checkpoint. {_newest_checkpoint_note(trainer)} {_CAUSES} "
+            f"train loss was non-finite ({values}) for {len(self._streak)} consecutive batches, the last at "
+            f"step {last.step} (epoch {last.epoch}, batch {last.batch}; the first at step {first.step}), so "
+            f"training stopped before writing another checkpoint. {_newest_checkpoint_note(trainer)} {_CAUSES} "
             f"To tolerate longer streaks raise nonfinite_loss.patience (now {self.patience})."
         )
 
