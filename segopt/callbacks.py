@@ -123,7 +123,8 @@ class PurgeStaleEvents(pl.Callback):
     """
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step == 0:
+        # Only rank 0 holds a real event writer; the others log nowhere.
+        if trainer.global_step == 0 or not trainer.is_global_zero:
             return
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
