@@ -1,0 +1,188 @@
+"""The result scripts: an ablation grid (runs, report, resume, bad grid files) and the precision benchmark."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from segopt.data.synthetic import CLASS_NAMES
+from tests.conftest import CONFIGS, ROOT
+
+# A few seconds per fit: 16 synthetic 32x32 images, 2 epochs, a 2-level UNet.
+TINY = [
+    "--trainer.max_epochs=2",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.callbacks=[]",
+    "--trainer.enable_checkpointing=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.source.init_args.size=32",
+    "--data.source.init_args.num_train=16",
+    "--data.source.init_args.num_val=8",
+    "--data.batch_size=8",
+    "--data.num_workers=0",
+    "--model.backbone.init_args.base_channels=4",
+    "--model.backbone.init_args.depth=2",
+]
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ablate() -> ModuleType:
+    return _script("ablate")
+
+
+def _write_grid(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+def _tiny_grid(tmp: Path) -> Path:
+    base = [str(CONFIGS / "fp32.yaml"), *TINY]
+    return _write_grid(
+        tmp / "tiny.yaml",
+        json.dumps(
+            {
+                "base": base,
+                "seeds": [0, 1],
+                "axes": {"loss": {"CE": [str(CONFIGS / "loss/ce.yaml")], "Dice+CE": [str(CONFIGS / "loss/dice_ce.yaml")]}},
+                "baseline": {"loss": "Dice+CE"},
+            }
+        ),
+    )
+
+
+def test_ablate_runs_every_cell_and_seed_then_resumes_only_missing_runs(
+    ablate: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid = _tiny_grid(tmp_path)
+    out = tmp_path / "report"
+    argv = [str(grid), "--out", str(out), "--results-dir", str(tmp_path / "per_run"), "--runs-dir", str(tmp_path / "runs")]
+    ablate.main(argv)
+
+    per_run = sorted(p.name for p in (tmp_path / "per_run" / "tiny").glob("*.json"))
+    assert per_run == ["loss-CE__seed0.json", "loss-CE__seed1.json", "loss-Dice+CE__seed0.json", "loss-Dice+CE__seed1.json"]
+    assert (tmp_path / "runs" / "tiny" / "loss-CE" / "seed1" / "version_0" / "config.yaml").is_file()
+    runs = {p: json.loads((tmp_path / "per_run" / "tiny" / p).read_text()) for p in per_run}
+    assert runs["loss-CE__seed1.json"]["args"][-1] == "--seed_everything=1"
+    assert runs["loss-CE__seed0.json"]["epochs"] == 2
+    assert list(runs["loss-CE__seed0.json"]["val_iou"]) == list(CLASS_NAMES)
+
+    report = json.loads(out.with_suffix(".json").read_text())
+    ce = next(c for c in report["cells"] if c["cell"] == {"loss": "CE"})
+    finals = [runs[f"loss-CE__seed{s}.json"]["final_val_mIoU"] for s in (0, 1)]
+    assert ce["runs"] == 2 and ce["final_val_mIoU"] == finals
+    assert ce["final_mean"] == pytest.approx(statistics.fmean(finals))
+    assert ce["final_std"] == pytest.approx(statistics.stdev(finals))
+    dice = next(c for c in report["cells"] if c["cell"] == {"loss": "Dice+CE"})
+    assert dice["delta"] == 0.0 and ce["delta"] == pytest.approx(ce["final_mean"] - dice["final_mean"])
+    md = out.with_suffix(".md").read_text()
+    assert f"| CE | 2/2 | {ce['final_mean']:.4f} ± {ce['final_std']:.4f} |" in md
+    assert "| Dice+CE | 2/2 |" in md and "baseline" in md
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Resume: one result lost, one made with other arguments; only those two run again.
+    (tmp_path / "per_run" / "tiny" / "loss-CE__seed1.json").unlink()
+    stale = tmp_path / "per_run" / "tiny" / "loss-Dice+CE__seed0.json"
+    stale.write_text(json.dumps({**runs["loss-Dice+CE__seed0.json"], "args": ["--trainer.max_epochs=99"]}))
+    calls: list[str] = []
+
+    def fake_fit(args: list[str]) -> dict:
+        calls.append(next(a for a in args if a.startswith("--seed_everything")) + " " + next(a for a in args if "loss/" in a))
+        return {"final_val_mIoU": 0.5, "best_val_mIoU": 0.6, "val_iou": runs["loss-CE__seed0.json"]["val_iou"], "epochs": 2, "precision": "32-true"}
+
+    monkeypatch.setattr(ablate, "fit_once", fake_fit)
+    ablate.main(argv)
+    assert calls == [f"--seed_everything=0 {CONFIGS / 'loss/dice_ce.yaml'}", f"--seed_everything=1 {CONFIGS / 'loss/ce.yaml'}"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    ce = next(c for c in report["cells"] if c["cell"] == {"loss": "CE"})
+    assert ce["final_val_mIoU"] == [finals[0], 0.5]
+
+    # A third time everything is finished: nothing trains.
+    calls.clear()
+    ablate.main(argv)
+    assert calls == []
+
+
+BAD_GRIDS = {
+    "missing config": ("base: [configs/nope.yaml]\nseeds: [0]\naxes: {loss: {CE: []}}\n", "names the config 'configs/nope.yaml', which is not a file"),
+    "on/off unquoted": ("base: []\nseeds: [0]\naxes: {aug: {on: [], off: []}}\n", "has the name True (YAML reads unquoted on/off/yes/no as booleans); quote it"),
+    "unknown key": ("base: []\nseeds: [0]\naxes: {loss: {CE: []}}\nseed: [1]\n", "unknown key(s) seed; the keys are name, base, seeds, axes, exclude, baseline"),
+    "missing seeds": ("base: []\naxes: {loss: {CE: []}}\n", "the key 'seeds' is missing"),
+    "seeds not ints": ("base: []\nseeds: [a]\naxes: {loss: {CE: []}}\n", "seeds is ['a']; give a list of integers"),
+    "flag without value": ("base: [--trainer.max_epochs]\nseeds: [0]\naxes: {loss: {CE: []}}\n", "the flag '--trainer.max_epochs' without a value"),
+    "exclude typo": ("base: []\nseeds: [0]\naxes: {loss: {CE: [], Focal: []}}\nexclude: [{loss: Dice}]\n", "exclude[0] gives loss='Dice'; the values of loss are CE, Focal"),
+    "everything excluded": ("base: []\nseeds: [0]\naxes: {loss: {CE: []}}\nexclude: [{loss: CE}]\n", "exclude removes every cell"),
+    "baseline excluded": ("base: []\nseeds: [0]\naxes: {loss: {CE: [], Focal: []}}\nexclude: [{loss: CE}]\nbaseline: {loss: CE}\n", "baseline {'loss': 'CE'} is not a cell of the grid"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GRIDS))
+def test_bad_grid_file_is_refused_naming_the_key_and_fix(ablate: ModuleType, tmp_path: Path, case: str) -> None:
+    body, message = BAD_GRIDS[case]
+    grid = _write_grid(tmp_path / "bad.yaml", body)
+    with pytest.raises(ablate.GridError) as err:
+        ablate.load_grid(grid)
+    assert str(err.value).startswith(f"{grid}: ")
+    assert message in str(err.value)
+
+
+def test_grid_cells_are_the_product_less_exclusions_with_arguments_in_order(ablate: ModuleType, tmp_path: Path) -> None:
+    ce, dice = str(CONFIGS / "loss/ce.yaml"), str(CONFIGS / "loss/dice_ce.yaml")
+    grid = ablate.load_grid(
+        _write_grid(
+            tmp_path / "g.yaml",
+            f'base: [{CONFIGS / "fp32.yaml"}, --trainer.max_epochs=3]\nseeds: [4, 5, 6]\n'
+            f'axes:\n  loss: {{CE: [{ce}], Dice+CE: [{dice}]}}\n  aug: {{"on": [], "off": [--data.augment.enabled=false]}}\n'
+            'exclude: [{loss: CE, aug: "off"}]\n',
+        )
+    )
+    assert [c.label for c in ablate.cells_of(grid)] == ["loss=CE, aug=on", "loss=Dice+CE, aug=on", "loss=Dice+CE, aug=off"]
+    off = ablate.cells_of(grid)[2]
+    assert ablate.run_args(grid, off, 5) == [
+        "--config", str(CONFIGS / "fp32.yaml"), "--trainer.max_epochs=3",
+        "--config", dice, "--data.augment.enabled=false", "--seed_everything=5",
+    ]  # fmt: skip
+
+
+def test_bench_precision_writes_one_row_per_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _script("bench_precision")
+    monkeypatch.chdir(tmp_path)  # the runs' logs go to ./runs/bench_precision
+    out = tmp_path / "precision"
+    argv = ["--config", str(CONFIGS / "amp.yaml"), "--precisions", "32-true", "bf16-mixed", "--epochs", "2", "--steps", "2",
+            "--threads", "1", "--out", str(out), "--", *TINY]  # fmt: skip
+    bench.main(argv)
+
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert [r["precision"] for r in payload["rows"]] == ["32-true", "bf16-mixed"]
+    assert [r["precision_ran"] for r in payload["rows"]] == ["32-true", "bf16-mixed"]
+    for row in payload["rows"]:
+        (run,) = row["runs"]
+        assert run["epoch_images"] == [16, 16]  # 2 steps of batch 8 in each epoch
+        assert len(run["epoch_seconds"]) == 2 and row["epoch_s"] == pytest.approx(run["epoch_seconds"][1], abs=0.01)
+        assert row["peak_memory_mib"] > 0 and 0 <= row["val_mIoU"] <= 1
+    assert payload["rows"][0]["speedup"] == 1.0 and payload["rows"][0]["memory_change_pct"] == 0.0
+    md = out.with_suffix(".md").read_text()
+    assert sum(line.startswith(("| 32-true |", "| bf16-mixed |")) for line in md.splitlines()) == 2
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_precision_refuses_fp16_without_a_gpu() -> None:
+    bench = _script("bench_precision")
+    with pytest.raises(SystemExit, match="16-mixed but there is no CUDA GPU"):
+        bench.check_precisions(["32-true", "16-mixed"], "cpu")
+    with pytest.raises(SystemExit, match="--precisions has 'fp16'; choose from 32-true, 16-mixed, bf16-mixed"):
+        bench.check_precisions(["fp16"], "cuda")
