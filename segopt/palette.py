@@ -64,7 +64,8 @@ def legend(class_names: list[str], width: int, swatch: int = 14) -> np.ndarray:
     colours = palette(len(class_names))
     font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1
     cells = [swatch + 6 + cv2.getTextSize(n, font, scale, thickness)[0][0] + 12 for n in class_names]
-    rows, x, row = [[]], 0, 0
+    rows: list[list[tuple[int, int]]] = [[]]
+    x = 0
     for i, w in enumerate(cells):
         if x + w > width and rows[-1]:
             rows.append([])

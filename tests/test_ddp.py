@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +71,6 @@ def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "distributed_backend=gloo" in done.stdout + done.stderr
     return root
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:

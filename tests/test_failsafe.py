@@ -7,7 +7,6 @@ change, and leave the checkpoints already written exactly as they were.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -43,14 +42,6 @@ RUN = Path("runs") / "amp" / "version_0"
 #: Checkpoint bytes as they were when a test callback injected its failure (path → bytes).
 SNAPSHOT: dict[Path, bytes] = {}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

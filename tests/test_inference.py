@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -26,14 +25,6 @@ from tests.conftest import CONFIGS, ROOT
 TRAIN_SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny convolutions on a shared, busy CPU run many times faster on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _tiny_trainer(**kwargs: object) -> pl.Trainer:
     return pl.Trainer(
@@ -47,13 +38,13 @@ def _tiny_trainer(**kwargs: object) -> pl.Trainer:
 
 
 def _datamodule() -> SegDataModule:
-    source = SyntheticShapes(size=TRAIN_SIZE, num_train=80 * 16, num_val=16)
+    source = SyntheticShapes(size=TRAIN_SIZE, num_train=160 * 16, num_val=16)
     return SegDataModule(source, batch_size=16, num_workers=0, augment=Augment(enabled=False))
 
 
 @pytest.fixture(scope="module")
 def trained() -> SegModule:
-    """A small UNet trained for 80 steps on 32x32 synthetic shapes: confident in places,
+    """A small UNet trained for 160 steps on 32x32 synthetic shapes: confident in places,
     unsure in others, with a receptive field wider than half a tile — tiling can change it."""
     pl.seed_everything(0)
     model = SegModule(
@@ -63,7 +54,7 @@ def trained() -> SegModule:
         scheduler=None,
         optimizer=partial(torch.optim.Adam, lr=1e-2),
     )
-    _tiny_trainer(max_steps=80, limit_val_batches=0).fit(model, _datamodule())
+    _tiny_trainer(max_steps=160, limit_val_batches=0).fit(model, _datamodule())
     return model.eval()
 
 

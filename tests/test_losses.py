@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from functools import partial
 
 import lightning.pytorch as pl
@@ -25,14 +24,6 @@ from tests.conftest import CONFIGS
 
 IGNORE = 255
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def hard_logits(classes: torch.Tensor, num_classes: int, scale: float = 100.0) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from functools import partial
 
 import lightning.pytorch as pl
@@ -22,14 +21,6 @@ from segopt.module import SegModule
 IGNORE = 255
 NAMES = ["sky", "road", "car", "boat"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # Eight pixels over two validation batches of four. "boat" (3) is never a target and is predicted

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 
 import lightning.pytorch as pl
@@ -34,15 +34,6 @@ BACKBONES: dict[str, Callable[[int, int], nn.Module]] = {
     "smp_fpn": partial(SMPBackbone, arch="FPN", encoder_name="resnet18", decoder_pyramid_channels=32, decoder_segmentation_channels=32),
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These tensors are tiny: on a shared 2-core machine, a second OpenMP thread only waits
-    # for the other core and makes each case many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _build(name: str, in_channels: int, num_classes: int) -> nn.Module:

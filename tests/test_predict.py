@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -27,13 +26,6 @@ from tests.conftest import CONFIGS
 # name -> (height, width, channels); odd sizes, grey and colour, PNG and JPEG
 GOOD = {"a": (197, 301, 3), "b": (40, 33, 1), "c": (64, 64, 3)}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -116,6 +116,20 @@ def test_ablate_runs_every_cell_and_seed_then_resumes_only_missing_runs(
     ablate.main(argv)
     assert calls == []
 
+    # Grown by an axis whose first value adds no arguments: the finished runs are kept (renamed),
+    # only the new value's runs train.
+    grown = json.loads(grid.read_text())
+    grown["axes"]["depth"] = {"two": [], "three": ["--model.backbone.init_args.depth=3"]}
+    grown["baseline"] = {"loss": "Dice+CE", "depth": "two"}
+    grid.write_text(json.dumps(grown))
+    calls.clear()
+    ablate.main(argv)
+    assert calls == [f"--seed_everything={s} {CONFIGS / f'loss/{loss}.yaml'}" for s in (0, 1) for loss in ("ce", "dice_ce")]
+    names = sorted(p.name for p in (tmp_path / "per_run" / "tiny").glob("*.json"))
+    assert names == sorted(f"loss-{loss}__depth-{d}__seed{s}.json" for loss in ("CE", "Dice+CE") for d in ("two", "three") for s in (0, 1))
+    kept = json.loads((tmp_path / "per_run" / "tiny" / "loss-CE__depth-two__seed0.json").read_text())
+    assert kept["cell"] == {"loss": "CE", "depth": "two"} and kept["final_val_mIoU"] == finals[0]
+
 
 BAD_GRIDS = {
     "missing config": ("base: [configs/nope.yaml]\nseeds: [0]\naxes: {loss: {CE: []}}\n", "names the config 'configs/nope.yaml', which is not a file"),
@@ -177,6 +191,9 @@ def test_bench_precision_writes_one_row_per_precision(tmp_path: Path, monkeypatc
     assert payload["rows"][0]["speedup"] == 1.0 and payload["rows"][0]["memory_change_pct"] == 0.0
     md = out.with_suffix(".md").read_text()
     assert sum(line.startswith(("| 32-true |", "| bf16-mixed |")) for line in md.splitlines()) == 2
+    if payload["hardware"]["device"] == "cpu":
+        assert "| added by training (MiB) | added vs 32-true (%) |" in md
+        assert "16-mixed is not run on a CPU" in md
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
