@@ -51,7 +51,7 @@ def _distinct_colour(rng: np.random.Generator, avoid: np.ndarray, min_distance: 
 def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     """A boolean [size,size] mask of one shape of class ``cls`` at a random place."""
     m = np.zeros((size, size), np.uint8)
-    r = rng.uniform(0.10, 0.24) * size
+    r = rng.uniform(0.12, 0.26) * size
     cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
     if cls == 1:  # disk
         cv2.circle(m, (int(cx), int(cy)), int(r), 1, -1, lineType=cv2.LINE_8)
@@ -74,15 +74,15 @@ def generate(seed: int, index: int, size: int = 128) -> Sample:
     """Generate sample ``index`` of the data set with ``seed``: (uint8 [H,W,3], int64 [H,W])."""
     rng = np.random.default_rng([seed, index])
     background = rng.uniform(0, 255, 3)
-    image = _texture(rng, size, background, contrast=50.0)
+    image = _texture(rng, size, background, contrast=30.0)
     # A smooth illumination gradient, so absolute brightness is no cue either.
     ramp = np.linspace(rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0), size, dtype=np.float32)
     image *= (ramp[None, :, None] if rng.random() < 0.5 else ramp[:, None, None])
     mask = np.zeros((size, size), np.int64)
-    for _ in range(int(rng.integers(3, 8))):
+    for _ in range(int(rng.integers(2, 6))):
         cls = int(rng.integers(1, len(CLASS_NAMES)))
         shape = _shape_mask(rng, cls, size)
-        image[shape] = _texture(rng, size, _distinct_colour(rng, background), contrast=40.0)[shape]
+        image[shape] = _texture(rng, size, _distinct_colour(rng, background), contrast=20.0)[shape]
         mask[shape] = cls
     image += rng.normal(0, rng.uniform(2, 12), image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), mask
