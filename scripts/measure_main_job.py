@@ -50,9 +50,7 @@ def main() -> None:
         "val_mIoU_per_epoch": [round(m, 4) for m in miou],
         "checkpoints": sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")),
         "event_files": len(list(run.glob("events.out.tfevents.*"))),
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
-        if not _cuda()
-        else _cuda(),
+        "hardware": _cuda() or f"{_cpu_model()}, {os.cpu_count()} CPU cores, no GPU",
     }
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +62,16 @@ def main() -> None:
         f"| {result['final_val_mIoU']:.4f} | {result['best_val_mIoU']:.4f} |\n"
     )
     print(json.dumps(result, indent=2))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _cuda() -> str:
