@@ -23,7 +23,9 @@ Paths are relative to the project root, where the script runs. Every cell of the
 (less ``exclude``) is trained once per seed (all cells for the first seed, then the next) with ``segopt.cli fit`` and
 ``--seed_everything=<seed>``; its TensorBoard run goes under ``--runs-dir`` (git-ignored)
 and its figures to a small JSON under ``--results-dir``. A run whose JSON exists with the
-same arguments is not run again, so the same command resumes an interrupted grid. After
+same arguments is not run again, so the same command resumes an interrupted grid, and a
+grid grown by an axis whose first value adds no arguments (e.g. ``backbone: {UNet: [],
+ResUNet: [configs/model/res_unet.yaml]}``) reuses the runs it already has. After
 every run the report is rewritten from the JSONs found: ``--out``.md, .json and .png (mean
 ± sample standard deviation over seeds of the final-epoch val mIoU, the best epoch's val
 mIoU, and per-class IoU). The final epoch is the headline: with OneCycle the last epoch is
@@ -312,15 +314,15 @@ def summarise(grid: Grid, cells: list[Cell], results: dict[tuple[Cell, int], dic
     if grid.baseline is not None:
         base = next(r for r in rows if r["cell"] == grid.baseline)
         for row in rows:
-            if row["final_mean"] is None or base["final_mean"] is None:
-                row["delta"], row["delta_se"] = None, None
-                continue
-            row["delta"] = row["final_mean"] - base["final_mean"]
-            # Standard error of a difference of two means: a rough yardstick at 3 seeds.
-            ok = row["final_std"] is not None and base["final_std"] is not None
-            row["delta_se"] = (
-                math.sqrt(row["final_std"] ** 2 / row["runs"] + base["final_std"] ** 2 / base["runs"]) if ok else None
-            )
+            # Paired by seed: a seed gives every cell the same initial weights and data order,
+            # so much of the spread between seeds is shared and cancels in the difference.
+            common = [s for s in row["seeds"] if s in base["seeds"]]
+            diffs = [
+                row["final_val_mIoU"][row["seeds"].index(s)] - base["final_val_mIoU"][base["seeds"].index(s)] for s in common
+            ]
+            mean, std = _mean_std(diffs)
+            row["delta"], row["delta_std"], row["delta_seeds"] = mean, std, len(diffs)
+            row["delta_positive"] = sum(d > 0 for d in diffs)
     return rows
 
 
@@ -335,7 +337,7 @@ def markdown(grid: Grid, rows: list[dict[str, Any]], meta: dict[str, Any]) -> li
     axes = list(grid.axes)
     has_delta = grid.baseline is not None
     head = [*axes, "runs", "final val mIoU (mean ± std)"]
-    head += ["Δ vs baseline (± SE)"] if has_delta else []
+    head += ["Δ vs baseline, paired by seed", "seeds above baseline"] if has_delta else []
     head += ["best-epoch val mIoU", "final mIoU per seed", "min / run"]
     lines = [
         f"# Ablation: {grid.name}",
@@ -348,9 +350,13 @@ def markdown(grid: Grid, rows: list[dict[str, Any]], meta: dict[str, Any]) -> li
     for row in rows:
         cells = [row["cell"][a] for a in axes] + [f"{row['runs']}/{len(grid.seeds)}", _fmt(row["final_mean"], row["final_std"])]
         if has_delta:
-            is_base = row["cell"] == grid.baseline
-            cells.append("baseline" if is_base else ("—" if row["delta"] is None else f"{row['delta']:+.4f}" + (
-                "" if row["delta_se"] is None else f" ± {row['delta_se']:.4f}")))
+            if row["cell"] == grid.baseline:
+                cells += ["baseline", "—"]
+            elif row["delta"] is None:
+                cells += ["—", "—"]
+            else:
+                spread = "" if row["delta_std"] is None else f" ± {row['delta_std']:.4f}"
+                cells += [f"{row['delta']:+.4f}{spread}", f"{row['delta_positive']}/{row['delta_seeds']}"]
         cells += [
             _fmt(row["best_mean"], row["best_std"]),
             ", ".join(f"{v:.4f}" for v in row["final_val_mIoU"]) or "—",
@@ -370,7 +376,13 @@ def markdown(grid: Grid, rows: list[dict[str, Any]], meta: dict[str, Any]) -> li
         "",
         f"- Metric: val mIoU at the final epoch, mean ± sample standard deviation over seeds {', '.join(map(str, grid.seeds))} "
         "(`--seed_everything`); the best epoch's val mIoU (val/mIoU_best) beside it."
-        + (" Δ: difference of final-epoch means to the baseline, ± its standard error." if has_delta else ""),
+        + (
+            " Δ: per seed, the cell's final val mIoU less the baseline's with the same seed; mean ± sample standard "
+            "deviation of those differences (a seed gives every cell the same initial weights, so the spread between "
+            "seeds that all cells share cancels)."
+            if has_delta
+            else ""
+        ),
         f"- Base: {' '.join(_plain(grid.base))}",
         *[
             f"- Axis {axis}: " + "; ".join(f"{name} = {' '.join(_plain(items)) or '(base)'}" for name, items in values.items())
@@ -449,6 +461,30 @@ def write_report(grid: Grid, cells: list[Cell], results: dict[tuple[Cell, int], 
         plot(rows, out.with_suffix(".png"), f"{grid.name}: final val mIoU over seeds {grid.seeds} ({meta['where']})")
 
 
+def _finished_runs(results_dir: Path) -> dict[tuple[str, ...], tuple[Path, dict[str, Any]]]:
+    """Finished runs of a grid by their arguments, so that a run is found again whatever its cell is now called."""
+    found: dict[tuple[str, ...], tuple[Path, dict[str, Any]]] = {}
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            print(f"ablate: {path} is not valid JSON; its run counts as not finished", flush=True)
+            continue
+        found.setdefault(tuple(record.get("args", [])), (path, record))
+    return found
+
+
+def _adopt(found: tuple[Path, dict[str, Any]], path: Path, grid: Grid, cell: Cell, rename: bool) -> dict[str, Any]:
+    """A finished run's record under its cell's current name (an axis added with no arguments renames cells)."""
+    old, record = found
+    if rename and old != path and not path.exists():
+        record = {**record, "grid": grid.name, "cell": cell.as_dict()}
+        _write_json(path, record)
+        old.unlink()
+        print(f"ablate: {old.name} is {cell.label} now; renamed to {path.name}", flush=True)
+    return record
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -487,15 +523,16 @@ def main(argv: list[str] | None = None) -> Path:
     # Seed by seed across all cells: a grid stopped part-way still compares every cell.
     plan = [(cell, seed) for seed in grid.seeds for cell in cells]
 
+    finished = _finished_runs(results_dir)
     results: dict[tuple[Cell, int], dict[str, Any]] = {}
     pending = []
     for cell, seed in plan:
         path = results_dir / f"{cell.slug}__seed{seed}.json"
+        found = finished.get(tuple(run_args(grid, cell, seed)))
+        if found is not None:
+            results[(cell, seed)] = _adopt(found, path, grid, cell, rename=not args.dry_run)
+            continue
         if path.is_file():
-            done = json.loads(path.read_text())
-            if done.get("args") == run_args(grid, cell, seed):
-                results[(cell, seed)] = done
-                continue
             print(f"ablate: {path} was made with other arguments; {cell.label} seed {seed} runs again", flush=True)
         pending.append((cell, seed))
     print(f"ablate: {grid.name}: {len(cells)} cells x {len(grid.seeds)} seeds = {len(plan)} runs; "

@@ -181,6 +181,10 @@ def summarise(precision: str, runs: list[dict[str, Any]], warmup: int) -> dict[s
         "val_mIoU": round(statistics.median(r["val_mIoU"] for r in runs), 4),
         "runs": runs,
     }
+    starts = [r.get("rss_at_train_start_mib") for r in runs]
+    if all(s is not None for s in starts):
+        # What training itself added on top of the libraries, model and data cache.
+        row["training_rise_mib"] = round(statistics.median(r["peak_memory_mib"] - s for r, s in zip(runs, starts)), 1)
     return row
 
 
@@ -190,6 +194,8 @@ def add_relative(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         row["speedup"] = round(ref["epoch_s"] / row["epoch_s"], 2)
         row["memory_change_pct"] = round(100 * (row["peak_memory_mib"] / ref["peak_memory_mib"] - 1), 1)
+        if "training_rise_mib" in row and "training_rise_mib" in ref:
+            row["rise_change_pct"] = round(100 * (row["training_rise_mib"] / ref["training_rise_mib"] - 1), 1)
         row["mIoU_change"] = round(row["val_mIoU"] - ref["val_mIoU"], 4)
 
 
@@ -201,12 +207,15 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     names = [r["precision"] for r in rows]
-    panels = [("epoch_s", "steady-state s / epoch"), ("peak_memory_mib", "peak memory (MiB)"), ("val_mIoU", "final val mIoU")]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
-    for ax, (key, label) in zip(axes, panels):
+    panels = [("epoch_s", "steady-state s / epoch", "%.1f"), ("peak_memory_mib", "peak memory (MiB)", "%.0f")]
+    if all("training_rise_mib" in r for r in rows):
+        panels.append(("training_rise_mib", "memory added by training (MiB)", "%.0f"))
+    panels.append(("val_mIoU", "final val mIoU", "%.3f"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.7 * len(panels), 3.6))
+    for ax, (key, label, fmt) in zip(axes, panels):
         values = [r[key] for r in rows]
         bars = ax.bar(names, values, color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)])
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.bar_label(bars, fmt=fmt, fontsize=8)
         ax.set_title(label, fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(title, fontsize=10)
@@ -328,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "speedup": "speed-up vs 32-true",
         "peak_memory_mib": "peak memory (MiB)",
         "memory_change_pct": "memory vs 32-true (%)",
+        **({"training_rise_mib": "added by training (MiB)", "rise_change_pct": "added vs 32-true (%)"} if device == "cpu" else {}),
         "val_mIoU": "final val mIoU",
         "mIoU_change": "mIoU vs 32-true",
         "first_epoch_s": "first epoch s",
@@ -345,7 +355,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{args.warmup_epochs} epoch(s) left out of s / epoch (median of the rest) and images / s. "
         f"{args.repeats} fresh process(es) per precision, round-robin; medians over them.",
         f"- Memory: {memory_kind}"
-        + (" (from the start of training: data cache and libraries included, loader workers not)." if device == "cpu" else "."),
+        + (
+            " (from the start of training: libraries, model and data cache included, loader workers not); "
+            "added by training: that peak less the RSS when training started (activations, gradients, optimiser state)."
+            if device == "cpu"
+            else "."
+        ),
         "- mIoU: validation split once after the fit; after so few steps it shows that training works under each "
         "precision, not the precision's effect on a converged model.",
         f"- channels_last: {args.channels_last}; torch.compile: {args.compile}.",
@@ -355,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    plot(rows, out.with_suffix(".png"), f"{where}: {args.epochs}x{args.steps} steps")
+    plot(rows, out.with_suffix(".png"), f"{where}, {hw['torch_threads']} torch thread(s): {args.epochs} epochs x {args.steps} steps per precision")
     print("\n".join(md))
     print(f"wrote {out}.md, .json and .png")
     return payload

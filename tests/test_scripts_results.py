@@ -88,7 +88,9 @@ def test_ablate_runs_every_cell_and_seed_then_resumes_only_missing_runs(
     assert ce["final_mean"] == pytest.approx(statistics.fmean(finals))
     assert ce["final_std"] == pytest.approx(statistics.stdev(finals))
     dice = next(c for c in report["cells"] if c["cell"] == {"loss": "Dice+CE"})
-    assert dice["delta"] == 0.0 and ce["delta"] == pytest.approx(ce["final_mean"] - dice["final_mean"])
+    diffs = [f - d for f, d in zip(finals, dice["final_val_mIoU"])]
+    assert dice["delta"] == 0.0 and ce["delta"] == pytest.approx(statistics.fmean(diffs))
+    assert ce["delta_std"] == pytest.approx(statistics.stdev(diffs)) and ce["delta_positive"] == sum(d > 0 for d in diffs)
     md = out.with_suffix(".md").read_text()
     assert f"| CE | 2/2 | {ce['final_mean']:.4f} ± {ce['final_std']:.4f} |" in md
     assert "| Dice+CE | 2/2 |" in md and "baseline" in md
