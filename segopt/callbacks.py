@@ -12,7 +12,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from segopt.palette import colorize, legend
+from segopt.palette import legend, overlay
 
 
 def _tensorboards(trainer: pl.Trainer) -> list[Any]:
@@ -22,11 +22,13 @@ def _tensorboards(trainer: pl.Trainer) -> list[Any]:
 class ValidationOverlays(pl.Callback):
     """Shows a fixed set of validation images as input | ground truth | prediction.
 
-    Runs the model on ``num_images`` validation samples (always the same ones) every
-    ``every_n_epochs`` epochs: a handful of forward passes, negligible beside an epoch.
+    Runs the model on ``num_images`` validation samples (always the same ones, spread
+    evenly over the split) every ``every_n_epochs`` epochs: a handful of forward passes,
+    negligible beside an epoch. Truth and prediction are blended over the image in the
+    palette that predict uses, with a legend below.
 
     Args:
-        num_images: how many validation samples to show (the first ones of the split).
+        num_images: how many validation samples to show.
         every_n_epochs: draw on epochs 0, N, 2N, ... and on the last epoch.
     """
 
@@ -45,7 +47,9 @@ class ValidationOverlays(pl.Callback):
         dataset = trainer.datamodule.dataset("val")
         rows = []
         with torch.no_grad():
-            for i in range(min(self.num_images, len(dataset))):
+            count = min(self.num_images, len(dataset))
+            # Spread over the split: neighbouring samples are often near-identical video frames.
+            for i in np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist():
                 image, mask = dataset.samples[i]
                 x = dataset[i]["image"].unsqueeze(0).to(pl_module.device)
                 pred = pl_module(x).argmax(dim=1)[0].cpu().numpy()
@@ -55,7 +59,7 @@ class ValidationOverlays(pl.Callback):
                     pred = cv2.resize(pred.astype(np.uint16), mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
                 rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
                 k = pl_module.num_classes
-                rows.append(np.concatenate([rgb, colorize(mask, k), colorize(pred, k)], axis=1))
+                rows.append(np.concatenate([rgb, overlay(rgb, mask, k), overlay(rgb, pred, k)], axis=1))
         width = max(r.shape[1] for r in rows)
         rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
         grid = np.concatenate([*rows, legend(list(pl_module.class_names), width)], axis=0)
