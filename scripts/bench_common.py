@@ -96,11 +96,12 @@ def hardware(device: str) -> dict[str, Any]:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     else:
-        info["cpu"] = _cpu_name()
+        info["cpu"] = cpu_name()
     return info
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model, as /proc/cpuinfo names it."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -40,6 +40,8 @@ from segopt.data import CachedSamples, IndexMask, PairedFolder, TransformedDatas
 from segopt.data.datamodule import _worker_init
 from segopt.data.transforms import Augment, train_transform
 
+from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
+
 PROJECT = Path(__file__).resolve().parents[1]
 CAMVID = PROJECT.parent / "shared" / "data" / "camvid"
 TRAIN_SIZE = (256, 256)  # configs/data/camvid.yaml: random 256x256 crops
@@ -93,14 +95,6 @@ def loader_rate(samples: Dataset, fmt: str, workers: int) -> dict[str, float]:
     return {"wall": seen / wall / workers, "cpu": seen / max(cpu, 1e-9), "main_ms": 1000 * main_cpu / seen}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -149,7 +143,7 @@ def main() -> None:
         "then (float format) ImageNet normalise; to tensor",
         "batch_size": BATCH,
         "repeats": args.repeats,
-        "hardware": f"{_cpu_model()}, {os.cpu_count()} logical cores, shared with other jobs while measured",
+        "hardware": f"{cpu_name()}, {os.cpu_count()} logical cores, shared with other jobs while measured",
         "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
         "versions": {
             "python": platform.python_version(),

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def main() -> None:
         "val_mIoU_per_epoch": [round(m, 4) for m in miou],
         "checkpoints": sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")),
         "event_files": len(list(run.glob("events.out.tfevents.*"))),
-        "hardware": _cuda() or f"{_cpu_model()}, {os.cpu_count()} CPU cores, no GPU",
+        "hardware": _cuda() or f"{cpu_name()}, {os.cpu_count()} CPU cores, no GPU",
     }
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,14 +65,6 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cuda() -> str:
