@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import cv2
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -54,8 +55,6 @@ class ValidationOverlays(pl.Callback):
                 x = dataset[i]["image"].unsqueeze(0).to(pl_module.device)
                 pred = pl_module(x).argmax(dim=1)[0].cpu().numpy()
                 if pred.shape != mask.shape:  # evaluated at eval_size: show at the original size
-                    import cv2
-
                     pred = cv2.resize(pred.astype(np.uint16), mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
                 rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
                 k = pl_module.num_classes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 # Distinct, colour-blind-aware first colours (Okabe-Ito + Tableau), then a deterministic
@@ -59,8 +60,6 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float 
 
 def legend(class_names: list[str], width: int, swatch: int = 14) -> np.ndarray:
     """An RGB strip ``[h, width, 3]`` naming each class beside its palette colour."""
-    import cv2  # local: only pictures need it
-
     colours = palette(len(class_names))
     font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1
     cells = [swatch + 6 + cv2.getTextSize(n, font, scale, thickness)[0][0] + 12 for n in class_names]

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, get_worker_info
 
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
@@ -198,7 +199,7 @@ class SegDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         pin = self.pin_memory
         if pin is None:
-            pin = self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+            pin = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
         dataset = self.dataset(split)
         return DataLoader(
             dataset,
