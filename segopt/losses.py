@@ -100,7 +100,10 @@ def focal_loss(
         valid = target != ignore_index
         safe = torch.where(valid, target, 0)
         logp_t = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
-        loss = -((1 - logp_t.exp()) ** gamma) * logp_t
+        # 1 - p_t, floored above 0: at p_t == 1 the gradient of x ** gamma for gamma < 1 is
+        # inf, and inf * (log p_t = 0) would be NaN; the true gradient there is 0.
+        miss = (-torch.expm1(logp_t)).clamp_min(torch.finfo(logp_t.dtype).tiny)
+        loss = -(miss**gamma) * logp_t
         if alpha is not None:
             loss = loss * alpha[safe]
         return (loss * valid).sum() / valid.sum().clamp(min=1)

@@ -27,6 +27,19 @@ def _check_total_steps(name: str, total_steps: float) -> int:
     return int(total_steps)
 
 
+def _check_phases(total_steps: int, pct_start: float, three_phase: bool) -> None:
+    """Refuse a warm-up of exactly one step, which torch's OneCycleLR divides by zero length."""
+    warmup = float(pct_start * total_steps)
+    empty = warmup == 1.0 or (three_phase and 2 * warmup - 2 == total_steps - 1)
+    if empty:
+        ok = 2.0 / total_steps
+        raise ValueError(
+            f"model.scheduler.init_args.pct_start is {pct_start}, which gives OneCycle a warm-up of exactly "
+            f"{warmup:g} optimiser step of the run's {total_steps}, a phase of zero length. Set pct_start to 0 "
+            f"(no warm-up) or at least {ok:.4g} (two steps), or change the run's length."
+        )
+
+
 class OneCycle(OneCycleLR):
     """OneCycleLR (the seed's schedule) with its length given by the Trainer.
 
@@ -60,6 +73,7 @@ class OneCycle(OneCycleLR):
         three_phase: bool = False,
     ) -> None:
         total_steps = _check_total_steps("OneCycle", total_steps)
+        _check_phases(total_steps, pct_start, three_phase)
         # Without max_lr each group peaks at its own lr; with it, a group's ``lr_scale``
         # (e.g. a pretrained encoder's) scales that group's whole cycle.
         if max_lr is None:
@@ -103,6 +117,13 @@ class _WarmupDecay(LRScheduler):
                 "are fractions of the optimiser's lr and must be in [0, 1]"
             )
         self.warmup_steps = int(round(warmup_pct * self.total_steps))
+        if self.warmup_steps > 0 and self.warmup_steps > self.total_steps - 2:
+            # The last step must train with the final rate, after the peak.
+            raise ValueError(
+                f"model.scheduler.init_args.warmup_pct is {warmup_pct}: {self.warmup_steps} warm-up steps of a "
+                f"{self.total_steps}-step run leave no step to decay to final_lr_factor. Use warmup_pct at most "
+                f"{max(0, self.total_steps - 2) / self.total_steps:.4g}, or train longer."
+            )
         self.warmup_start_factor = warmup_start_factor
         self.final_lr_factor = final_lr_factor
         super().__init__(optimizer)
@@ -115,8 +136,8 @@ class _WarmupDecay(LRScheduler):
         """Multiplier of the base lr at optimiser step ``step`` (held at its end value past the end)."""
         if step < self.warmup_steps:
             return self.warmup_start_factor + (1 - self.warmup_start_factor) * step / self.warmup_steps
-        span = max(1, self.total_steps - 1 - self.warmup_steps)
-        t = min(1.0, (step - self.warmup_steps) / span)
+        span = self.total_steps - 1 - self.warmup_steps
+        t = 1.0 if span <= 0 else min(1.0, (step - self.warmup_steps) / span)
         return self.final_lr_factor + (1 - self.final_lr_factor) * self._decay(t)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]

@@ -262,3 +262,16 @@ def test_loss_configs_swap_the_loss_of_the_recipe(name: str, weights: dict[str, 
     loss = yaml.safe_load(capsys.readouterr().out)["model"]["loss"]
     assert loss["class_path"] == "segopt.losses.CombinedLoss"
     assert {k: loss["init_args"][k] for k in weights} == weights
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 0.99, 2.0])
+def test_focal_gradients_stay_finite_when_a_pixel_is_certain(gamma: float) -> None:
+    # Class 0 at probability 1 in float32 (log p = 0 exactly), class 1 at 0.5.
+    logits = torch.tensor([[[[200.0, 0.0]], [[0.0, 0.0]]]], requires_grad=True)
+    target = torch.tensor([[[0, 1]]])
+    loss = FocalLoss(2, gamma=gamma)(logits, target)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad[0, :, 0, 0].abs().max().item() == 0.0  # the certain pixel teaches nothing
+    # The uncertain pixel keeps its hand value: -(1 - 0.5)^gamma * log 0.5, averaged over 2 pixels.
+    assert loss.item() == pytest.approx(-(0.5**gamma) * math.log(0.5) / 2, rel=1e-6)

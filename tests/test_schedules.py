@@ -220,3 +220,31 @@ def test_resume_into_more_epochs_stops_before_training_with_advice(tmp_path: Pat
     assert "resume with the settings it was started with" in message
     assert "Tried to step" not in message
     assert record.lrs == []
+
+
+@pytest.mark.parametrize("make", [Cosine, partial(Poly, power=0.9)], ids=["cosine", "poly"])
+@pytest.mark.parametrize("total,warmup_pct", [(10, 0.8), (2, 0.0), (1, 0.0), (20, 0.9)])
+def test_warmup_decay_schedules_end_at_the_final_rate(make, total: int, warmup_pct: float) -> None:  # noqa: ANN001
+    lrs = _lrs(make(_optimizer(), total, warmup_pct=warmup_pct, final_lr_factor=0.1), total)
+    assert lrs[-1] == pytest.approx(BASE_LR * 0.1)
+    if total > 1:
+        assert max(lrs) == pytest.approx(BASE_LR)
+
+
+@pytest.mark.parametrize("make", [Cosine, Poly], ids=["cosine", "poly"])
+@pytest.mark.parametrize("total,warmup_pct", [(10, 0.95), (10, 0.9), (3, 0.5)])
+def test_a_warmup_that_leaves_no_decay_is_refused(make, total: int, warmup_pct: float) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match=r"model.scheduler.init_args.warmup_pct is .* leave no step to decay"):
+        make(_optimizer(), total, warmup_pct=warmup_pct)
+
+
+@pytest.mark.parametrize("total,pct_start,three_phase", [(10, 0.1, False), (4, 0.25, True), (5, 0.2, False)])
+def test_onecycle_one_step_warmup_is_refused_not_a_zero_division(total: int, pct_start: float, three_phase: bool) -> None:
+    with pytest.raises(ValueError, match=r"model.scheduler.init_args.pct_start is .* at least"):
+        OneCycle(_optimizer(), total, pct_start=pct_start, three_phase=three_phase)
+
+
+def test_onecycle_two_step_warmup_runs_to_its_end() -> None:
+    lrs = _lrs(OneCycle(_optimizer(), 10, pct_start=0.2, div_factor=10, final_div_factor=100), 10)
+    assert lrs[0] == pytest.approx(BASE_LR / 10) and lrs[1] == pytest.approx(BASE_LR)
+    assert lrs[-1] == pytest.approx(BASE_LR / 1000)
