@@ -38,12 +38,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from segopt.data import CachedSamples, IndexMask, PairedFolder, TransformedDataset
 from segopt.data.datamodule import _worker_init
+from segopt.data.roots import resolve_data_path
 from segopt.data.transforms import Augment, train_transform
 
 from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
 
 PROJECT = Path(__file__).resolve().parents[1]
-CAMVID = PROJECT.parent / "shared" / "data" / "camvid"
+CAMVID = PROJECT / resolve_data_path("data/camvid")  # configs/data/camvid.yaml's root
 TRAIN_SIZE = (256, 256)  # configs/data/camvid.yaml: random 256x256 crops
 BATCH = 16  # configs/amp.yaml: batch_size 16
 #: batch format → (normalise in the pipeline, widen the mask to int64 in the worker)
@@ -105,7 +106,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench_data")
     args = parser.parse_args()
     if not CAMVID.is_dir():
-        raise SystemExit(f"CamVid not found at {CAMVID}; the benchmark reads ../shared/data/camvid")
+        raise SystemExit(
+            f"CamVid not found at {CAMVID}; put the SegNet copy there "
+            "or point SEGOPT_DATA_ROOT at the folder holding camvid/"
+        )
 
     # One core per loop, like one loader worker: the comparison is per core.
     cv2.setNumThreads(0)

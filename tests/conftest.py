@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# The shipped configs read data/<name>; in tests that folder is ../shared/data (.ci/run says the
+# same). Set unconditionally so a developer's own SEGOPT_DATA_ROOT cannot change what tests see.
+os.environ["SEGOPT_DATA_ROOT"] = str(SHARED_DATA)
 
 
 @pytest.fixture

@@ -244,10 +244,10 @@ def test_missing_data_root_names_the_key(in_tmp: Path) -> None:
 
 def test_a_single_class_is_refused(in_tmp: Path) -> None:
     for folder in ("train", "trainannot", "val", "valannot"):
-        Path("data", folder).mkdir(parents=True)
+        Path("pairs", folder).mkdir(parents=True)
         image = np.zeros((8, 8, 3) if not folder.endswith("annot") else (8, 8), np.uint8)
-        cv2.imwrite(str(Path("data", folder, "a.png")), image)
-    source = "{class_path: segopt.data.PairedFolder, init_args: {root: data, class_names: [cell]}}"
+        cv2.imwrite(str(Path("pairs", folder, "a.png")), image)
+    source = "{class_path: segopt.data.PairedFolder, init_args: {root: pairs, class_names: [cell]}}"
     with pytest.raises(ValueError, match=r"^num_classes is 1 \(class names: \['cell'\]\), but segmentation needs at "
                        r"least 2 classes; .*data\.source\.init_args\.class_names: \[background, cell\]"):
         main(["fit", f"--config={CONFIGS / 'amp.yaml'}", *TINY, f"--data.source={source}"])

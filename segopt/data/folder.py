@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from segopt.data.datasets import Sample, SegSource
 from segopt.data.files import EXTENSIONS, DataError, Header, read_header, read_image, read_mask
 from segopt.data.masks import IndexMask, MaskDecoder
+from segopt.data.roots import DATA_ROOT_ENV, describe, resolve_data_path
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,9 @@ class PairedFolder(SegSource):
     """A data set on disk: per split an image folder and a mask folder, paired by file stem.
 
     Extensions may differ between an image and its mask (``a.jpg`` ↔ ``a.png``). Folder
-    and list paths are relative to ``root``; ``root`` is relative to the working directory.
+    and list paths are relative to ``root``; ``root`` is relative to the working directory,
+    except that a leading ``data/`` is read from ``$SEGOPT_DATA_ROOT`` when that is set
+    (see :mod:`segopt.data.roots`).
 
     Args:
         root: the data set's folder.
@@ -140,7 +143,8 @@ class PairedFolder(SegSource):
         in_channels: int = 3,
         num_classes: int | None = None,
     ) -> None:
-        self.root = Path(root)
+        self.given_root = Path(root)
+        self.root = resolve_data_path(root)
         self.class_names = list(class_names)
         self.image_dirs = dict(image_dirs or {"train": "train", "val": "val"})
         self.mask_dirs = dict(mask_dirs or {"train": "trainannot", "val": "valannot"})
@@ -197,8 +201,9 @@ class PairedFolder(SegSource):
         index = FolderIndex(problems=self._config_problems())
         if not self.root.is_dir():
             index.problems.append(
-                f"data root {self.root} does not exist (resolved: {self.root.resolve()}); set "
-                "data.source.init_args.root to the data set's folder (relative to where you run segopt)"
+                f"data root {self.root} does not exist (resolved: {self.root.resolve()})"
+                f"{describe(self.given_root, self.root)}; set data.source.init_args.root to the data set's "
+                f"folder (relative to where you run segopt) or {DATA_ROOT_ENV} to the folder holding it"
             )
             return index
         grey_images: list[Path] = []

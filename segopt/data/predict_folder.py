@@ -18,20 +18,21 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from segopt.data.files import EXTENSIONS, read_image
+from segopt.data.roots import resolve_data_path
 
 
 class PredictFolder(Dataset):
     """The images directly inside ``folder`` (sorted by name; other files are ignored).
 
     Args:
-        folder: the folder to read.
+        folder: the folder to read (a leading ``data/`` follows ``$SEGOPT_DATA_ROOT``).
         in_channels: channels the model expects; colour images are converted to grey for
             1 and grey images expanded to RGB for 3.
         transform: the evaluation pipeline, called as ``transform(image=...)``.
     """
 
     def __init__(self, folder: str | Path, in_channels: int, transform: Callable[..., dict[str, Any]]) -> None:
-        self.folder = Path(folder)
+        self.folder = resolve_data_path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"data.predict_dir: {self.folder} is not a folder (resolved: {self.folder.resolve()}); give a folder of images")
         self.paths = sorted(p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
