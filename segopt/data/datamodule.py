@@ -139,8 +139,28 @@ class SegDataModule(pl.LightningDataModule):
                 f"{self.class_names[self.ignore_index]!r}; pick a value outside 0..{self.num_classes - 1} (e.g. 255)"
             )
         self.source.validate()
+        self._validate_scale()
         if self.train_pipeline is not None:
             load_pipeline(self.train_pipeline)
+
+    def _validate_scale(self) -> None:
+        scale = tuple(self.augment.random_scale)
+        if scale == (1.0, 1.0):
+            return
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ValueError(
+                f"data.augment.random_scale is {list(scale)}; give [low, high] with 0 < low <= high, e.g. [0.5, 2.0]"
+            )
+        if self.train_size is None:
+            raise ValueError(
+                f"data.augment.random_scale is {list(scale)} but data.train_size is null; the scale jitter crops "
+                "to train_size, so set it (e.g. train_size: [180, 240])"
+            )
+        if self.train_pipeline is not None:
+            raise ValueError(
+                f"data.augment.random_scale is {list(scale)} but data.train_pipeline {self.train_pipeline} replaces "
+                "data.augment; add A.RandomScale + A.RandomCrop to that file, or drop train_pipeline"
+            )
 
     def setup(self, stage: str) -> None:
         # Built here, in the main process, so a cache is filled once and shared by forked workers.

@@ -44,6 +44,9 @@ class Augment:
         jitter_p: probability of applying the colour jitter.
         fill: image value for pixels brought in by rotation, shear or crop padding (the
             mask always gets ``ignore_index``).
+        random_scale: range of a random resize factor applied before the crop to
+            ``train_size`` (scale jitter, e.g. (0.5, 2.0)); relative to ``train_size`` with
+            resize_mode "resize", to the image itself with "crop". (1, 1) keeps the scale.
     """
 
     enabled: bool = True
@@ -60,6 +63,7 @@ class Augment:
     hue: float = 0.0
     jitter_p: float = 1.0
     fill: float = 0.0
+    random_scale: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass
@@ -70,15 +74,31 @@ class Normalize:
     std: tuple[float, ...] = field(default=IMAGENET_STD)
 
 
-def _size_step(size: tuple[int, int], mode: ResizeMode, ignore_index: int, fill: float) -> A.BasicTransform:
-    if mode == "crop":
-        # Images smaller than the crop are padded; the padding is unlabelled, hence ignore_index.
-        return A.RandomCrop(
-            *size, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=ignore_index
-        )
+def _size_steps(
+    size: tuple[int, int], mode: ResizeMode, ignore_index: int, fill: float, scale: tuple[float, float] = (1.0, 1.0)
+) -> list[A.BasicTransform]:
+    """Bring training images to ``size``: resize to it or not, jitter the scale or not, then crop."""
+    if mode not in ("resize", "crop"):
+        raise ValueError(f"resize_mode is {mode!r}; use 'resize' (scale the whole image) or 'crop' (random crop)")
+    steps: list[A.BasicTransform] = []
     if mode == "resize":
-        return A.Resize(*size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)
-    raise ValueError(f"resize_mode is {mode!r}; use 'resize' (scale the whole image) or 'crop' (random crop)")
+        steps.append(A.Resize(*size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+        if scale == (1.0, 1.0):
+            return steps
+    if scale != (1.0, 1.0):
+        steps.append(
+            A.RandomScale(
+                scale_limit=(scale[0] - 1.0, scale[1] - 1.0),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=1.0,
+            )
+        )
+    # Images smaller than the crop are padded; the padding is unlabelled, hence ignore_index.
+    steps.append(
+        A.RandomCrop(*size, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=ignore_index)
+    )
+    return steps
 
 
 def _finish(norm: Normalize, in_channels: int) -> list[A.BasicTransform]:
@@ -170,9 +190,10 @@ def train_transform(
     seed: int | None = None,
     normalize: bool = True,
 ) -> A.Compose:
-    """The training pipeline: size (resize or crop), augmentation, normalisation.
+    """The training pipeline: size (resize or crop, scale jitter), augmentation, normalisation.
 
-    Sizing comes first so the augmentation works on the smaller image. ``pipeline``, a
+    Sizing comes first so the augmentation works on the smaller image; the scale jitter
+    (``augment.random_scale``) belongs to the sizing and is off when ``augment`` is. ``pipeline``, a
     file saved by ``albumentations.save``, replaces ``augment``; it is completed with
     normalisation and to-tensor unless it already ends with them. ``normalize=False``
     ends with a uint8 tensor instead, for normalising on the device.
@@ -180,7 +201,8 @@ def train_transform(
     norm = (norm or Normalize()) if normalize else None
     steps: list[A.BasicTransform] = []
     if size is not None:
-        steps.append(_size_step(tuple(size), mode, ignore_index, augment.fill))  # type: ignore[arg-type]
+        scale = tuple(augment.random_scale) if augment.enabled and pipeline is None else (1.0, 1.0)
+        steps += _size_steps(tuple(size), mode, ignore_index, augment.fill, scale)  # type: ignore[arg-type]
     if pipeline is not None:
         steps += _complete(load_pipeline(pipeline), norm, in_channels)
     else:
