@@ -1,4 +1,5 @@
-"""Class weights from the training masks: pixel counts and median-frequency balancing.
+"""Class weights from the training masks: pixel counts, then median-frequency balancing,
+inverse-sqrt frequency or the effective number of samples.
 
 Counts run over decoded masks (no augmentation), one ``np.bincount`` per mask, in loader
 worker processes when asked, so a few hundred masks take seconds. The data check can reuse
@@ -12,6 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+#: Effective-number beta: counts saturate near 1 / (1 - beta) = 1e6 pixels, about a
+#: class's share of a few hundred CamVid masks; 0.9999 (the paper's, for image counts)
+#: would give every class of a segmentation set the same weight.
+DEFAULT_BETA = 0.999999
 
 
 class _MaskCounts(Dataset):
@@ -75,15 +81,74 @@ def median_frequency_weights(pixels: np.ndarray, present_pixels: np.ndarray) -> 
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def inverse_sqrt_frequency_weights(pixels: np.ndarray, present_pixels: np.ndarray) -> torch.Tensor:
+    """Inverse square root of frequency: ``w_c ∝ 1 / sqrt(f_c)``, ``f_c`` = pixels of c / all labelled pixels.
+
+    A milder balancing than ``1 / f_c``. Scaled so the classes that occur average 1; a class
+    that never occurs gets 0. ``present_pixels`` is unused (same signature as the other modes).
+    """
+    pixels = _seen_pixels(pixels)
+    seen = pixels > 0
+    raw = np.zeros_like(pixels)
+    raw[seen] = 1.0 / np.sqrt(pixels[seen] / pixels.sum())
+    return _mean_one(raw, seen)
+
+
+def effective_number_weights(
+    pixels: np.ndarray, present_pixels: np.ndarray, beta: float = DEFAULT_BETA
+) -> torch.Tensor:
+    """Class-balanced weights (Cui et al., 2019): ``w_c ∝ (1 - beta) / (1 - beta ** n_c)``.
+
+    ``n_c`` is the pixels of class c; ``(1 - beta ** n) / (1 - beta)`` is the effective number
+    of samples, close to n below about ``1 / (1 - beta)`` pixels and saturating there, so beta
+    sets which counts still earn a larger weight. Scaled so the classes that occur average 1
+    (as in the paper); a class that never occurs gets 0.
+    """
+    if not 0 <= beta < 1:
+        raise ValueError(f"class weight beta must be in [0, 1), got {beta}")
+    pixels = _seen_pixels(pixels)
+    seen = pixels > 0
+    raw = np.zeros_like(pixels)
+    # 1 / effective number; expm1 keeps 1 - beta**n accurate where beta**n is close to 1.
+    log_beta = np.log(beta) if beta > 0 else -np.inf
+    raw[seen] = (1 - beta) / -np.expm1(pixels[seen] * log_beta)
+    return _mean_one(raw, seen)
+
+
+def _seen_pixels(pixels: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(pixels, np.float64)
+    if not (pixels > 0).any():
+        raise ValueError("no labelled pixel in the training masks: every pixel equals ignore_index")
+    return pixels
+
+
+def _mean_one(raw: np.ndarray, seen: np.ndarray) -> torch.Tensor:
+    return torch.tensor(raw * seen.sum() / raw[seen].sum(), dtype=torch.float32)
+
+
 #: Modes accepted wherever a loss takes class weights; each maps pixel counts to weights.
-CLASS_WEIGHT_MODES = {"median_frequency": median_frequency_weights}
+CLASS_WEIGHT_MODES = {
+    "median_frequency": median_frequency_weights,
+    "inverse_sqrt_frequency": inverse_sqrt_frequency_weights,
+    "effective_number": effective_number_weights,
+}
 
 
 def compute_class_weights(
-    mode: str, samples: Dataset[Any], num_classes: int, ignore_index: int, num_workers: int = 0
+    mode: str,
+    samples: Dataset[Any],
+    num_classes: int,
+    ignore_index: int,
+    num_workers: int = 0,
+    beta: float = DEFAULT_BETA,
 ) -> torch.Tensor:
-    """Weights ``[K]`` for ``mode`` (a key of ``CLASS_WEIGHT_MODES``) from the masks of ``samples``."""
+    """Weights ``[K]`` for ``mode`` (a key of ``CLASS_WEIGHT_MODES``) from the masks of ``samples``.
+
+    ``beta`` is used by ``effective_number`` only.
+    """
     if mode not in CLASS_WEIGHT_MODES:
         raise ValueError(f"class weight mode {mode!r} is unknown; use one of {sorted(CLASS_WEIGHT_MODES)}")
     pixels, present = class_pixel_counts(samples, num_classes, ignore_index, num_workers)
+    if mode == "effective_number":
+        return effective_number_weights(pixels, present, beta)
     return CLASS_WEIGHT_MODES[mode](pixels, present)

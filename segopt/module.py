@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from segopt.class_weights import compute_class_weights
+from segopt.class_weights import DEFAULT_BETA, compute_class_weights
 from segopt.inference import TTA, SlidingWindow, masks_at_size, padded_logits, predict_probs
 from segopt.losses import CombinedLoss
 from segopt.models import UNet
@@ -156,8 +156,9 @@ class SegModule(pl.LightningModule):
                 "but this fit has none; pass a SegDataModule or give one weight per class"
             )
         samples = datamodule.source.split("train", datamodule.ignore_index)
+        beta = getattr(self.criterion, "class_weight_beta", DEFAULT_BETA)
         weights = compute_class_weights(
-            mode, samples, self.num_classes, self.ignore_index, num_workers=datamodule.num_workers
+            mode, samples, self.num_classes, self.ignore_index, num_workers=datamodule.num_workers, beta=beta
         )
         self.criterion.set_class_weights(weights)
         shown = ", ".join(f"{n}={w:.3g}" for n, w in zip(self.class_names, weights.tolist()))

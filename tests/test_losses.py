@@ -1,7 +1,8 @@
-"""Losses: hand-computed Dice/Focal/CE values, ignore handling, mixed precision, class weights."""
+"""Losses: hand-computed Dice/Focal/CE/OHEM/Lovász values, ignore handling, mixed precision, class weights."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import partial
 
@@ -12,11 +13,24 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from segopt.class_weights import class_pixel_counts, compute_class_weights, median_frequency_weights
+from segopt.class_weights import (
+    class_pixel_counts,
+    compute_class_weights,
+    effective_number_weights,
+    inverse_sqrt_frequency_weights,
+    median_frequency_weights,
+)
 from segopt.cli import main
 from segopt.data import SegDataModule
 from segopt.data.synthetic import SyntheticShapes
-from segopt.losses import CombinedLoss, DiceLoss, FocalLoss, cross_entropy_loss
+from segopt.losses import (
+    CombinedLoss,
+    DiceLoss,
+    FocalLoss,
+    cross_entropy_loss,
+    lovasz_softmax_loss,
+    ohem_cross_entropy_loss,
+)
 from segopt.models import UNet
 from segopt.module import SegModule
 
@@ -66,8 +80,11 @@ def test_dice_matches_a_hand_computed_soft_value() -> None:
         partial(DiceLoss, smooth=0.0, include_background=False),
         partial(FocalLoss, gamma=2.0, alpha=[0.5, 1.0, 2.0, 1.0]),
         partial(CombinedLoss, ce=1.0, dice=1.0, focal=1.0, class_weights=[1.0, 2.0, 3.0, 4.0], label_smoothing=0.1),
+        partial(CombinedLoss, ce=0.0, dice=0.0, ohem=1.0, ohem_threshold=1.0, class_weights=[1.0, 2.0, 3.0, 4.0]),
+        partial(CombinedLoss, ce=0.0, dice=0.0, lovasz=1.0),
+        partial(CombinedLoss, ce=0.0, dice=0.0, lovasz=1.0, lovasz_per_image=True),
     ],
-    ids=["dice", "dice-no-bg", "focal", "combined"],
+    ids=["dice", "dice-no-bg", "focal", "combined", "ohem", "lovasz", "lovasz-per-image"],
 )
 @pytest.mark.parametrize("ignore_index", [255, 3, 0])
 def test_ignored_pixels_change_nothing(make_loss, ignore_index: int) -> None:  # noqa: ANN001
@@ -150,6 +167,160 @@ def test_combined_loss_is_the_weighted_sum_of_its_terms(weights: tuple[float, fl
     assert combined.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def ohem_case(a: list[float], target: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-class logits ``[1,2,1,N]``: 0 for each pixel's true class, ``a`` for the other, so loss = softplus(a)."""
+    t = torch.tensor(target)
+    logits = torch.zeros(1, 2, 1, len(a))
+    logits[0, 1 - t, 0, torch.arange(len(a))] = torch.tensor(a)
+    return logits.requires_grad_(), t.view(1, 1, -1)
+
+
+def softplus(a: float) -> float:
+    return math.log1p(math.exp(a))
+
+
+A = [3.0, 7.0, 0.0, 5.0, 1.0, 6.0, 2.0, 4.0]  # per-pixel loss softplus(a): hardest at 1, 5, 3, 7
+
+
+def kept_pixels(logits: torch.Tensor) -> list[int]:
+    return torch.nonzero(logits.grad.abs().sum(1).flatten()).flatten().tolist()
+
+
+def test_ohem_keeps_exactly_the_hardest_fraction() -> None:
+    logits, target = ohem_case(A, [0] * 8)
+    loss = ohem_cross_entropy_loss(logits, target, IGNORE, fraction=0.25)
+    loss.backward()
+    assert loss.item() == pytest.approx((softplus(7) + softplus(6)) / 2, rel=1e-6)
+    assert kept_pixels(logits) == [1, 5]
+
+
+def test_ohem_ranks_only_labelled_pixels() -> None:
+    # The hardest pixel ignored: ceil(0.25 * 7 labelled) = 2 of the rest are kept.
+    logits, target = ohem_case(A, [0] * 8)
+    target[..., 1] = IGNORE
+    loss = ohem_cross_entropy_loss(logits, target, IGNORE, fraction=0.25)
+    loss.backward()
+    assert loss.item() == pytest.approx((softplus(6) + softplus(5)) / 2, rel=1e-6)
+    assert kept_pixels(logits) == [3, 5]
+
+
+@pytest.mark.parametrize(
+    "fraction,threshold,min_kept,kept",
+    [
+        (0.0, softplus(4.5), 0, [1, 3, 5]),  # loss above the threshold
+        (0.0, softplus(4.5), 5, [0, 1, 3, 5, 7]),  # at least min_kept
+        (0.25, softplus(6.5), 0, [1, 5]),  # at least the fraction
+        (0.0, softplus(9.0), 1, [1]),
+    ],
+)
+def test_ohem_keeps_pixels_above_the_threshold_and_at_least_min_kept(
+    fraction: float, threshold: float, min_kept: int, kept: list[int]
+) -> None:
+    logits, target = ohem_case(A, [0] * 8)
+    loss = ohem_cross_entropy_loss(logits, target, IGNORE, fraction=fraction, threshold=threshold, min_kept=min_kept)
+    loss.backward()
+    assert kept_pixels(logits) == kept
+    assert loss.item() == pytest.approx(sum(softplus(A[i]) for i in kept) / len(kept), rel=1e-6)
+
+
+def test_ohem_ranks_by_plain_loss_and_averages_with_class_weights() -> None:
+    # Weighted, pixel 3 (class 1, 3 * softplus(5) = 15.0) would outrank pixel 5 (class 0, 6.0);
+    # ranked by the plain loss pixels 1 (class 1) and 5 (class 0) are the hardest.
+    logits, target = ohem_case(A, [0, 1, 0, 1, 0, 0, 0, 1])
+    loss = CombinedLoss(2, IGNORE, ce=0.0, dice=0.0, ohem=1.0, ohem_fraction=0.25, class_weights=[1.0, 3.0])
+    value = loss(logits, target)
+    value.backward()
+    assert kept_pixels(logits) == [1, 5]
+    assert value.item() == pytest.approx((3 * softplus(7) + softplus(6)) / 4, rel=1e-6)
+
+
+def test_ohem_keeping_every_pixel_is_cross_entropy() -> None:
+    torch.manual_seed(7)
+    logits, target = torch.randn(2, 4, 5, 6), torch.randint(0, 4, (2, 5, 6))
+    target[0, :2] = IGNORE
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    expected = F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE)
+    assert ohem_cross_entropy_loss(logits, target, IGNORE, w, fraction=1.0).item() == pytest.approx(expected.item())
+
+
+def lovasz_by_definition(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """Lovász-softmax from the set function: ``mean_c ∫_0^1 J_c({i: m_i >= t}) dt`` over present classes.
+
+    ``probs`` ``[K,N]`` and ``target`` ``[N]`` hold the labelled pixels only; ``m`` is the error
+    (``1 - p_c`` on class c, ``p_c`` elsewhere) and ``J_c(M) = |M| / |{y = c} ∪ M|`` the Jaccard
+    loss of the mispredicted set M. For ``m >= 0`` the Lovász extension is this integral.
+    """
+    losses = []
+    for c in sorted(set(target.tolist())):
+        fg = [y == c for y in target.tolist()]
+        m = [1 - p if f else p for p, f in zip(probs[c].tolist(), fg)]
+        levels = sorted(set(m) | {0.0}, reverse=True)
+        integral = 0.0
+        for hi, lo in itertools.pairwise(levels):
+            mispredicted = [v >= hi for v in m]
+            union = sum(a or b for a, b in zip(mispredicted, fg))
+            integral += (hi - lo) * sum(mispredicted) / union
+        losses.append(integral)
+    return sum(losses) / len(losses)
+
+
+def test_lovasz_matches_a_hand_computed_value() -> None:
+    # Pixel A (class 0) p0 = 0.75, pixel B (class 1) p1 = 0.75: every error is 0.25, and
+    # for t <= 0.25 both pixels are mispredicted, J = 2/2 = 1 -> each class 0.25.
+    third = math.log(3.0)
+    logits = torch.tensor([[[[third, 0.0]], [[0.0, third]]]])
+    target = torch.tensor([[[0, 1]]])
+    assert lovasz_softmax_loss(logits, target, IGNORE).item() == pytest.approx(0.25, abs=1e-6)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_lovasz_matches_the_definition_on_present_classes_with_ignore(per_image: bool) -> None:
+    torch.manual_seed(8)
+    logits = 2 * torch.randn(2, 4, 3, 4, dtype=torch.float64)
+    target = torch.tensor([[[0, 0, 1, 1], [0, 2, 2, 1], [IGNORE, IGNORE, 0, 0]], [[1, 1, 1, 2]] * 3])  # no class 3
+    probs = logits.softmax(dim=1)
+    groups = [(probs[i : i + 1], target[i : i + 1]) for i in range(2)] if per_image else [(probs, target)]
+    expected = []
+    for p, t in groups:
+        labelled = t.flatten() != IGNORE
+        expected.append(lovasz_by_definition(p.transpose(0, 1).flatten(1)[:, labelled], t.flatten()[labelled]))
+    value = lovasz_softmax_loss(logits.float(), target, IGNORE, per_image=per_image)
+    assert value.item() == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_lovasz_of_perfect_and_of_wrong_hard_predictions(per_image: bool) -> None:
+    target = torch.tensor([[[0, 0, 1], [2, 2, IGNORE]], [[IGNORE] * 3] * 2])  # image 1 all ignored
+    assert lovasz_softmax_loss(hard_logits(target % 255, 4), target, IGNORE, per_image).item() == pytest.approx(0.0)
+    wrong = hard_logits((target % 255 + 1) % 4, 4)
+    assert lovasz_softmax_loss(wrong, target, IGNORE, per_image).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ce": 1.0, "class_weights": [0.7, 1.4, 0.9, 0.0, 2.0]},
+        {"ce": 0.0, "dice": 0.0, "ohem": 1.0, "ohem_threshold": 0.357, "class_weights": [0.7, 1.4, 0.9, 0.0, 2.0]},
+        {"ce": 0.0, "dice": 0.0, "focal": 1.0, "focal_alpha": [0.7, 1.4, 0.9, 0.0, 2.0]},
+        {"ce": 0.5, "dice": 0.0, "lovasz": 0.5},
+        {"ce": 0.0, "dice": 0.0, "lovasz": 1.0, "lovasz_per_image": True},
+    ],
+    ids=["ce-weighted", "ohem-weighted", "focal-alpha", "lovasz-ce", "lovasz-per-image"],
+)
+def test_loss_terms_give_finite_float32_gradients_under_bf16_autocast(kwargs: dict) -> None:
+    torch.manual_seed(9)
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+    x, target = 4 * torch.randn(2, 3, 16, 16), torch.randint(0, 5, (2, 16, 16))
+    target[0, :4] = IGNORE
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(x)
+        value = CombinedLoss(5, IGNORE, **kwargs)(logits, target)
+    value.backward()
+    assert logits.dtype == torch.bfloat16 and value.dtype == torch.float32
+    assert math.isfinite(value.item()) and value.item() > 0
+    assert torch.isfinite(conv.weight.grad).all() and conv.weight.grad.abs().sum() > 0
+
+
 @pytest.fixture(scope="module")
 def big_batch() -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """A 4x11x512x512 batch (CamVid's classes) and its float32 losses."""
@@ -198,6 +369,10 @@ def test_out_of_range_mask_value_is_a_clear_error() -> None:
         ({"dice_mode": "binary"}, "needs num_classes 2"),
         ({"dice_mode": "soft"}, "'soft' is unknown"),
         ({"label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\)"),
+        ({"ohem_fraction": 1.5}, r"ohem_fraction 1.5 must be in \[0, 1\]"),
+        ({"ohem": 1.0, "ohem_fraction": 0.0}, "ohem keeps no pixel"),
+        ({"class_weights": "median_frequency", "focal_alpha": "effective_number"}, "name different modes"),
+        ({"class_weight_beta": 1.0}, r"class_weight_beta must be in \[0, 1\), got 1.0"),
     ],
 )
 def test_bad_loss_settings_are_clear_errors(kwargs: dict, message: str) -> None:
@@ -220,6 +395,31 @@ def test_median_frequency_weights_match_hand_counts() -> None:
     assert compute_class_weights("median_frequency", samples, 4, IGNORE).tolist() == pytest.approx([0.8, 2, 1, 0])
 
 
+def test_inverse_sqrt_frequency_weights_match_hand_counts() -> None:
+    # Class pixels 5, 1, 2, 0 of 8: 1/sqrt(f) = sqrt(8/5), sqrt(8), 2, scaled to average 1 over the three seen.
+    samples = _pairs([[0, 0, 0, 1, IGNORE], [0, 0, 2, 2]])
+    raw = [math.sqrt(8 / 5), math.sqrt(8), 2.0]
+    expected = [3 * r / sum(raw) for r in raw] + [0.0]
+    pixels, present = class_pixel_counts(samples, 4, IGNORE)
+    assert inverse_sqrt_frequency_weights(pixels, present).tolist() == pytest.approx(expected)
+    assert compute_class_weights("inverse_sqrt_frequency", samples, 4, IGNORE).tolist() == pytest.approx(expected)
+
+
+def test_effective_number_weights_match_hand_counts() -> None:
+    # beta 1/2: effective numbers (1 - 2^-n) / (1/2) = 31/16, 1, 3/2 for n = 5, 1, 2;
+    # inverses 16/31, 1, 2/3 = 48/93, 93/93, 62/93, scaled to sum 3: 144/203, 279/203, 186/203.
+    samples = _pairs([[0, 0, 0, 1, IGNORE], [0, 0, 2, 2]])
+    expected = [144 / 203, 279 / 203, 186 / 203, 0.0]
+    pixels, present = class_pixel_counts(samples, 4, IGNORE)
+    assert effective_number_weights(pixels, present, beta=0.5).tolist() == pytest.approx(expected)
+    got = compute_class_weights("effective_number", samples, 4, IGNORE, beta=0.5)
+    assert got.tolist() == pytest.approx(expected)
+    # beta 0 counts every class once (equal weights); beta near 1 tends to 1/n (5:1:2 -> 2/5, 2, 1, sum 3.4).
+    assert effective_number_weights(pixels, present, beta=0.0).tolist() == pytest.approx([1, 1, 1, 0])
+    near_one = effective_number_weights(pixels, present, beta=1 - 1e-9).tolist()
+    assert near_one == pytest.approx([3 * w / 3.4 for w in (0.4, 2.0, 1.0)] + [0.0], rel=1e-6)
+
+
 def test_class_counts_name_the_bad_mask() -> None:
     with pytest.raises(ValueError, match=r"training mask #1 holds value 9, neither a class id in \[0, 4\)"):
         class_pixel_counts(_pairs([[0, 1], [9, 0]]), 4, IGNORE)
@@ -237,10 +437,13 @@ def _tiny_fit(loss, tmp_path) -> SegModule:  # noqa: ANN001
     return model
 
 
-def test_module_computes_median_frequency_weights_from_training_masks(tmp_path) -> None:  # noqa: ANN001
-    mode = "median_frequency"
-    model = _tiny_fit(partial(CombinedLoss, class_weights=mode, focal=0.5, focal_alpha=mode), tmp_path)
-    expected = compute_class_weights(mode, SyntheticShapes(size=32, num_train=8).split("train", IGNORE), 5, IGNORE)
+@pytest.mark.parametrize("mode", ["median_frequency", "inverse_sqrt_frequency", "effective_number"])
+def test_module_computes_class_weights_from_training_masks(mode: str, tmp_path) -> None:  # noqa: ANN001
+    beta = 0.999  # reaches the mode from the loss's class_weight_beta
+    loss = partial(CombinedLoss, class_weights=mode, focal=0.5, focal_alpha=mode, ohem=0.5, class_weight_beta=beta)
+    model = _tiny_fit(loss, tmp_path)
+    samples = SyntheticShapes(size=32, num_train=8).split("train", IGNORE)
+    expected = compute_class_weights(mode, samples, 5, IGNORE, beta=beta)
     assert model.criterion.class_weight_mode is None
     assert model.criterion.ce_weight.tolist() == pytest.approx(expected.tolist())
     assert model.criterion.focal.alpha.tolist() == pytest.approx(expected.tolist())
@@ -253,6 +456,8 @@ def test_module_computes_median_frequency_weights_from_training_masks(tmp_path) 
         ("ce", {"ce": 1.0, "dice": 0.0, "focal": 0.0}),
         ("dice_ce", {"ce": 0.5, "dice": 0.5, "focal": 0.0}),
         ("focal_ce", {"ce": 0.5, "dice": 0.0, "focal": 0.5}),
+        ("ohem_ce", {"ce": 0.0, "ohem": 1.0, "ohem_fraction": 0.25, "ohem_threshold": 0.357}),
+        ("lovasz_ce", {"ce": 0.5, "dice": 0.0, "lovasz": 0.5}),
     ],
 )
 def test_loss_configs_swap_the_loss_of_the_recipe(name: str, weights: dict[str, float], capsys) -> None:  # noqa: ANN001
