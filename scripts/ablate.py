@@ -30,7 +30,7 @@ every run the report is rewritten from the JSONs found: ``--out``.md, .json and 
 ± sample standard deviation over seeds of the final-epoch val mIoU, the best epoch's val
 mIoU, and per-class IoU). The final epoch is the headline: with OneCycle the last epoch is
 the one the schedule aims at, and picking the best epoch by val mIoU flatters each cell by
-its own noise. The base configs' logger must be a TensorBoardLogger (configs/amp.yaml's is).
+its own noise. The logger must be a TensorBoardLogger (segopt/trainer_defaults.yaml's is).
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ from segopt.data import SegDataModule
 from segopt.failsafe import NonFiniteLossError, NonFiniteLossGuard, is_out_of_memory, out_of_memory_message
 from segopt.module import SegModule
 
+# Trainer, logger, checkpoint and callback defaults every recipe shares; any --config overrides them.
+TRAINER_DEFAULTS = Path(__file__).with_name("trainer_defaults.yaml")
+
 # segopt prints its own single line about the precision that actually ran (see below).
 warnings.filterwarnings("ignore", message=r".*AMP with fp16 is not supported on CPU.*")
 
@@ -99,6 +102,7 @@ def main(args: list[str] | None = None) -> SegCLI:
         subclass_mode_model=False,
         subclass_mode_data=False,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={name: {"default_config_files": [TRAINER_DEFAULTS]} for name in ("fit", "validate", "test", "predict")},
         args=args,
     )
 

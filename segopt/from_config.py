@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from segopt.cli import SegCLI
+from segopt.cli import TRAINER_DEFAULTS, SegCLI
 from segopt.data import SegDataModule
 from segopt.module import SegModule
 
@@ -25,7 +25,10 @@ class _BuildOnly(SegCLI):
 
 def build_from_config(cli_args: list[str]) -> SegCLI:
     """The CLI objects (``.model``, ``.datamodule``, ``.trainer``, ``.config``) for ``cli_args``."""
-    return _BuildOnly(SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None)
+    return _BuildOnly(
+        SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None,
+        parser_kwargs={"default_config_files": [TRAINER_DEFAULTS]},
+    )
 
 
 def load_weights(model: SegModule, ckpt_path: str | Path) -> SegModule:

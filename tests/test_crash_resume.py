@@ -14,6 +14,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from segopt.cli import TRAINER_DEFAULTS
 from tests.conftest import CONFIGS, ROOT
 
 STEPS_PER_EPOCH = 64 // 8
@@ -36,6 +37,7 @@ class KillAtStep(pl.Callback):
 def _config(tmp_path: Path) -> Path:
     """amp.yaml, tiny, with the step checkpoint every EVERY_N_STEPS steps."""
     cfg = yaml.safe_load((CONFIGS / "amp.yaml").read_text())
+    cfg["trainer"]["callbacks"] = yaml.safe_load(TRAINER_DEFAULTS.read_text())["trainer"]["callbacks"]
     step_ckpts = [c for c in cfg["trainer"]["callbacks"] if "every_n_train_steps" in c.get("init_args", {})]
     assert len(step_ckpts) == 1
     step_ckpts[0]["init_args"]["every_n_train_steps"] = EVERY_N_STEPS

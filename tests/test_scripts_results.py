@@ -51,7 +51,7 @@ def _write_grid(path: Path, body: str) -> Path:
 
 
 def _tiny_grid(tmp: Path) -> Path:
-    base = [str(CONFIGS / "fp32.yaml"), *TINY]
+    base = [str(CONFIGS / "amp.yaml"), str(CONFIGS / "fp32.yaml"), *TINY]
     return _write_grid(
         tmp / "tiny.yaml",
         json.dumps(
