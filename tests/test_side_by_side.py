@@ -1,0 +1,148 @@
+"""scripts/side_by_side.py: the peer arm's run and JSON, the segopt arm's TensorBoard reading, the summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.test_scripts_results import _script
+
+
+@pytest.fixture(scope="module")
+def sbs() -> ModuleType:
+    return _script("side_by_side")
+
+
+def _camvid(root: Path, train: int = 4, val: int = 2) -> Path:
+    """A tiny folder in CamVid's layout: 36x48 RGB PNGs and index masks 0..11 (11 void)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("val", val)):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(n):
+            cv2.imwrite(str(root / split / f"f{i}.png"), rng.integers(0, 256, (36, 48, 3), dtype=np.uint8))
+            cv2.imwrite(str(root / f"{split}annot" / f"f{i}.png"), rng.integers(0, 12, (36, 48), dtype=np.uint8))
+    return root
+
+
+@pytest.mark.slow
+def test_peer_arm_writes_its_json_and_the_summary_and_skips_it_on_rerun(sbs: ModuleType, tmp_path: Path) -> None:
+    data = _camvid(tmp_path / "camvid")
+    out = tmp_path / "results" / "side_by_side"
+    argv = ["--arm", "peer", "--seeds", "0", "--data", str(data), "--out", str(out), "--max-epochs", "2",
+            "--val-every", "1", "--size", "36", "48", "--batch-size", "2", "--threads", "1"]  # fmt: skip
+    summary_md = sbs.main(argv)
+
+    run = json.loads((out / "peer_seed0.json").read_text())
+    assert (run["arm"], run["seed"], run["epochs"]) == ("peer", 0, 2)
+    assert [p["epoch"] for p in run["curve"]] == [1, 2]
+    assert all("val_mIoU" in p for p in run["curve"])  # --val-every 1
+    assert run["curve"][-1]["val_mIoU"] == round(run["val_mIoU"], 4)
+    assert 0.0 <= run["val_mIoU"] <= 1.0
+    assert list(run["val_iou"]) == sbs.CLASS_NAMES
+    assert run["settings"]["size"] == [36, 48] and run["settings"]["batch_size"] == 2
+    assert run["hardware"]["torch_threads"] == 1 and run["hardware"]["loader_workers"] == 1
+    assert run["hardware"]["cpu"] and run["hardware"]["cores"] >= 1
+    assert run["wall_s"] >= run["curve"][-1]["elapsed_s"] > 0
+
+    assert summary_md == tmp_path / "results" / "side_by_side.md"
+    summary = json.loads(summary_md.with_suffix(".json").read_text())
+    assert summary["arms"]["peer"]["per_seed"] == {"0": run["val_mIoU"]}
+    assert "segopt_minus_peer" not in summary  # one arm only
+    assert "| peer | 0 |" in summary_md.read_text()
+
+    before = (out / "peer_seed0.json").read_text()
+    sbs.main(argv)  # finished: skipped, not retrained
+    assert (out / "peer_seed0.json").read_text() == before
+
+
+def test_validation_scores_probabilities_resized_to_the_label(sbs: ModuleType) -> None:
+    import torch
+
+    class Half(torch.nn.Module):
+        """Predicts class 0 on the left half and class 1 on the right half of its input."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(x.shape[0], 11, *x.shape[-2:])
+            w = x.shape[-1]
+            logits[:, 0, :, : w // 2] = 5
+            logits[:, 1, :, w // 2 :] = 5
+            return logits
+
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    mask[..., 4:] = 1
+    mask[0, 0, 0] = 11  # void: ignored
+    loader = [(torch.zeros(1, 3, 4, 4), mask)]  # network at 4x4, label at 8x8
+    miou, iou = sbs.validate(Half(), loader, "cpu", lambda: torch.autocast("cpu", enabled=False))
+    assert iou[:2] == [1.0, 1.0]
+    assert all(np.isnan(v) for v in iou[2:])  # absent classes stay out of the mean
+    assert miou == 1.0
+
+
+def test_segopt_arm_reads_the_final_epoch_not_the_best(sbs: ModuleType, tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for epoch, (miou, pole) in enumerate([(0.30, 0.1), (0.50, 0.2), (0.45, 0.3)]):
+        step = 10 * (epoch + 1)
+        writer.add_scalar("epoch", epoch, step)
+        writer.add_scalar("val/mIoU", miou, step)
+        writer.add_scalar("val/iou/Pole", pole, step)
+    writer.close()
+    result = sbs.read_tensorboard(tmp_path, t0=0.0)
+    assert result["epochs"] == 3
+    assert result["val_mIoU"] == pytest.approx(0.45)
+    assert result["val_iou"]["Pole"] == pytest.approx(0.3)
+    assert result["val_iou"]["Sky"] is None
+    assert [p["epoch"] for p in result["curve"]] == [1, 2, 3]
+    assert [p["val_mIoU"] for p in result["curve"]] == [0.3, 0.5, 0.45]
+
+
+def test_segopt_arm_without_val_mIoU_is_a_clear_error(sbs: ModuleType, tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_scalar("train/loss", 1.0, 1)
+    writer.close()
+    with pytest.raises(RuntimeError, match=r"no val/mIoU scalar .*train/loss"):
+        sbs.read_tensorboard(tmp_path, t0=0.0)
+
+
+def _fake_run(out: Path, arm: str, seed: int, miou: float) -> None:
+    hw = {"cpu": "X", "cores": 2, "torch_threads": 2, "loader_workers": 1, "gpu": None}
+    iou = dict.fromkeys(["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"], miou)
+    run = {"arm": arm, "seed": seed, "epochs": 10, "wall_s": 3600.0, "val_mIoU": miou, "val_iou": iou, "hardware": hw}
+    (out / f"{arm}_seed{seed}.json").write_text(json.dumps(run))
+
+
+@pytest.mark.parametrize(("segopt", "exceeds"), [((0.60, 0.62), True), ((0.50, 0.56), False)])
+def test_summary_says_whether_the_lead_exceeds_the_seed_spread(sbs: ModuleType, tmp_path: Path, segopt: tuple, exceeds: bool) -> None:
+    out = tmp_path / "side_by_side"
+    out.mkdir()
+    _fake_run(out, "peer", 0, 0.45)
+    _fake_run(out, "peer", 1, 0.49)
+    for seed, miou in enumerate(segopt):
+        _fake_run(out, "segopt", seed, miou)
+    sbs.write_summary(out)
+    summary = json.loads((tmp_path / "side_by_side.json").read_text())
+    assert summary["segopt_minus_peer"] == pytest.approx(sum(segopt) / 2 - 0.47)
+    assert summary["spread"] == pytest.approx(max(0.04, segopt[1] - segopt[0]))
+    assert summary["exceeds_spread"] is exceeds
+    assert ("does not exceed" in (tmp_path / "side_by_side.md").read_text()) is not exceeds
+
+
+def test_bad_data_folder_is_a_clear_error(sbs: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        sbs.parse_args(["--arm", "peer", "--data", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert "--data" in err and "nope is not a folder" in err
+
+
+def test_data_folder_without_images_names_the_folder(sbs: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no PNG images in .*train"):
+        sbs.CamVidFolder(tmp_path, "train", None)
