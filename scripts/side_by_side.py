@@ -20,6 +20,7 @@ Two arms, each trained once per seed on the same machine:
   subprocess (the recipe holds its own time budget; ``--segopt-arg`` passes more flags), then
   the final epoch's val mIoU and per-class IoU (not the best epoch's) from its TensorBoard run.
 
+``--data`` follows ``$SEGOPT_DATA_ROOT`` as segopt does, so both arms read the same folder.
 Both arms use ``--threads`` torch threads (default: all cores) and one persistent loader worker.
 Each (arm, seed) writes ``--out``/<arm>_seed<seed>.json atomically when it finishes; a run
 whose JSON exists is skipped, so the same command resumes across sessions. After every run
@@ -50,6 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_common import cpu_name
+
+from segopt.data.roots import describe, resolve_data_path
 
 CLASS_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"]
 VOID = 11
@@ -431,8 +434,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--minutes must be positive, got {args.minutes}")
     if args.val_every < 1:
         p.error(f"--val-every must be at least 1, got {args.val_every}")
+    given, args.data = args.data, resolve_data_path(args.data)  # both arms read the same folder
     if not args.data.is_dir():
-        p.error(f"--data {args.data} is not a folder; give the CamVid folder (train/ trainannot/ val/ valannot/)")
+        p.error(
+            f"--data {given} is not a folder{describe(given, args.data)}; "
+            "give the CamVid folder (train/ trainannot/ val/ valannot/)"
+        )
     if args.arm == "segopt" and not args.config.is_file():
         p.error(f"--config {args.config} does not exist; give segopt's CamVid recipe")
     return args
