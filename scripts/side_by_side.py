@@ -240,7 +240,7 @@ def segopt_command(args: argparse.Namespace, seed: int, run_dir: Path) -> list[s
         "--config",
         str(args.config),
         f"--seed_everything={seed}",
-        f"--data.source.init_args.root={args.data}",
+        f"--data.source.init_args.root={args.data_given}",
         "--data.num_workers=1",
         "--data.persistent_workers=true",
         f"--trainer.logger.init_args.save_dir={run_dir.parent}",
@@ -301,7 +301,7 @@ def hardware(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
-    common = {"minutes": args.minutes, "data": str(args.data), "max_epochs": args.max_epochs}
+    common = {"minutes": args.minutes, "data": str(args.data_given), "max_epochs": args.max_epochs}
     if arm == "segopt":
         return {**common, "config": str(args.config), "extra_args": list(args.segopt_arg)}
     return {
@@ -434,10 +434,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--minutes must be positive, got {args.minutes}")
     if args.val_every < 1:
         p.error(f"--val-every must be at least 1, got {args.val_every}")
-    given, args.data = args.data, resolve_data_path(args.data)  # both arms read the same folder
+    # both arms read the same folder; results name the path as given (data/camvid), not where it led
+    args.data_given, args.data = args.data, resolve_data_path(args.data)
     if not args.data.is_dir():
         p.error(
-            f"--data {given} is not a folder{describe(given, args.data)}; "
+            f"--data {args.data_given} is not a folder{describe(args.data_given, args.data)}; "
             "give the CamVid folder (train/ trainannot/ val/ valannot/)"
         )
     if args.arm == "segopt" and not args.config.is_file():
@@ -448,6 +449,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    summary = None
     for seed in args.seeds:
         path = args.out / f"{args.arm}_seed{seed}.json"
         if path.is_file():
@@ -457,8 +459,8 @@ def main(argv: list[str] | None = None) -> Path:
         write_json_atomic(
             path, {"arm": args.arm, "seed": seed, "settings": settings(args, args.arm), "hardware": hardware(args), **result}
         )
-        write_summary(args.out)
-    return write_summary(args.out)
+        summary = write_summary(args.out)  # after every run: an interrupted series still has one
+    return summary or write_summary(args.out)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,21 @@ def test_bad_data_folder_is_a_clear_error(sbs: ModuleType, tmp_path: Path, capsy
 def test_data_folder_without_images_names_the_folder(sbs: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no PNG images in .*train"):
         sbs.CamVidFolder(tmp_path, "train", None)
+
+
+def test_data_follows_segopt_data_root_and_both_arms_name_it_as_given(
+    sbs: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "camvid").mkdir()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("{}\n")
+    monkeypatch.setenv("SEGOPT_DATA_ROOT", str(tmp_path))
+    args = sbs.parse_args(["--arm", "segopt", "--config", str(recipe), "--seeds", "3", "--segopt-arg=--trainer.max_epochs=2"])
+    assert args.data == tmp_path / "camvid"  # the peer reads here ...
+    assert sbs.settings(args, "peer")["data"] == "data/camvid"  # ... and results name it as given
+    cmd = sbs.segopt_command(args, 3, tmp_path / "runs" / "segopt_seed3")
+    assert cmd[1:6] == ["-m", "segopt.cli", "fit", "--config", str(recipe)]
+    assert "--seed_everything=3" in cmd and "--data.source.init_args.root=data/camvid" in cmd
+    assert f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}" in cmd
+    assert "--trainer.logger.init_args.name=segopt_seed3" in cmd and "--trainer.logger.init_args.version=0" in cmd
+    assert cmd[-1] == "--trainer.max_epochs=2"
