@@ -9,7 +9,8 @@ Two arms, each trained once per seed on the same machine:
   0.5 cross-entropy + 0.5 smp Dice (void ignored), Adam 1e-4 without a schedule, albumentations
   flip / rotate ±15 / shear ±10 / colour jitter 0.2 (each p=0.5), ImageNet normalisation, images
   resized to ``--size`` (180x240), batch 16, a plain PyTorch loop under bf16 autocast on a CPU
-  (fp16 with a GradScaler on a GPU). It trains whole epochs until the next one, plus the final
+  with native bf16, float32 on other CPUs (the rule segopt applies to ``16-mixed``), fp16 with a
+  GradScaler on a GPU. It trains whole epochs until the next one, plus the final
   validation, would pass ``--minutes`` (estimated from the epochs and validations so far).
   Validation runs the network at ``--size``, resizes the class probabilities bilinearly to the
   label's own resolution (480x360) before the argmax, and scores with torchmetrics'
@@ -53,6 +54,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_common import cpu_name
 
 from segopt.data.roots import describe, resolve_data_path
+from segopt.precision import cpu_has_native_bf16
 
 CLASS_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"]
 VOID = 11
@@ -174,9 +176,11 @@ def run_peer(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     dtype = torch.float16 if device == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device, enabled=device == "cuda")
+    # The same rule as segopt's 16-mixed: bf16 autocast only where the CPU runs it natively.
+    mixed = device == "cuda" or cpu_has_native_bf16()
 
     def autocast() -> Any:
-        return torch.autocast(device_type=device, dtype=dtype)
+        return torch.autocast(device_type=device, dtype=dtype, enabled=mixed)
 
     budget = args.minutes * 60.0
     train_times: list[float] = []
@@ -312,7 +316,9 @@ def settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
         "augmentation": "HorizontalFlip, Rotate ±15, Affine shear ±10, ColorJitter 0.2 (each p=0.5)",
         "size": list(args.size),
         "batch_size": args.batch_size,
-        "precision": "fp16 autocast" if torch.cuda.is_available() else "bf16 autocast",
+        "precision": "fp16 autocast" if torch.cuda.is_available() else (
+            "bf16 autocast" if cpu_has_native_bf16() else "float32 (this CPU has no native bf16)"
+        ),
         "val_every": args.val_every,
         "evaluation": "probabilities resized bilinearly to the label's resolution before the argmax",
     }

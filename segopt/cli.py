@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -17,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from segopt.data import SegDataModule
 from segopt.failsafe import NonFiniteLossError, NonFiniteLossGuard, is_out_of_memory, out_of_memory_message
 from segopt.module import SegModule
+from segopt.precision import resolve_precision
 
 # Trainer, logger, checkpoint and callback defaults every recipe shares; any --config overrides them.
 TRAINER_DEFAULTS = Path(__file__).with_name("trainer_defaults.yaml")
@@ -35,8 +37,14 @@ class SegCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite_loss")
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        requested = str(config.trainer.precision)
+        ran, self._precision_note = resolve_precision(requested, _cuda_requested(config.trainer))
+        if ran != requested:
+            config.trainer.precision = ran
+            self._precision_note = f" (requested {requested}; {self._precision_note})"
         if self.subcommand == "fit":
-            _resolve_last_checkpoint(self.config[self.subcommand])
+            _resolve_last_checkpoint(config)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: nothing will run, nothing to report
@@ -49,10 +57,7 @@ class SegCLI(LightningCLI):
                 f"error: trainer.sync_batchnorm is true but the run is on {device}; SyncBatchNorm needs CUDA GPUs. "
                 "Add --trainer.sync_batchnorm false (each process then keeps its own BatchNorm statistics)."
             )
-        requested = str(config.trainer.precision)
-        ran = self.trainer.precision
-        note = "" if ran == requested else f" (requested {requested}; fp16 autocast needs a CUDA GPU)"
-        rank_zero_info(f"segopt: running precision {ran} on {device}{note}")
+        rank_zero_info(f"segopt: running precision {self.trainer.precision} on {device}{self._precision_note}")
 
     def _run_subcommand(self, subcommand: str) -> None:
         # By now the Trainer has torn down; what is left is to say what happened and what to
@@ -65,6 +70,12 @@ class SegCLI(LightningCLI):
             if not is_out_of_memory(error):
                 raise
             raise SystemExit("error: " + out_of_memory_message(error, self.trainer, subcommand)) from error
+
+
+def _cuda_requested(trainer_config) -> bool:  # noqa: ANN001 (jsonargparse Namespace)
+    """Whether the Trainer will run on CUDA GPUs (accelerator gpu/cuda, or auto with one present)."""
+    accelerator = str(trainer_config.get("accelerator", "auto"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def _resolve_last_checkpoint(config) -> None:  # noqa: ANN001 (jsonargparse Namespace)

@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from segopt.cli import main
+from segopt.precision import cpu_has_native_bf16, resolve_precision
 from tests.conftest import CONFIGS
 
 TINY = [
@@ -78,9 +79,15 @@ def test_fit_reports_the_precision_that_ran(trained: tuple[Path, object, list[st
     lines = [line for line in logged if line.startswith("segopt: running precision")]
     if torch.cuda.is_available():
         assert lines == ["segopt: running precision 16-mixed on cuda"]
-    else:
+    elif cpu_has_native_bf16():
         assert lines == ["segopt: running precision bf16-mixed on cpu (requested 16-mixed; fp16 autocast needs a CUDA GPU)"]
         assert cli.trainer.precision == "bf16-mixed"
+    else:
+        assert lines == [
+            "segopt: running precision 32-true on cpu (requested 16-mixed; fp16 autocast needs a CUDA GPU, and this "
+            "CPU has no native bf16 (emulated bf16 runs slower than float32))"
+        ]
+        assert cli.trainer.precision == "32-true"
 
 
 def test_logged_val_miou_is_what_validate_recomputes_from_the_best_checkpoint(
@@ -165,3 +172,20 @@ def test_resume_last_continues_the_same_run_after_a_crash(tmp_path: Path, monkey
     assert not (run.parent / "version_1").exists()
     steps = [e.step for e in _events(run).Scalars("train/loss")]
     assert steps == list(range(3 * STEPS_PER_EPOCH))
+
+
+@pytest.mark.parametrize(
+    "requested,cuda,native,ran",
+    [("16-mixed", True, False, "16-mixed"), ("16-mixed", False, True, "bf16-mixed"), ("16-mixed", False, False, "32-true"),
+     ("bf16-mixed", False, False, "bf16-mixed"), ("32-true", False, True, "32-true")],
+)
+def test_16_mixed_runs_the_fastest_precision_the_machine_has(requested: str, cuda: bool, native: bool, ran: str) -> None:
+    assert resolve_precision(requested, cuda, native)[0] == ran
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_vnni\n")
+    assert cpu_has_native_bf16(str(with_bf16)) is True
+    assert cpu_has_native_bf16(str(without)) is False
