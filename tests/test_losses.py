@@ -480,3 +480,14 @@ def test_focal_gradients_stay_finite_when_a_pixel_is_certain(gamma: float) -> No
     assert logits.grad[0, :, 0, 0].abs().max().item() == 0.0  # the certain pixel teaches nothing
     # The uncertain pixel keeps its hand value: -(1 - 0.5)^gamma * log 0.5, averaged over 2 pixels.
     assert loss.item() == pytest.approx(-(0.5**gamma) * math.log(0.5) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["median_frequency", "inverse_sqrt_frequency", "effective_number"])
+def test_class_weight_configs_overlay_any_loss_config(mode: str, capsys) -> None:  # noqa: ANN001
+    loss_config, weights = CONFIGS / "loss" / "lovasz_ce.yaml", CONFIGS / "loss" / "weights" / f"{mode}.yaml"
+    args = ["fit", "--config", str(CONFIGS / "amp.yaml"), "--config", str(loss_config), "--config", str(weights)]
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    init_args = yaml.safe_load(capsys.readouterr().out)["model"]["loss"]["init_args"]
+    assert (init_args["class_weights"], init_args["focal_alpha"]) == (mode, mode)
+    assert (init_args["ce"], init_args["lovasz"]) == (0.5, 0.5)  # the loss config's terms stay
