@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
@@ -27,6 +28,7 @@ from segopt.inference import TTA, SlidingWindow, masks_at_size, padded_logits, p
 from segopt.losses import CombinedLoss
 from segopt.models import UNet
 from segopt.schedules import OneCycle
+from segopt.time_budget import TimeBudget
 
 BackboneFactory = Callable[[int, int], nn.Module]
 LossFactory = Callable[[int, int], nn.Module]
@@ -174,15 +176,29 @@ class SegModule(pl.LightningModule):
         return predict_probs(self, images, self.sliding_window, self.tta)
 
     def _eval_step(self, batch: dict[str, Any], stage: str, metrics: MetricCollection) -> None:
+        mask = batch["mask"]
         if self.trainer.state.fn == TrainerFn.FITTING:
             # One plain pass inside fit: checkpoint choice and epoch time must not depend on TTA.
             logits = padded_logits(self, batch["image"], self.sliding_window.pad_multiple)
+            if logits.shape[-2:] != mask.shape[-2:]:
+                logits = self._at_label_size(logits.float().softmax(dim=1), mask)
         else:
-            # Log-probabilities serve as logits for the loss: softmax(log p) = p.
-            logits = self.infer(batch["image"]).clamp_min(1e-12).log()
-        loss = self.criterion(logits, batch["mask"])
+            logits = self._at_label_size(self.infer(batch["image"]), mask)
+        loss = self.criterion(logits, mask)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=batch["image"].shape[0], sync_dist=True)
-        metrics.update(logits.argmax(dim=1), batch["mask"])
+        metrics.update(logits.argmax(dim=1), mask)
+
+    @staticmethod
+    def _at_label_size(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Probabilities resized (bilinear) to the mask's size, as log-probabilities.
+
+        Log-probabilities serve as logits for the loss: softmax(log p) = p. Resizing
+        probabilities before the argmax scores a reduced-size network at the labels' own
+        resolution (``data.full_res_masks``) without ever interpolating class ids.
+        """
+        if probs.shape[-2:] != mask.shape[-2:]:
+            probs = F.interpolate(probs, size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
+        return probs.clamp_min(1e-12).log()
 
     def _log_epoch(self, stage: str, metrics: MetricCollection) -> torch.Tensor:
         values = metrics.compute()
@@ -266,8 +282,16 @@ class SegModule(pl.LightningModule):
                 "(trainer.max_epochs -1 and no max_steps); set trainer.max_epochs or trainer.max_steps, "
                 "or set model.scheduler to null"
             )
-        scheduler = self.scheduler_factory(optimizer, int(total_steps))
+        scheduler = self.build_scheduler(optimizer, int(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def build_scheduler(self, optimizer: Optimizer, total_steps: int) -> LRScheduler | None:
+        """This module's schedule for ``total_steps`` optimiser steps (None: constant rate).
+
+        Called by ``configure_optimizers`` and by :class:`segopt.time_budget.TimeBudget`
+        when it re-plans the run's length.
+        """
+        return None if self.scheduler_factory is None else self.scheduler_factory(optimizer, total_steps)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """When resuming a fit, refuse a schedule whose planned length changed.
@@ -280,6 +304,8 @@ class SegModule(pl.LightningModule):
         trainer = self._trainer
         if trainer is None or trainer.state.fn != TrainerFn.FITTING or self.scheduler_factory is None:
             return
+        if any(isinstance(cb, TimeBudget) for cb in trainer.callbacks):
+            return  # the budget restores the length it planned (and the schedule its state)
         planned = [s["total_steps"] for s in checkpoint.get("lr_schedulers", []) if "total_steps" in s]
         if not planned:
             return

@@ -56,6 +56,10 @@ class SegDataModule(pl.LightningDataModule):
         normalize: per-channel mean/std applied after scaling to [0, 1].
         train_size: (height, width) of training images; None keeps them as they are.
         eval_size: (height, width) for validation/test (resized); None keeps the original size.
+        full_res_masks: with ``eval_size``, resize only the validation/test images and keep
+            their masks at the labels' own resolution: the network sees the scale it was
+            trained at, and its probabilities are resized up before the argmax, so mIoU is
+            measured at full resolution.
         resize_mode: how training images reach ``train_size``: "resize" scales the whole
             image, "crop" takes a random crop at full resolution (smaller images padded,
             mask padding = ``ignore_index``).
@@ -88,6 +92,7 @@ class SegDataModule(pl.LightningDataModule):
         normalize: Normalize | None = None,
         train_size: tuple[int, int] | None = None,
         eval_size: tuple[int, int] | None = None,
+        full_res_masks: bool = False,
         resize_mode: ResizeMode = "resize",
         train_pipeline: str | None = None,
         cache: bool = False,
@@ -106,6 +111,7 @@ class SegDataModule(pl.LightningDataModule):
         self.normalize = normalize or Normalize()
         self.train_size = train_size
         self.eval_size = eval_size
+        self.full_res_masks = full_res_masks
         self.resize_mode = resize_mode
         self.train_pipeline = train_pipeline
         self.cache = cache
@@ -195,7 +201,7 @@ class SegDataModule(pl.LightningDataModule):
                 if self.train_pipeline is not None:
                     check = (self.num_classes, self.ignore_index)
             else:
-                transform = eval_transform(self.eval_size, self.normalize, self.in_channels)
+                transform = eval_transform(self.eval_size, self.normalize, self.in_channels, self.full_res_masks)
             widen = not (split == "train" and self.normalize_on_device)
             self._splits[split] = TransformedDataset(samples, transform, check_mask=check, widen_mask=widen)
         return self._splits[split]

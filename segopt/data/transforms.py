@@ -211,9 +211,38 @@ def train_transform(
     return A.Compose(steps, seed=seed)
 
 
-def eval_transform(size: tuple[int, int] | None = None, norm: Normalize | None = None, in_channels: int = 3) -> A.Compose:
-    """The evaluation pipeline: deterministic resize (optional) and normalisation."""
+class ResizeImage(A.ImageOnlyTransform):
+    """Resize the image only (bilinear); the mask keeps its size so it is scored as labelled."""
+
+    def __init__(self, height: int, width: int, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.height, self.width = height, width
+
+    def apply(self, img, **params):  # type: ignore[no-untyped-def, override]
+        return cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_LINEAR).reshape(
+            self.height, self.width, *img.shape[2:]
+        )
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("height", "width")
+
+
+def eval_transform(
+    size: tuple[int, int] | None = None,
+    norm: Normalize | None = None,
+    in_channels: int = 3,
+    full_res_masks: bool = False,
+) -> A.Compose:
+    """The evaluation pipeline: deterministic resize (optional) and normalisation.
+
+    With ``full_res_masks`` only the image is resized to ``size``; the mask keeps the
+    labels' own resolution and the model's probabilities are resized up to it before the
+    argmax, so training at a reduced size never flatters the metric.
+    """
     steps: list[A.BasicTransform] = []
-    if size is not None:
+    if size is not None and full_res_masks:
+        steps.append(ResizeImage(*size))
+    elif size is not None:
         steps.append(A.Resize(*size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
-    return A.Compose(steps + _finish(norm or Normalize(), in_channels))
+    # Image and mask differ in size once the image alone is resized.
+    return A.Compose(steps + _finish(norm or Normalize(), in_channels), is_check_shapes=not full_res_masks)

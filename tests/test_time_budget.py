@@ -1,0 +1,134 @@
+"""TimeBudget: the planned epochs fit the budget, the schedule completes, a resume keeps the plan.
+
+Time is simulated: a fake clock advances one second per optimiser step, so the plans are exact.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import segopt.time_budget as time_budget
+from segopt.data import SegDataModule
+from segopt.data.synthetic import SyntheticShapes
+from segopt.models import UNet
+from segopt.module import SegModule
+from segopt.schedules import OneCycle
+from segopt.time_budget import TimeBudget
+
+STEPS_PER_EPOCH = 4  # 16 samples, batch 4
+MAX_LR, DIV, FINAL_DIV = 1e-2, 25.0, 1e4
+
+
+class StepClock:
+    """``time.monotonic`` replacement: seconds = optimiser steps taken by the watched trainer."""
+
+    trainer: pl.Trainer | None = None
+
+    def __call__(self) -> float:
+        return float(self.trainer.global_step) if self.trainer is not None else 0.0
+
+
+class RecordLR(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: ANN001
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAtEpoch(pl.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise Interrupted
+
+
+def _fit(
+    root: Path, budget: TimeBudget, callbacks: list[pl.Callback], monkeypatch: pytest.MonkeyPatch, **fit_kwargs
+) -> pl.Trainer:
+    torch.manual_seed(0)
+    clock = StepClock()
+    monkeypatch.setattr(time_budget, "_now", clock)
+    dm = SegDataModule(source=SyntheticShapes(size=32, num_train=16, num_val=4), batch_size=4, num_workers=0)
+    model = SegModule(
+        backbone=partial(UNet, base_channels=4, depth=2),
+        scheduler=partial(OneCycle, max_lr=MAX_LR, div_factor=DIV, final_div_factor=FINAL_DIV),
+    )
+    trainer = pl.Trainer(
+        max_epochs=100,
+        callbacks=[budget, *callbacks],
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    clock.trainer = trainer
+    trainer.fit(model, dm, **fit_kwargs)
+    return trainer
+
+
+def test_budget_plans_epochs_that_fit_and_completes_the_schedule(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    record = RecordLR()
+    # 30 s at 4 s per epoch: after epoch 0 (4 s used) 26 s buy 6 more -> 7 epochs, confirmed after epoch 1.
+    trainer = _fit(tmp_path, TimeBudget(minutes=0.5, margin=0.0), [record], monkeypatch)
+    assert trainer.current_epoch == 7
+    assert trainer.global_step == 28
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.total_steps == 28
+    # The re-planned curve from step 8 on is the one a 28-step OneCycle follows, ending at its final rate.
+    fresh = OneCycle(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]), 28, max_lr=MAX_LR,
+                     div_factor=DIV, final_div_factor=FINAL_DIV)
+    expected = []
+    for _ in range(28):
+        expected.append(fresh.optimizer.param_groups[0]["lr"])
+        fresh.optimizer.step()
+        fresh.step()
+    assert record.lrs[8:] == pytest.approx(expected[8:], rel=1e-9)
+    assert record.lrs[-1] == pytest.approx(MAX_LR / DIV / FINAL_DIV)
+
+
+def test_budget_never_exceeds_the_configured_max_epochs(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    budget = TimeBudget(minutes=10, margin=0.0)
+    trainer = _fit(tmp_path, budget, [], monkeypatch)
+    assert budget.planned_epochs == 100
+    assert trainer.current_epoch == 100
+
+
+def test_resumed_budget_run_keeps_its_plan_and_curve(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    whole = RecordLR()
+    _fit(tmp_path / "whole", TimeBudget(minutes=0.5, margin=0.0), [whole], monkeypatch)
+
+    first = RecordLR()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    with pytest.raises(Interrupted):
+        _fit(tmp_path / "run", TimeBudget(minutes=0.5, margin=0.0), [first, checkpoint, StopAtEpoch(4)], monkeypatch)
+    second = RecordLR()
+    budget = TimeBudget(minutes=0.5, margin=0.0)
+    trainer = _fit(tmp_path / "run", budget, [second], monkeypatch, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert budget.planned_epochs == 7
+    assert trainer.global_step == 28
+    assert first.lrs + second.lrs == pytest.approx(whole.lrs, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [({"minutes": 0}, "minutes is 0"), ({"minutes": 5, "calibration_epochs": 0}, "calibration_epochs is 0"),
+     ({"minutes": 5, "margin": 1.0}, "margin is 1.0")],
+)
+def test_bad_settings_are_named(kwargs: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        TimeBudget(**kwargs)
