@@ -63,6 +63,7 @@ def _fit(
     monkeypatch.setattr(time_budget, "_now", clock)
     dm = SegDataModule(source=SyntheticShapes(size=32, num_train=16, num_val=4), batch_size=4, num_workers=0)
     model = SegModule(
+        num_classes=dm.num_classes,
         backbone=partial(UNet, base_channels=4, depth=2),
         scheduler=partial(OneCycle, max_lr=MAX_LR, div_factor=DIV, final_div_factor=FINAL_DIV),
     )
