@@ -1,6 +1,9 @@
-"""Scale jitter before the training crop: exact sizes, nearest masks, ignore_index padding, YAML switch."""
+"""The training crop: scale jitter (exact sizes, nearest masks, ignore_index padding) and rare-class
+crops (the configured share centred on rare pixels, rare classes from the training pixel counts)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import albumentations as A
 import numpy as np
@@ -9,7 +12,8 @@ import yaml
 from albumentations.pytorch import ToTensorV2
 from jsonargparse import ArgumentParser
 
-from segopt.data import SegDataModule, SyntheticShapes
+from segopt.data import IndexMask, PairedFolder, SegDataModule, SegSource, SyntheticShapes
+from segopt.data.rare_crop import RareClassCrop, rare_classes
 from segopt.data.transforms import Augment, train_transform
 
 IGNORE = 255
@@ -143,3 +147,167 @@ def test_scale_jitter_with_a_pipeline_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"random_scale .*train_pipeline .*flip.yaml replaces data.augment"):
         SegDataModule(_source(), num_workers=0, train_size=(32, 32), train_pipeline=str(path),
                       augment=Augment(random_scale=(0.5, 2.0)))
+
+
+# -- rare-class crops -------------------------------------------------------------------
+
+RARE_AT = {5: [(100, 50)], 6: [(40 + i // 10, 150 + i % 10) for i in range(50)]}  # 1 pixel of 5, 50 of 6
+
+
+def scene(h: int = 200, w: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0 everywhere but one pixel of class 5 and a 5x10 patch of class 6, at least 16 px from the
+    edges; the image's first channel is the class id plus 1 (the padding fill is 0)."""
+    mask = np.zeros((h, w), np.uint8)
+    for cls, pixels in RARE_AT.items():
+        for y, x in pixels:
+            mask[y, x] = cls
+    image = np.dstack([mask + 1, np.zeros_like(mask), np.zeros_like(mask)]).astype(np.uint8)
+    return image, mask
+
+
+def rare_crop(share: float, classes=(5, 6), seed: int = 0) -> A.Compose:  # noqa: ANN001
+    crop = RareClassCrop(32, 32, classes=classes, share=share, pad_if_needed=True, fill_mask=IGNORE)
+    return A.Compose([crop], seed=seed)
+
+
+def centres(share: float, n: int, seed: int = 0) -> list[int]:
+    """The class at the centre pixel of each of ``n`` crops of the scene."""
+    pipeline, (image, mask) = rare_crop(share, seed=seed), scene()
+    return [int(pipeline(image=image, mask=mask)["mask"][16, 16]) for _ in range(n)]
+
+
+def test_rare_classes_are_those_present_under_the_pixel_share():
+    pixels = np.array([1000, 10, 0, 500, 30])  # shares .649, .0065, 0, .325, .0195
+    assert rare_classes(pixels, 0.02) == [1, 4]  # class 2 never occurs: nothing to centre on
+    assert rare_classes(pixels, 0.01) == [1]
+
+
+def test_share_one_centres_every_crop_on_a_rare_pixel():
+    assert set(centres(1.0, 200)) <= {5, 6}
+
+
+def test_rare_classes_are_drawn_uniformly_not_by_pixel_count():
+    # Class 5 has 1 pixel, class 6 has 50: per class, 5 is the centre of half the crops.
+    # 200 draws of a fair coin: 100 ± 21 is a 3-sigma bound; the seed makes the count exact.
+    assert 79 <= centres(1.0, 200).count(5) <= 121
+
+
+def test_share_half_centres_half_of_the_crops_on_rare_pixels():
+    # A random crop's centre hits one of 51 rare pixels with probability 51/169², about 0.2 %.
+    rare = sum(c in (5, 6) for c in centres(0.5, 400))
+    assert 170 <= rare <= 230  # 400 × 0.5 ± 3 sigma (sigma = 10)
+
+
+def test_share_zero_keeps_crops_random():
+    assert sum(c in (5, 6) for c in centres(0.0, 400)) <= 5
+
+
+@pytest.mark.parametrize("side", [40, 20])  # 40: the crop shifts to stay inside; 20: it is padded too
+def test_a_rare_pixel_at_the_edge_is_inside_the_crop_and_the_image_follows_the_mask(side):
+    mask = np.zeros((side, side), np.uint8)
+    mask[1, side - 2] = 5
+    image = np.dstack([mask + 1] * 3)
+    pipeline = rare_crop(1.0, classes=[5])
+    for _ in range(20):
+        out = pipeline(image=image, mask=mask)
+        assert out["mask"].shape == (32, 32) and (out["mask"] == 5).sum() == 1
+        labelled = out["mask"] != IGNORE
+        assert labelled.sum() == min(side, 32) ** 2
+        np.testing.assert_array_equal(out["image"][..., 0], np.where(labelled, out["mask"] + 1, 0))
+
+
+def test_crop_without_rare_pixels_is_a_plain_random_crop():
+    image, mask = scene()
+    mask[mask > 0] = 0
+    out = rare_crop(1.0)(image=image, mask=mask)
+    assert out["mask"].shape == (32, 32) and set(np.unique(out["mask"]).tolist()) == {0}
+
+
+def test_same_seed_same_rare_crops_and_reseeding_changes_them():
+    assert centres(0.5, 50, seed=3) == centres(0.5, 50, seed=3)
+    image, mask = scene()
+    one, two = rare_crop(1.0, seed=3), rare_crop(1.0, seed=4)
+    crops = [(one(image=image, mask=mask)["mask"], two(image=image, mask=mask)["mask"]) for _ in range(10)]
+    assert any(not np.array_equal(a, b) for a, b in crops)
+
+
+class Arrays(SegSource):
+    """Training masks whose class pixel counts are set by hand."""
+
+    class_names = ("road", "car", "pole", "sign")
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.pairs = pairs
+
+    def split(self, name: str, ignore_index: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return self.pairs
+
+
+def _arrays() -> Arrays:
+    """Two 100x100 masks: car 500 px (2.5 %), pole 100 (0.5 %), sign 20 (0.1 %), road the rest."""
+    pairs = []
+    for i in range(2):
+        mask = np.zeros((100, 100), np.uint8)
+        mask[:5, :50] = 1
+        mask[50:55, 10 + i * 10 : 20 + i * 10] = 2
+        if i == 0:
+            mask[80:84, 40:45] = 3
+        pairs.append((np.zeros((100, 100, 3), np.uint8), mask))
+    return Arrays(pairs)
+
+
+def test_datamodule_counts_the_training_masks_once_and_crops_on_the_rare_classes_from_yaml():
+    text = """
+    data:
+      num_workers: 0
+      train_size: [32, 32]
+      resize_mode: crop
+      augment: {rare_crop_share: 1.0, rare_class_below: 0.01}
+    """
+    parser = ArgumentParser()
+    parser.add_class_arguments(SegDataModule, "data")
+    config = parser.parse_object(yaml.safe_load(text))
+    config.data.source = _arrays()
+    dm = parser.instantiate(config).data
+    crop = dm.dataset("train").transform.transforms[0]
+    assert isinstance(crop, RareClassCrop) and (crop.classes, crop.share) == ([2, 3], 1.0)
+    for i in range(2):
+        mask = dm.dataset("train")[i]["mask"].numpy()
+        assert ((mask == 2) | (mask == 3)).any()
+
+
+def test_no_class_under_the_threshold_is_an_error_naming_the_rarest():
+    dm = SegDataModule(_arrays(), num_workers=0, train_size=(32, 32), resize_mode="crop",
+                       augment=Augment(rare_crop_share=0.5, rare_class_below=0.0005))
+    with pytest.raises(ValueError, match=r"no class holds less than 0.05%.*'sign', holds 0.10%.*rare_class_below"):
+        dm.dataset("train")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(augment=Augment(rare_crop_share=1.5)), r"rare_crop_share is 1.5; give a probability in \[0, 1\]"),
+        (dict(augment=Augment(rare_class_below=0)), r"rare_class_below is 0; give a pixel share in \(0, 1\]"),
+        (dict(train_size=(32, 32), augment=Augment(rare_crop_share=0.5)), r"training images are not cropped.*upper bound above 1"),
+        (dict(augment=Augment(rare_crop_share=0.5)), r"not cropped \(train_size None"),
+    ],
+)
+def test_bad_rare_crop_settings_are_refused_naming_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SegDataModule(_source(), num_workers=0, **kwargs)
+
+
+def test_real_camvid_crops_with_scale_jitter_and_rare_share_one_all_hold_a_rare_class():
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
+    if not root.is_dir():
+        pytest.skip("../shared/data is not present")
+    source = PairedFolder(str(root), [str(i) for i in range(11)], masks=IndexMask(void=[11]))
+    rare = [2, 6, 7, 9, 10]  # Pole, SignSymbol, Fence, Pedestrian, Bicyclist: each under 2 % of the pixels
+    augment = Augment(random_scale=(0.5, 2.0), rare_crop_share=1.0)
+    pipeline = train_transform(augment, IGNORE, (180, 240), mode="resize", seed=0, rare_classes=rare)
+    assert any(isinstance(t, RareClassCrop) for t in pipeline.transforms)
+    samples = source.split("train", IGNORE)
+    for i in range(4):
+        out = pipeline(**dict(zip(("image", "mask"), samples[i])))
+        assert tuple(out["mask"].shape) == (180, 240)
+        assert np.isin(out["mask"].numpy(), rare).any()

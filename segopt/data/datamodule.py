@@ -11,11 +11,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.accelerators import CUDAAccelerator
-from torch.utils.data import DataLoader, get_worker_info
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from segopt.class_weights import class_pixel_counts
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
 from segopt.data.files import DataError
 from segopt.data.predict_folder import PredictFolder, collate_predict
+from segopt.data.rare_crop import rare_classes
 from segopt.data.synthetic import SyntheticShapes
 from segopt.data.transforms import (
     Augment,
@@ -146,6 +149,7 @@ class SegDataModule(pl.LightningDataModule):
             )
         self.source.validate()
         self._validate_scale()
+        self._validate_rare_crops()
         if self.train_pipeline is not None:
             load_pipeline(self.train_pipeline)
 
@@ -167,6 +171,45 @@ class SegDataModule(pl.LightningDataModule):
                 f"data.augment.random_scale is {list(scale)} but data.train_pipeline {self.train_pipeline} replaces "
                 "data.augment; add A.RandomScale + A.RandomCrop to that file, or drop train_pipeline"
             )
+
+    def _validate_rare_crops(self) -> None:
+        share, below = self.augment.rare_crop_share, self.augment.rare_class_below
+        if not 0 <= share <= 1:
+            raise ValueError(f"data.augment.rare_crop_share is {share}; give a probability in [0, 1], e.g. 0.5")
+        if not 0 < below <= 1:
+            raise ValueError(f"data.augment.rare_class_below is {below}; give a pixel share in (0, 1], e.g. 0.02")
+        if share == 0:
+            return
+        if self.train_size is None or (self.resize_mode == "resize" and self.augment.random_scale[1] <= 1):
+            raise ValueError(
+                f"data.augment.rare_crop_share is {share} but training images are not cropped (train_size "
+                f"{self.train_size}, resize_mode {self.resize_mode!r}, random_scale {list(self.augment.random_scale)}); "
+                "set train_size with resize_mode: crop, or random_scale with an upper bound above 1 (e.g. [0.5, 2.0])"
+            )
+        if self.train_pipeline is not None:
+            raise ValueError(
+                f"data.augment.rare_crop_share is {share} but data.train_pipeline {self.train_pipeline} replaces "
+                "data.augment; drop one of them"
+            )
+
+    def _rare_classes(self, samples: Dataset) -> list[int]:
+        """The classes rare-class crops centre on, from one count of the training masks' pixels."""
+        if not (self.augment.enabled and self.augment.rare_crop_share > 0):
+            return []
+        pixels, _ = class_pixel_counts(samples, self.num_classes, self.ignore_index, self.num_workers)
+        below = self.augment.rare_class_below
+        rare = rare_classes(pixels, below)
+        share = pixels / max(int(pixels.sum()), 1)
+        if not rare:
+            rarest = int(np.argmin(np.where(pixels > 0, share, np.inf)))
+            raise ValueError(
+                f"data.augment.rare_crop_share is {self.augment.rare_crop_share} but no class holds less than "
+                f"{below:.2%} of the training pixels (the rarest, {self.class_names[rarest]!r}, holds "
+                f"{share[rarest]:.2%}); raise data.augment.rare_class_below or set rare_crop_share: 0"
+            )
+        shown = ", ".join(f"{self.class_names[c]} ({share[c]:.2%})" for c in rare)
+        rank_zero_info(f"segopt: rare-class crops (share {self.augment.rare_crop_share}) centre on {shown}")
+        return rare
 
     def setup(self, stage: str) -> None:
         # Built here, in the main process, so a cache is filled once and shared by forked workers.
@@ -197,6 +240,7 @@ class SegDataModule(pl.LightningDataModule):
                     pipeline=self.train_pipeline,
                     seed=torch.initial_seed() % 2**32,
                     normalize=not self.normalize_on_device,
+                    rare_classes=self._rare_classes(samples),
                 )
                 if self.train_pipeline is not None:
                     check = (self.num_classes, self.ignore_index)

@@ -9,6 +9,7 @@ mask: they have no label, and calling them background would teach the model a li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ import cv2
 from albumentations.pytorch import ToTensorV2
 
 from segopt.data.files import DataError
+from segopt.data.rare_crop import RareClassCrop
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,6 +49,10 @@ class Augment:
         random_scale: range of a random resize factor applied before the crop to
             ``train_size`` (scale jitter, e.g. (0.5, 2.0)); relative to ``train_size`` with
             resize_mode "resize", to the image itself with "crop". (1, 1) keeps the scale.
+        rare_crop_share: probability that a training crop is centred on a pixel of a rare
+            class (nnU-Net's foreground oversampling); 0 keeps every crop random.
+        rare_class_below: a class is rare when it holds less than this fraction of the
+            labelled pixels of the training masks.
     """
 
     enabled: bool = True
@@ -64,6 +70,8 @@ class Augment:
     jitter_p: float = 1.0
     fill: float = 0.0
     random_scale: tuple[float, float] = (1.0, 1.0)
+    rare_crop_share: float = 0.0
+    rare_class_below: float = 0.02
 
 
 @dataclass
@@ -75,9 +83,16 @@ class Normalize:
 
 
 def _size_steps(
-    size: tuple[int, int], mode: ResizeMode, ignore_index: int, fill: float, scale: tuple[float, float] = (1.0, 1.0)
+    size: tuple[int, int],
+    mode: ResizeMode,
+    ignore_index: int,
+    fill: float,
+    scale: tuple[float, float] = (1.0, 1.0),
+    rare: Sequence[int] = (),
+    rare_share: float = 0.0,
 ) -> list[A.BasicTransform]:
-    """Bring training images to ``size``: resize to it or not, jitter the scale or not, then crop."""
+    """Bring training images to ``size``: resize to it or not, jitter the scale or not, then crop
+    (a share of the crops centred on the ``rare`` classes)."""
     if mode not in ("resize", "crop"):
         raise ValueError(f"resize_mode is {mode!r}; use 'resize' (scale the whole image) or 'crop' (random crop)")
     steps: list[A.BasicTransform] = []
@@ -95,9 +110,11 @@ def _size_steps(
             )
         )
     # Images smaller than the crop are padded; the padding is unlabelled, hence ignore_index.
-    steps.append(
-        A.RandomCrop(*size, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=ignore_index)
-    )
+    pad = {"pad_if_needed": True, "border_mode": cv2.BORDER_CONSTANT, "fill": fill, "fill_mask": ignore_index}
+    if rare and rare_share > 0:
+        steps.append(RareClassCrop(*size, classes=rare, share=rare_share, **pad))
+    else:
+        steps.append(A.RandomCrop(*size, **pad))
     return steps
 
 
@@ -189,11 +206,13 @@ def train_transform(
     pipeline: str | Path | None = None,
     seed: int | None = None,
     normalize: bool = True,
+    rare_classes: Sequence[int] = (),
 ) -> A.Compose:
     """The training pipeline: size (resize or crop, scale jitter), augmentation, normalisation.
 
     Sizing comes first so the augmentation works on the smaller image; the scale jitter
-    (``augment.random_scale``) belongs to the sizing and is off when ``augment`` is. ``pipeline``, a
+    (``augment.random_scale``) and the crops centred on ``rare_classes``
+    (``augment.rare_crop_share``) belong to the sizing and are off when ``augment`` is. ``pipeline``, a
     file saved by ``albumentations.save``, replaces ``augment``; it is completed with
     normalisation and to-tensor unless it already ends with them. ``normalize=False``
     ends with a uint8 tensor instead, for normalising on the device.
@@ -201,8 +220,11 @@ def train_transform(
     norm = (norm or Normalize()) if normalize else None
     steps: list[A.BasicTransform] = []
     if size is not None:
-        scale = tuple(augment.random_scale) if augment.enabled and pipeline is None else (1.0, 1.0)
-        steps += _size_steps(tuple(size), mode, ignore_index, augment.fill, scale)  # type: ignore[arg-type]
+        if augment.enabled and pipeline is None:
+            jitter = (tuple(augment.random_scale), rare_classes, augment.rare_crop_share)
+        else:
+            jitter = ((1.0, 1.0), (), 0.0)
+        steps += _size_steps(tuple(size), mode, ignore_index, augment.fill, *jitter)  # type: ignore[arg-type]
     if pipeline is not None:
         steps += _complete(load_pipeline(pipeline), norm, in_channels)
     else:
