@@ -382,6 +382,7 @@ def _f(x: float | None) -> str:
 def markdown(summary: dict[str, Any]) -> list[str]:
     lines = ["# segopt vs. a hand-written smp UNet, same wall-clock time (CamVid val, full-resolution labels)", ""]
     lines.append("Written by `scripts/side_by_side.py`; final-epoch val mIoU, mean ± sample std over seeds (range in brackets).")
+    lines.append("Learning curves: `side_by_side.png` beside this file.")
     lines.append("")
     lines.append("| arm | seeds | val mIoU | per seed | epochs | wall (min) | hardware |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -409,10 +410,38 @@ def markdown(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def plot_curves(out: Path, path: Path) -> None:
+    """Val mIoU against wall-clock minutes for every finished (arm, seed), one chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours = {"segopt": "tab:blue", "peer": "tab:orange"}
+    for run in sorted(out.glob("*_seed*.json")):
+        data = json.loads(run.read_text())
+        points = [(p["elapsed_s"] / 60, p["val_mIoU"]) for p in data["curve"] if p.get("val_mIoU") is not None]
+        if points:
+            style = "-" if data["seed"] % 2 == 0 else "--"
+            ax.plot(*zip(*points), style, marker=".", color=colours.get(data["arm"]), label=f"{data['arm']} seed {data['seed']}")
+    ax.set_xlabel("wall-clock minutes")
+    ax.set_ylabel("val mIoU (full-resolution labels)")
+    ax.set_title("CamVid val mIoU over one budget (scripts/side_by_side.py)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def write_summary(out: Path) -> Path:
     summary = summarise(out)
     stem = out.parent / out.name
     write_json_atomic(stem.with_suffix(".json"), summary)
+    plot_curves(out, stem.with_suffix(".png"))
     tmp = stem.with_name(stem.name + ".md.tmp")
     tmp.write_text("\n".join(markdown(summary)) + "\n")
     os.replace(tmp, stem.with_suffix(".md"))

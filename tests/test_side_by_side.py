@@ -116,7 +116,8 @@ def test_segopt_arm_without_val_mIoU_is_a_clear_error(sbs: ModuleType, tmp_path:
 def _fake_run(out: Path, arm: str, seed: int, miou: float) -> None:
     hw = {"cpu": "X", "cores": 2, "torch_threads": 2, "loader_workers": 1, "gpu": None}
     iou = dict.fromkeys(["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"], miou)
-    run = {"arm": arm, "seed": seed, "epochs": 10, "wall_s": 3600.0, "val_mIoU": miou, "val_iou": iou, "hardware": hw}
+    curve = [{"epoch": 5, "elapsed_s": 1800.0, "val_mIoU": miou / 2}, {"epoch": 10, "elapsed_s": 3600.0, "val_mIoU": miou}]
+    run = {"arm": arm, "seed": seed, "epochs": 10, "wall_s": 3600.0, "val_mIoU": miou, "val_iou": iou, "hardware": hw, "curve": curve}
     (out / f"{arm}_seed{seed}.json").write_text(json.dumps(run))
 
 
@@ -134,6 +135,7 @@ def test_summary_says_whether_the_lead_exceeds_the_seed_spread(sbs: ModuleType, 
     assert summary["spread"] == pytest.approx(max(0.04, segopt[1] - segopt[0]))
     assert summary["exceeds_spread"] is exceeds
     assert ("does not exceed" in (tmp_path / "side_by_side.md").read_text()) is not exceeds
+    assert (tmp_path / "side_by_side.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the learning curves
 
 
 def test_bad_data_folder_is_a_clear_error(sbs: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
