@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from segopt.data.files import DataError
-from segopt.data.masks import BinaryMask, IndexMask, PaletteMask, mask_dtype
+from segopt.data.masks import BinaryMask, IndexMask, PaletteMask, TableMask, mask_dtype
 
 PATH = Path("masks/a.png")
 
@@ -110,3 +110,45 @@ def test_palette_config_problems():
 @pytest.mark.parametrize(("classes", "ignore", "dtype"), [(11, 255, np.uint8), (11, -100, np.int32), (300, 255, np.int32)])
 def test_mask_dtype(classes, ignore, dtype):
     assert mask_dtype(classes, ignore) == dtype
+
+
+# -- TableMask: raw value → class id by a table --------------------------------------------
+
+
+def test_table_maps_values_and_void_exactly():
+    table = TableMask(table={7: 0, 8: 1, 26: 2}, void=[0, 255])
+    raw = np.array([[7, 8, 26], [0, 255, 7]], np.uint8)
+    out = table.decode(raw, PATH, 3, 255)
+    np.testing.assert_array_equal(out, [[0, 1, 2], [255, 255, 0]])
+    assert out.dtype == np.uint8
+
+
+def test_table_reads_16_bit_values_above_the_table():
+    raw = np.array([[1000, 3]], np.uint16)
+    np.testing.assert_array_equal(TableMask({1000: 1, 3: 0}).decode(raw, PATH, 2, 255), [[1, 0]])
+
+
+def test_table_value_in_neither_table_nor_void_names_file_value_and_fix():
+    raw = np.array([[7, 9, 9, 300]], np.uint16)
+    with pytest.raises(DataError) as err:
+        TableMask({7: 0, 8: 1}, void=[0]).decode(raw, PATH, 2, 255)
+    assert str(err.value) == (
+        "bad data: masks/a.png: mask value(s) in neither TableMask.table nor void: 9 (2 px), 300 (1 px); "
+        "add each to table (value: class id) or to void"
+    )
+
+
+def test_table_config_problems_are_each_named():
+    problems = TableMask({1: 0, 2: 5, 3: 0}, void=[3, -1]).config_problems(["a", "b"])
+    assert problems == [
+        "TableMask.table maps to class id(s) [5], outside 0..1 (class_names has 2 names); fix the table or add class names",
+        "class(es) 1 'b' have no raw value in TableMask.table, so they can never appear; map a value to each or "
+        "drop the names",
+        "raw value(s) [3] are both in TableMask.table and in void; a value means one thing",
+        "TableMask raw value(s) [-1] are negative; mask files hold values from 0 up",
+    ]
+
+
+def test_table_refuses_colour_masks():
+    with pytest.raises(DataError, match="mask has 3 channels but TableMask needs one channel"):
+        TableMask({0: 0}).decode(np.zeros((2, 2, 3), np.uint8), PATH, 1, 255)

@@ -4,7 +4,7 @@ from segopt.data.datamodule import SegDataModule
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
 from segopt.data.files import DataError
 from segopt.data.folder import PairedFolder
-from segopt.data.masks import BinaryMask, IndexMask, MaskDecoder, PaletteMask
+from segopt.data.masks import BinaryMask, IndexMask, MaskDecoder, PaletteMask, TableMask
 from segopt.data.synthetic import SyntheticShapes
 from segopt.data.transforms import Augment, Normalize
 
@@ -21,5 +21,6 @@ __all__ = [
     "SegDataModule",
     "SegSource",
     "SyntheticShapes",
+    "TableMask",
     "TransformedDataset",
 ]

