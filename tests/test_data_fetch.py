@@ -517,8 +517,7 @@ def test_fit_runs_with_each_shipped_data_config_on_fetched_data(name: str, tmp_p
     cli = cli_main([
         "fit", f"--config={CONFIGS / 'amp.yaml'}", f"--config={CONFIGS / 'data' / f'{name}.yaml'}",
         "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
-        "--trainer.precision=32-true", "--trainer.accelerator=cpu", "--trainer.logger=false",
-        "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]", "--data.batch_size=2", "--data.num_workers=0",
+        "--trainer.precision=32-true", "--trainer.accelerator=cpu", "--data.batch_size=2", "--data.num_workers=0",
         "--data.train_size=[16,16]", "--data.eval_size=[16,16]", "--data.augment.enabled=false",
         "--model.backbone.init_args.base_channels=4", "--model.backbone.init_args.depth=2",
     ])

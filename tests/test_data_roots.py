@@ -53,3 +53,19 @@ def test_nothing_shipped_names_the_development_data_folder():
                *ROOT.glob("segopt/**/*.py"), *ROOT.glob("docs/**/*.md"), *ROOT.glob("results/*.md")]
     offenders = [str(p.relative_to(ROOT)) for p in shipped if "../shared" in p.read_text() or "shared/data" in p.read_text()]
     assert offenders == []
+
+
+@pytest.mark.parametrize("name", ["camvid", "membrane"])
+def test_fit_runs_on_the_real_data_through_the_shipped_config(name: str, shared_data: Path, tmp_path: Path, monkeypatch):
+    from segopt.cli import main
+
+    monkeypatch.chdir(tmp_path)  # data/<name> is found only through SEGOPT_DATA_ROOT (set by conftest)
+    cli = main([
+        "fit", f"--config={CONFIGS / 'amp.yaml'}", f"--config={CONFIGS / 'data' / f'{name}.yaml'}",
+        "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+        "--trainer.precision=32-true", "--trainer.accelerator=cpu", "--data.batch_size=2", "--data.num_workers=0",
+        "--data.train_size=[32,32]", "--data.eval_size=[32,32]",
+        "--model.backbone.init_args.base_channels=4", "--model.backbone.init_args.depth=2",
+    ])
+    assert cli.trainer.global_step == 1
+    assert cli.datamodule.source.root == shared_data / name

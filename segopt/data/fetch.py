@@ -117,9 +117,9 @@ def fetch(name: str, root: Path, sources: list[Path], pinned: dict[str, str], pr
             f"{target} exists but was not made by this command (it has no {MARKER}); move it away, or pass "
             "another --root"
         )
+    given = _given_archives(spec, sources)
     root.mkdir(parents=True, exist_ok=True)
     _clean_stale(root, name)
-    given = _given_archives(spec, sources)
     obtained = [(archive, *_obtain(spec, archive, given, root / DOWNLOADS, progress)) for archive in spec.archives]
     record = {archive.filename: _verify(archive, path, pinned, ours, progress) for archive, path, ours in obtained}
     work = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=root))
