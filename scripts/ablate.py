@@ -53,13 +53,11 @@ from typing import Any
 
 import torch
 import yaml
+from bench_common import hardware  # scripts/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs pass their arguments to LightningCLI explicitly; the script's own argv is not for it.
 warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_common import hardware  # noqa: E402
 
 GRID_KEYS = ("name", "base", "seeds", "axes", "exclude", "baseline")
 

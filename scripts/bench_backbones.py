@@ -5,7 +5,7 @@ GFLOPs: one forward pass of a 1x3xSxS image in eval mode, counted by
 matrix products only). Step time: forward + Dice/CE loss + backward + AdamW on a fixed
 batch, all backbones run round-robin so that changes in machine load hit them alike.
 
-    python scripts/bench_backbones.py --batch 2 --size 256 --reps 5
+    python scripts/bench_backbones.py --batch 2 --size 256 --repeats 5
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from bench_common import hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from bench_common import hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5  # the built-in SyntheticShapes data
@@ -58,7 +57,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--repeats", "--reps", dest="repeats", type=int, default=5, help="timed round-robin runs")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "backbones")
     parser.add_argument("--note", default="", help="a line about the conditions, e.g. a shared, loaded machine")
     args = parser.parse_args()
@@ -79,7 +78,7 @@ def main() -> None:
             }
         )
         steps[name] = make_train_step(net, NUM_CLASSES, args.batch, args.size, args.device, args.precision)
-    times = time_interleaved(steps, args.warmup, args.reps)
+    times = time_interleaved(steps, args.warmup, args.repeats)
     for row in rows:
         row.update(summary(times[row["backbone"]], args.batch))
 
@@ -89,14 +88,14 @@ def main() -> None:
         "# Backbones: size and training-step time",
         "",
         f"`python scripts/bench_backbones.py --batch {args.batch} --size {args.size} --precision {args.precision} "
-        f"--device {args.device} --reps {args.reps} --warmup {args.warmup}"
+        f"--device {args.device} --repeats {args.repeats} --warmup {args.warmup}"
         + (f" --threads {args.threads}" if args.threads else "")
         + "`",
         "",
         f"Hardware: {hw.get('gpu') or hw.get('cpu')}, {hw['torch_threads']} torch threads; torch {hw['torch']}.",
         f"GFLOPs: forward of one 3x{args.size}x{args.size} image (multiply-add = 2). Step: forward + Dice/CE + "
         f"backward + AdamW, batch {args.batch} of {args.size}x{args.size}, {args.precision}, "
-        f"{NUM_CLASSES} classes; median and fastest of {args.reps} round-robin runs.",
+        f"{NUM_CLASSES} classes; median and fastest of {args.repeats} round-robin runs.",
     ]
     if args.note:
         lines.append(f"Conditions: {args.note}")

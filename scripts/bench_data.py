@@ -34,14 +34,13 @@ from pathlib import Path
 import albumentations
 import cv2
 import torch
+from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from segopt.data import CachedSamples, IndexMask, PairedFolder, TransformedDataset
 from segopt.data.datamodule import _worker_init
 from segopt.data.roots import resolve_data_path
 from segopt.data.transforms import Augment, train_transform
-
-from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
 
 PROJECT = Path(__file__).resolve().parents[1]
 CAMVID = PROJECT / resolve_data_path("data/camvid")  # configs/data/camvid.yaml's root

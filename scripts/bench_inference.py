@@ -1,7 +1,7 @@
 """Measure what test-time augmentation and sliding-window inference change on a validation set.
 
     python scripts/bench_inference.py --config configs/amp.yaml --config configs/data/membrane.yaml \
-        --ckpt_path runs/amp/version_0/checkpoints/last.ckpt --tile 256 --output results/inference_membrane.md
+        --ckpt_path runs/amp/version_0/checkpoints/last.ckpt --tile 256 --out results/inference_membrane.md
 
 Validates one checkpoint once per inference setting (plain, flips, scales, tiles) with the
 config's data and precision, and writes val mIoU, Dice, accuracy and wall time per setting
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", type=Path, required=True, help="checkpoint (.ckpt) to validate")
     parser.add_argument("--tile", type=int, default=256, help="sliding-window tile side in pixels")
-    parser.add_argument("--output", type=Path, required=True, help="Markdown file to write (.json beside it)")
+    parser.add_argument("--out", "--output", dest="out", type=Path, required=True, help="Markdown file to write (.json beside it)")
     parser.add_argument("--note", default="", help="how the checkpoint was trained, copied into the report")
     args, cli_args = parser.parse_known_args(argv)
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         print(f"{name}: mIoU {metrics['val/mIoU']:.4f} ({seconds:.1f} s)")
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python scripts/bench_inference.py " + " ".join([*cli_args, f"--ckpt_path {args.ckpt_path}", f"--tile {args.tile}"])
     lines = [
         "# Inference settings on the validation set",
@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"| {r['setting']} | {r['val/mIoU']:.4f} | {r['val/dice']:.4f} | {r['val/acc']:.4f} | {r['seconds']:.1f} |"
         for r in rows
     ]
-    args.output.write_text("\n".join(lines) + "\n")
-    args.output.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return rows
 
 

@@ -32,13 +32,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from bench_common import hardware, markdown_table  # scripts/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs pass their arguments to LightningCLI explicitly; the script's own argv is not for it.
 warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_common import hardware, markdown_table  # noqa: E402
 
 DEFAULT_CONFIGS = ["configs/amp.yaml", "configs/data/camvid.yaml"]
 GPU_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
@@ -307,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hw["cpu_cores"] = os.cpu_count()
     hw["torch_threads"] = args.threads or hw["torch_threads"]
     memory_kind = rows[0]["runs"][0]["memory_kind"]
-    command = "python scripts/bench_precision.py " + " ".join((argv if argv is not None else sys.argv[1:]))
+    command = "python scripts/bench_precision.py " + " ".join(argv if argv is not None else sys.argv[1:])
     settings = {
         "configs": args.config or DEFAULT_CONFIGS,
         "extra_flags": list(args.extra),

@@ -14,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from bench_common import autocast, hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
 from torch.profiler import ProfilerActivity, profile
 
-from bench_common import autocast, hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
 from segopt.models import ResNetUNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--channels-last", action="store_true", help="also time both in channels-last format")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=8)
+    parser.add_argument("--repeats", "--reps", dest="repeats", type=int, default=8, help="timed round-robin runs")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "resnet_vs_smp")
     parser.add_argument("--note", default="", help="a line about the conditions, e.g. a shared, loaded machine")
     args = parser.parse_args()
@@ -77,7 +77,7 @@ def main() -> None:
             steps[name + suffix] = make_train_step(
                 build(), NUM_CLASSES, args.batch, args.size, args.device, args.precision, channels_last=cl
             )
-    times = time_interleaved(steps, args.warmup, args.reps)
+    times = time_interleaved(steps, args.warmup, args.repeats)
 
     rows = []
     for name, seconds in times.items():
@@ -100,7 +100,7 @@ def main() -> None:
         "# ResNetUNet(resnet34) vs segmentation_models_pytorch Unet(resnet34): training-step throughput",
         "",
         f"`python scripts/bench_smp.py --batch {args.batch} --size {args.size} --precision {args.precision} "
-        f"--device {args.device} --reps {args.reps} --warmup {args.warmup}"
+        f"--device {args.device} --repeats {args.repeats} --warmup {args.warmup}"
         + (f" --threads {args.threads}" if args.threads else "")
         + (" --channels-last" if args.channels_last else "")
         + "`",
@@ -108,7 +108,7 @@ def main() -> None:
         f"Hardware: {hw.get('gpu') or hw.get('cpu')}, {hw['torch_threads']} torch threads; torch {hw['torch']}, "
         f"segmentation_models_pytorch {smp.__version__}.",
         f"Step: forward + Dice/CE + backward + AdamW, batch {args.batch} of {args.size}x{args.size}, "
-        f"{args.precision}, {NUM_CLASSES} classes; median and fastest of {args.reps} round-robin runs.",
+        f"{args.precision}, {NUM_CLASSES} classes; median and fastest of {args.repeats} round-robin runs.",
     ]
     if args.note:
         lines.append(f"Conditions: {args.note}")

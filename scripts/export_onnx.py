@@ -1,7 +1,7 @@
 """Export a trained checkpoint to ONNX (dynamic height and width) and check it against PyTorch.
 
     python scripts/export_onnx.py --config configs/amp.yaml --config configs/data/membrane.yaml \
-        --ckpt_path runs/amp/version_0/checkpoints/last.ckpt --output exports/membrane.onnx
+        --ckpt_path runs/amp/version_0/checkpoints/last.ckpt --out exports/membrane.onnx
 
 The model is built from the same config files as training (any other ``--model.*`` /
 ``--data.*`` flag is passed on), the checkpoint's weights are loaded, and the export is
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> float:
     """Export, check parity, print the differences; returns the largest one."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", type=Path, required=True, help="checkpoint (.ckpt) to export")
-    parser.add_argument("--output", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--out", "--output", dest="out", type=Path, required=True, help="ONNX file to write")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     parser.add_argument(
         "--check_sizes", type=_size, nargs="+", default=[(256, 256), (301, 197)],
@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> float:
         sys.exit(f"error: {err}")
     in_channels = int(model.hparams.in_channels)
     multiple = model.sliding_window.pad_multiple
-    export_onnx(model, args.output, in_channels, multiple, args.opset)
-    diffs = onnx_parity(model, args.output, in_channels, args.check_sizes, multiple)
+    export_onnx(model, args.out, in_channels, multiple, args.opset)
+    diffs = onnx_parity(model, args.out, in_channels, args.check_sizes, multiple)
     for (h, w), diff in diffs.items():
         print(f"parity {h}x{w}: max abs logit difference {diff:.3g}")
     worst = max(diffs.values())
-    print(f"wrote {args.output} (opset {args.opset}, dynamic batch/height/width); max abs difference {worst:.3g}")
+    print(f"wrote {args.out} (opset {args.opset}, dynamic batch/height/width); max abs difference {worst:.3g}")
     if worst > args.atol:
         sys.exit(f"error: ONNX and PyTorch logits differ by {worst:.3g} > --atol {args.atol}")
     return worst

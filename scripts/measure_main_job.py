@@ -17,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,10 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
+from segopt.data.datamodule import SegDataModule
+from segopt.models import FinetunableEncoder
 from segopt.palette import legend, overlay
 
 
@@ -43,15 +46,15 @@ class ValidationOverlays(pl.Callback):
         if trainer.sanity_checking or not (epoch % self.every_n_epochs == 0 or last):
             return
         writers = _tensorboards(trainer)
-        if not writers or trainer.datamodule is None:
+        if not writers or not isinstance(trainer.datamodule, SegDataModule):
             return
-        dataset = trainer.datamodule.dataset("val")
+        dataset, decoded = trainer.datamodule.dataset("val"), trainer.datamodule.decoded("val")
         rows = []
         with torch.no_grad():
             count = min(self.num_images, len(dataset))
             # Spread over the split: neighbouring samples are often near-identical video frames.
             for i in np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist():
-                image, mask = dataset.samples[i]
+                image, mask = decoded[i]
                 x = dataset[i]["image"].unsqueeze(0).to(pl_module.device)
                 pred = pl_module(x).argmax(dim=1)[0].cpu().numpy()
                 if pred.shape != mask.shape:  # evaluated at eval_size: show at the original size
@@ -69,14 +72,14 @@ class ValidationOverlays(pl.Callback):
 class ConfusionMatrixFigure(pl.Callback):
     """Draws the validation confusion matrix (rows: truth, normalised) as a figure each epoch.
 
-    Reads ``pl_module.val_confmat`` (a torchmetrics confusion matrix) before the module
-    resets it.
+    Reads :attr:`segopt.module.SegModule.val_confmat` (a torchmetrics confusion matrix)
+    before the module resets it: Lightning runs callbacks' ``on_validation_epoch_end`` first.
     """
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metric = getattr(pl_module, "val_confmat", None)
+        metric = pl_module.val_confmat
         writers = _tensorboards(trainer)
-        if trainer.sanity_checking or metric is None or not writers or not metric.update_called:
+        if trainer.sanity_checking or not writers or not metric.update_called:
             return
         import matplotlib
 
@@ -101,6 +104,34 @@ class ConfusionMatrixFigure(pl.Callback):
         for writer in writers:
             writer.add_figure("val/confusion_matrix", fig, trainer.global_step, close=False)
         plt.close(fig)
+
+
+class EncoderFreeze(pl.Callback):
+    """Keeps a :class:`~segopt.models.FinetunableEncoder` backbone's encoder frozen during its
+    first ``freeze_encoder_epochs`` training epochs, then trains it.
+
+    :class:`segopt.module.SegModule` registers it for such a backbone. The state follows
+    ``trainer.current_epoch`` alone, so a resumed run freezes or unfreezes correctly. Lightning's
+    ``BackboneFinetuning`` is not used: it adds the encoder to the optimiser at unfreeze time,
+    and a schedule such as OneCycleLR must see the same parameter groups from start to end.
+    """
+
+    def __init__(self) -> None:
+        self.frozen = False
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        net = pl_module.net
+        if not isinstance(net, FinetunableEncoder):
+            return
+        freeze = trainer.current_epoch < net.freeze_encoder_epochs
+        if freeze and not self.frozen:
+            # Lightning only restores the modes it found, so eval mode lasts until unfreezing.
+            net.freeze_encoder()
+            rank_zero_info(f"segopt: encoder frozen for epochs 0-{net.freeze_encoder_epochs - 1}")
+        elif not freeze and self.frozen:
+            net.unfreeze_encoder(pl_module.training)
+            rank_zero_info(f"segopt: encoder unfrozen at epoch {trainer.current_epoch}")
+        self.frozen = freeze
 
 
 class HParamsBestMetric(pl.Callback):
@@ -132,6 +163,8 @@ class PurgeStaleEvents(pl.Callback):
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
         for writer in _tensorboards(trainer):
+            # Private torch API: SummaryWriter writes raw events only through its file writer, and the
+            # public purge_step is fixed when the logger builds the writer, before the resumed step is known.
             file_writer = writer._get_file_writer()
             file_writer.add_event(Event(step=trainer.global_step, session_log=SessionLog(status=SessionLog.START)))
             file_writer.flush()

@@ -8,7 +8,7 @@ worker processes when asked, so a few hundred masks take seconds. The data check
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -18,6 +18,23 @@ from torch.utils.data import DataLoader, Dataset
 #: class's share of a few hundred CamVid masks; 0.9999 (the paper's, for image counts)
 #: would give every class of a segmentation set the same weight.
 DEFAULT_BETA = 0.999999
+
+
+@runtime_checkable
+class DataWeighted(Protocol):
+    """A loss whose class weights may be counted from the data (``CombinedLoss``, ``FocalLoss``).
+
+    ``class_weight_mode`` names how (one of ``CLASS_WEIGHT_MODES``), or is None when the loss
+    needs nothing; :class:`segopt.module.SegModule` then counts the decoded training masks when
+    fitting starts and hands the weights ``[K]`` to ``set_class_weights``.
+    """
+
+    class_weight_beta: float  # beta of the "effective_number" mode
+
+    @property
+    def class_weight_mode(self) -> str | None: ...
+
+    def set_class_weights(self, weights: torch.Tensor) -> None: ...
 
 
 class _MaskCounts(Dataset):

@@ -9,13 +9,14 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from segopt.data import SegDataModule
+from segopt.data.datamodule import SegDataModule
 from segopt.failsafe import NonFiniteLossError, NonFiniteLossGuard, is_out_of_memory, out_of_memory_message
 from segopt.module import SegModule
 from segopt.precision import resolve_precision
@@ -59,17 +60,19 @@ class SegCLI(LightningCLI):
             )
         rank_zero_info(f"segopt: running precision {self.trainer.precision} on {device}{self._precision_note}")
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        # By now the Trainer has torn down; what is left is to say what happened and what to
-        # change, without a traceback in the way.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # LightningCLI parses, builds and runs the subcommand in its constructor. A failure of
+        # the run reaches here after the Trainer has torn down; what is left is to say what
+        # happened and what to change, without a traceback in the way.
         try:
-            super()._run_subcommand(subcommand)
+            super().__init__(*args, **kwargs)
         except NonFiniteLossError as error:
             raise SystemExit(f"error: {error}") from error
         except Exception as error:
-            if not is_out_of_memory(error):
+            trainer, subcommand = getattr(self, "trainer", None), getattr(self, "subcommand", None)
+            if trainer is None or subcommand is None or not is_out_of_memory(error):
                 raise
-            raise SystemExit("error: " + out_of_memory_message(error, self.trainer, subcommand)) from error
+            raise SystemExit("error: " + out_of_memory_message(error, trainer, subcommand)) from error
 
 
 def _cuda_requested(trainer_config) -> bool:  # noqa: ANN001 (jsonargparse Namespace)

@@ -207,7 +207,8 @@ class ScheduleAwareBatchSizeFinder(BatchSizeFinder):
     def scale_batch_size(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         strategy = trainer.strategy
         # Without scheduler state in the finder's own checkpoint, restoring it does not
-        # reload the schedule planned for the old batch size.
+        # reload the schedule planned for the old batch size. Lightning has no public setter
+        # for the strategy's schedulers; setup_optimizers below rebuilds them through the module.
         strategy.lr_scheduler_configs = []
         try:
             super().scale_batch_size(trainer, pl_module)

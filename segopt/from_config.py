@@ -12,20 +12,14 @@ from pathlib import Path
 import torch
 
 from segopt.cli import TRAINER_DEFAULTS, SegCLI
-from segopt.data import SegDataModule
+from segopt.data.datamodule import SegDataModule
 from segopt.module import SegModule
-
-
-class _BuildOnly(SegCLI):
-    """Parses a training config and instantiates its objects; runs no subcommand."""
-
-    def after_instantiate_classes(self) -> None:
-        pass  # SegCLI's precision note reads a subcommand's config, and nothing runs here
 
 
 def build_from_config(cli_args: list[str]) -> SegCLI:
     """The CLI objects (``.model``, ``.datamodule``, ``.trainer``, ``.config``) for ``cli_args``."""
-    return _BuildOnly(
+    # run=False: the CLI parses and instantiates, then returns without running a subcommand.
+    return SegCLI(
         SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None,
         parser_kwargs={"default_config_files": [TRAINER_DEFAULTS]},
     )

@@ -23,10 +23,12 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from segopt.class_weights import DEFAULT_BETA, compute_class_weights
+from segopt.callbacks import EncoderFreeze
+from segopt.class_weights import DataWeighted, compute_class_weights
+from segopt.data.datamodule import SegDataModule
 from segopt.inference import TTA, SlidingWindow, masks_at_size, padded_logits, predict_probs
 from segopt.losses import CombinedLoss
-from segopt.models import UNet
+from segopt.models import FinetunableEncoder, UNet
 from segopt.schedules import OneCycle
 from segopt.time_budget import TimeBudget
 
@@ -111,9 +113,6 @@ class SegModule(pl.LightningModule):
             }
         )
         self.test_metrics = self.val_metrics.clone()
-        #: Pixel counts ``[K,K]`` (rows: target, columns: prediction) of the last finished
-        #: validation epoch, for callbacks that draw it.
-        self.val_confusion: torch.Tensor | None = None
         self.val_miou_best = MaxMetric()
         # Kept in checkpoints so that a resumed run still knows its best epoch.
         self.val_miou_best.persistent(True)
@@ -143,24 +142,26 @@ class SegModule(pl.LightningModule):
 
     @property
     def val_confmat(self) -> MulticlassConfusionMatrix:
-        """The validation confusion-matrix metric, accumulating during the current epoch."""
+        """The validation confusion-matrix metric (rows: target, columns: prediction),
+        accumulating during the epoch; callbacks read it in ``on_validation_epoch_end``."""
         return self.val_metrics["confmat"]  # type: ignore[return-value]
 
     def setup(self, stage: str) -> None:
-        """Before fitting, compute class weights the loss asked for by mode (e.g. "median_frequency")."""
-        mode = getattr(self.criterion, "class_weight_mode", None)
-        if stage != "fit" or mode is None:
+        """Before fitting, give a :class:`~segopt.class_weights.DataWeighted` loss the class
+        weights it asked for by mode (e.g. "median_frequency"), counted from the training masks."""
+        if stage != "fit" or not isinstance(self.criterion, DataWeighted) or self.criterion.class_weight_mode is None:
             return
+        mode = self.criterion.class_weight_mode
         datamodule = self.trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "source"):
+        if not isinstance(datamodule, SegDataModule):
             raise ValueError(
                 f"loss class weights {mode!r} are counted from a SegDataModule's training masks, "
                 "but this fit has none; pass a SegDataModule or give one weight per class"
             )
-        samples = datamodule.source.split("train", datamodule.ignore_index)
-        beta = getattr(self.criterion, "class_weight_beta", DEFAULT_BETA)
+        samples = datamodule.decoded("train")
         weights = compute_class_weights(
-            mode, samples, self.num_classes, self.ignore_index, num_workers=datamodule.num_workers, beta=beta
+            mode, samples, self.num_classes, self.ignore_index,
+            num_workers=datamodule.num_workers, beta=self.criterion.class_weight_beta,
         )
         self.criterion.set_class_weights(weights)
         shown = ", ".join(f"{n}={w:.3g}" for n, w in zip(self.class_names, weights.tolist()))
@@ -213,8 +214,6 @@ class SegModule(pl.LightningModule):
         # Absent classes are logged as NaN so that every epoch has the same keys.
         for name, value in zip(self.class_names, iou):
             self._log_global(f"{stage}/iou/{name}", value)
-        if stage == "val":
-            self.val_confusion = values["confmat"].detach().cpu()
         metrics.reset()
         return miou
 
@@ -255,15 +254,14 @@ class SegModule(pl.LightningModule):
         return {"mask": masks_at_size(probs, valid, batch.get("size", valid)), "index": batch["index"]}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """Callbacks the backbone asks for (e.g. encoder freezing), via its ``callbacks()`` hook."""
-        hook = getattr(self.net, "callbacks", None)
-        return list(hook()) if callable(hook) else []
+        """:class:`~segopt.callbacks.EncoderFreeze` for a backbone whose encoder starts frozen."""
+        freezes = isinstance(self.net, FinetunableEncoder) and self.net.freeze_encoder_epochs > 0
+        return [EncoderFreeze()] if freezes else []
 
     def _param_groups(self) -> Any:
-        hook = getattr(self.net, "param_groups", None)
-        if not callable(hook):
+        if not isinstance(self.net, FinetunableEncoder):
             return self.parameters()
-        groups = list(hook())
+        groups = self.net.param_groups()
         covered = {id(p) for g in groups for p in g["params"]}
         rest = [p for p in self.parameters() if id(p) not in covered]
         return groups + [{"params": rest}] if rest else groups
@@ -301,6 +299,8 @@ class SegModule(pl.LightningModule):
         "Tried to step N times" at the first step past its end). Stretching it would bend the
         curve already followed, so the run stops here, before any step, and says what to do.
         """
+        # Private Lightning attribute: the public self.trainer raises when no Trainer is attached
+        # (a checkpoint loaded outside a fit), where this hook has nothing to check.
         trainer = self._trainer
         if trainer is None or trainer.state.fn != TrainerFn.FITTING or self.scheduler_factory is None:
             return

@@ -6,26 +6,16 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import lightning.pytorch as pl
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from segopt.cli import main
 from segopt.precision import cpu_has_native_bf16, resolve_precision
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, tiny_cli_args
 
-TINY = [
-    "--trainer.max_epochs=2",
-    "--trainer.log_every_n_steps=1",
-    "--data.source.init_args.size=32",
-    "--data.source.init_args.num_train=32",
-    "--data.source.init_args.num_val=16",
-    "--data.batch_size=8",
-    "--data.num_workers=0",
-    "--model.backbone.init_args.base_channels=8",
-    "--model.backbone.init_args.depth=2",
-]
+TINY = tiny_cli_args()
 STEPS_PER_EPOCH = 32 // 8
 
 
@@ -61,6 +51,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, ob
     logging.getLogger("lightning.pytorch").removeHandler(handler)
 
 
+@pytest.mark.slow
 def test_fit_writes_run_with_checkpoints_events_and_config(trained: tuple[Path, object, list[str]]) -> None:
     run, cli, _ = trained
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -74,6 +65,7 @@ def test_fit_writes_run_with_checkpoints_events_and_config(trained: tuple[Path, 
     assert last["global_step"] == 2 * STEPS_PER_EPOCH
 
 
+@pytest.mark.slow
 def test_fit_reports_the_precision_that_ran(trained: tuple[Path, object, list[str]]) -> None:
     _, cli, logged = trained
     lines = [line for line in logged if line.startswith("segopt: running precision")]
@@ -90,6 +82,7 @@ def test_fit_reports_the_precision_that_ran(trained: tuple[Path, object, list[st
         assert cli.trainer.precision == "32-true"
 
 
+@pytest.mark.slow
 def test_logged_val_miou_is_what_validate_recomputes_from_the_best_checkpoint(
     trained: tuple[Path, object, list[str]],
 ) -> None:
@@ -101,6 +94,7 @@ def test_logged_val_miou_is_what_validate_recomputes_from_the_best_checkpoint(
     assert float(check.trainer.callback_metrics["val/mIoU"]) == pytest.approx(score, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_dashboard_tags_are_in_the_event_files(trained: tuple[Path, object, list[str]]) -> None:
     run, _, _ = trained
     acc = _events(run)
@@ -125,6 +119,7 @@ def test_resume_last_without_a_previous_run_says_what_to_do(
     assert not (tmp_path / "runs" / "amp").exists() or not any((tmp_path / "runs" / "amp").iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("subcommand", ["test", "predict"])
 def test_test_and_predict_accept_ckpt_path(trained: tuple[Path, object, list[str]], subcommand: str) -> None:
     run, _, _ = trained
@@ -158,6 +153,7 @@ class CrashAtEpoch(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 def test_resume_last_continues_the_same_run_after_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     crash = ["--trainer.callbacks+=tests.test_cli.CrashAtEpoch", "--trainer.callbacks.epoch=2"]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -16,6 +17,8 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from segopt.cli import TRAINER_DEFAULTS
 from tests.conftest import CONFIGS, ROOT
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 STEPS_PER_EPOCH = 64 // 8
 EVERY_N_STEPS = 3

@@ -23,6 +23,8 @@ from segopt.callbacks import AtomicCheckpointIO
 from segopt.cli import main
 from tests.conftest import CONFIGS, ROOT
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 # 8 validation images over 2 processes in batches of 4: one full batch each, so the
 # distributed sampler pads nothing and every image is counted exactly once.
 DATA = [

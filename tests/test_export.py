@@ -68,7 +68,7 @@ def test_script_exports_a_checkpoint_built_from_the_training_config(
     ckpt = tmp_path / "last.ckpt"
     torch.save({"state_dict": _model().state_dict()}, ckpt)
     out = tmp_path / "exports" / "tiny.onnx"
-    worst = _script().main([*TINY, f"--ckpt_path={ckpt}", f"--output={out}", "--check_sizes", "64x64", "67x45"])
+    worst = _script().main([*TINY, f"--ckpt_path={ckpt}", f"--out={out}", "--check_sizes", "64x64", "67x45"])
     printed = capsys.readouterr().out
     assert out.is_file()
     assert worst < 1e-3
@@ -80,9 +80,9 @@ def test_script_refuses_a_checkpoint_that_does_not_fit_the_config(tmp_path: Path
     ckpt = tmp_path / "wide.ckpt"
     torch.save({"state_dict": _model(base_channels=8).state_dict()}, ckpt)
     with pytest.raises(SystemExit, match="does not fit the model built from the config"):
-        _script().main([*TINY, f"--ckpt_path={ckpt}", f"--output={tmp_path / 'x.onnx'}"])
+        _script().main([*TINY, f"--ckpt_path={ckpt}", f"--out={tmp_path / 'x.onnx'}"])
 
 
 def test_script_names_a_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"--ckpt_path .*missing\.ckpt is not a file"):
-        _script().main([*TINY, f"--ckpt_path={tmp_path / 'missing.ckpt'}", f"--output={tmp_path / 'x.onnx'}"])
+        _script().main([*TINY, f"--ckpt_path={tmp_path / 'missing.ckpt'}", f"--out={tmp_path / 'x.onnx'}"])

@@ -20,21 +20,13 @@ import torch
 from segopt.cli import main
 from segopt.data import DataError
 from segopt.failsafe import NonFiniteLossError, NonFiniteLossGuard, is_out_of_memory
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, tiny_cli_args
 
 TINY = [
-    "--trainer.max_epochs=2",
+    *tiny_cli_args(num_train=8, num_val=4, batch_size=4),
     "--trainer.precision=32-true",
     "--trainer.accelerator=cpu",
-    "--trainer.log_every_n_steps=1",
     "--trainer.num_sanity_val_steps=0",
-    "--data.source.init_args.size=32",
-    "--data.source.init_args.num_train=8",
-    "--data.source.init_args.num_val=4",
-    "--data.batch_size=4",
-    "--data.num_workers=0",
-    "--model.backbone.init_args.base_channels=8",
-    "--model.backbone.init_args.depth=2",
 ]
 STEPS_PER_EPOCH = 8 // 4
 RUN = Path("runs") / "amp" / "version_0"
@@ -97,6 +89,7 @@ class OutOfMemoryAt(pl.Callback):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total)")
 
 
+@pytest.mark.slow
 def test_loss_nan_for_patience_batches_stops_naming_the_step_and_keeps_checkpoints(in_tmp: Path) -> None:
     nan = ["--trainer.callbacks+=tests.test_failsafe.NaNImages", "--trainer.callbacks.first=2", "--trainer.callbacks.last=99"]
     with pytest.raises(SystemExit) as exit_info:
@@ -112,6 +105,7 @@ def test_loss_nan_for_patience_batches_stops_naming_the_step_and_keeps_checkpoin
     _checkpoints_unchanged()
 
 
+@pytest.mark.slow
 def test_checkpoint_with_nan_weights_is_refused_before_patience_runs_out(in_tmp: Path) -> None:
     # One NaN batch, the last of epoch 1: without a gradient scaler it poisons the weights,
     # and the epoch-end checkpoint must not be written (patience 3 is not reached).
@@ -151,6 +145,7 @@ def test_patience_below_one_is_refused() -> None:
         NonFiniteLossGuard(0)
 
 
+@pytest.mark.slow
 def test_out_of_memory_says_what_to_change_and_keeps_checkpoints(in_tmp: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         _fit("--trainer.callbacks+=tests.test_failsafe.OutOfMemoryAt", "--trainer.callbacks.step=3")
@@ -188,6 +183,7 @@ def test_is_out_of_memory(error: BaseException, expected: bool) -> None:
     assert is_out_of_memory(error) is expected
 
 
+@pytest.mark.slow
 def test_batch_size_finder_sets_the_datamodule_batch_and_replans_the_schedule(in_tmp: Path) -> None:
     # Trials of 2, 4 and 8 images; on a CPU nothing runs out, so they end at max_trials.
     finder = [

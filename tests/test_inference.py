@@ -20,21 +20,10 @@ from segopt.data.transforms import eval_transform
 from segopt.inference import TTA, SlidingWindow, gaussian_weights, predict_probs
 from segopt.models import UNet
 from segopt.module import SegModule
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, ROOT, quiet_trainer
 
 TRAIN_SIZE = 32
 
-
-
-def _tiny_trainer(**kwargs: object) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
 
 
 def _datamodule() -> SegDataModule:
@@ -54,7 +43,7 @@ def trained() -> SegModule:
         scheduler=None,
         optimizer=partial(torch.optim.Adam, lr=1e-2),
     )
-    _tiny_trainer(max_steps=160, limit_val_batches=0).fit(model, _datamodule())
+    quiet_trainer(max_steps=160, limit_val_batches=0).fit(model, _datamodule())
     return model.eval()
 
 
@@ -70,6 +59,7 @@ def _normalised(image: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_tiled_prediction_agrees_with_whole_image(trained: SegModule) -> None:
     tile = 2 * TRAIN_SIZE
     x = _normalised(_mosaic(6, seed=7))  # 192 x 192: three tiles across
@@ -100,6 +90,7 @@ class _Pointwise(nn.Module):
         return self.conv(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blend", ["gaussian", "constant"])
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
 @torch.no_grad()
@@ -157,7 +148,7 @@ def test_gaussian_weights_peak_at_the_centre_and_stay_positive() -> None:
 def test_validate_uses_the_configured_tta(trained: SegModule) -> None:
     datamodule = _datamodule()
     datamodule.setup("validate")
-    trainer = _tiny_trainer()
+    trainer = quiet_trainer()
     trained.tta = TTA(hflip=True, scales=(1.0, 1.5))
     try:
         with_tta = trainer.validate(trained, datamodule=datamodule, verbose=False)[0]["val/mIoU"]
@@ -195,6 +186,7 @@ def test_bad_tta_scales_name_the_key(scales: tuple[float, ...]) -> None:
         TTA(scales=scales)
 
 
+@pytest.mark.slow
 def test_bench_script_writes_one_row_per_setting(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "scripts" / "bench_inference.py")
     script = importlib.util.module_from_spec(spec)
@@ -215,7 +207,7 @@ def test_bench_script_writes_one_row_per_setting(tmp_path: Path) -> None:
             "--data.num_workers=0",
             f"--ckpt_path={ckpt}",
             "--tile=32",
-            f"--output={out}",
+            f"--out={out}",
         ]
     )
     names = [r["setting"] for r in rows]

@@ -6,7 +6,6 @@ import itertools
 import math
 from functools import partial
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -33,8 +32,7 @@ from segopt.losses import (
 )
 from segopt.models import UNet
 from segopt.module import SegModule
-
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, quiet_trainer
 
 IGNORE = 255
 
@@ -49,6 +47,7 @@ def hard_logits(classes: torch.Tensor, num_classes: int, scale: float = 100.0) -
 TARGET = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]]).unsqueeze(0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("smooth", [0.0, 1.0])
 @pytest.mark.parametrize("mode,include_background", [("multiclass", True), ("multiclass", False), ("binary", True)])
 def test_dice_of_a_perfect_prediction_is_zero(smooth: float, mode: str, include_background: bool) -> None:
@@ -430,9 +429,7 @@ def _tiny_fit(loss, tmp_path) -> SegModule:  # noqa: ANN001
     model = SegModule(
         backbone=partial(UNet, base_channels=4, depth=1), num_classes=5, class_names=dm.class_names, loss=loss
     )
-    trainer = pl.Trainer(
-        fast_dev_run=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
-    )
+    trainer = quiet_trainer(fast_dev_run=1, default_root_dir=tmp_path)
     trainer.fit(model, dm)
     return model
 

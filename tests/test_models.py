@@ -12,13 +12,14 @@ import torch
 import torchvision
 from torch import nn
 
+from segopt.callbacks import EncoderFreeze
 from segopt.cli import main
 from segopt.data import SegDataModule, SyntheticShapes
-from segopt.models import EncoderFreeze, NestedUNet, ResNetUNet, SMPBackbone, UNet
+from segopt.models import FinetunableEncoder, NestedUNet, ResNetUNet, SMPBackbone, UNet
 from segopt.models.resnet_unet import adapt_first_conv, resolve_weights
 from segopt.module import SegModule
 from segopt.schedules import OneCycle
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, quiet_trainer
 
 TINY_DECODER = (16, 8, 8, 4, 4)
 
@@ -229,7 +230,7 @@ def test_encoder_lr_scale_lowers_the_encoder_rate_through_the_whole_one_cycle() 
 def test_backbone_asks_for_the_freeze_callback_only_when_freezing() -> None:
     frozen = SegModule(backbone=partial(ResNetUNet, encoder="resnet18", freeze_encoder_epochs=2), num_classes=2)
     (callback,) = frozen.configure_callbacks()
-    assert isinstance(callback, EncoderFreeze) and callback.epochs == 2 and callback.encoder is frozen.net.encoder
+    assert isinstance(callback, EncoderFreeze) and frozen.net.freeze_encoder_epochs == 2
     assert SegModule(backbone=partial(ResNetUNet, encoder="resnet18"), num_classes=2).configure_callbacks() == []
     assert SegModule(backbone=partial(UNet, base_channels=4), num_classes=2).configure_callbacks() == []
 
@@ -259,6 +260,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_encoder_stays_frozen_for_the_first_epochs_then_trains(tmp_path) -> None:
     torch.manual_seed(0)
     module = SegModule(
@@ -269,16 +271,7 @@ def test_encoder_stays_frozen_for_the_first_epochs_then_trains(tmp_path) -> None
     )
     data = SegDataModule(SyntheticShapes(size=32, num_train=4, num_val=2), batch_size=2, num_workers=0)
     snaps = _Snapshots()
-    trainer = pl.Trainer(
-        max_epochs=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[snaps],
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, callbacks=[snaps], default_root_dir=tmp_path)
     trainer.fit(module, datamodule=data)
     start, after_frozen, after_unfrozen = snaps.encoder
     assert snaps.trainable == [(False, False), (True, True)]  # (requires_grad, BN in train mode)
@@ -308,8 +301,18 @@ def test_smp_backbone_exposes_its_encoder_for_fine_tuning() -> None:
     decoder, encoder = net.param_groups()
     assert encoder["lr_scale"] == 0.5 and {id(p) for p in encoder["params"]} == {id(p) for p in net.model.encoder.parameters()}
     assert len(decoder["params"]) + len(encoder["params"]) == len(list(net.parameters()))
-    (callback,) = net.callbacks()
-    assert callback.encoder is net.model.encoder
+    assert isinstance(net, FinetunableEncoder) and net.encoder is net.model.encoder and net.freeze_encoder_epochs == 1
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_freeze_encoder_stops_gradients_and_bn_updates_and_unfreeze_restores_the_mode(training: bool) -> None:
+    net = ResNetUNet(3, 2, encoder="resnet18", decoder_channels=TINY_DECODER)
+    net.train()
+    net.freeze_encoder()
+    assert not any(p.requires_grad for p in net.encoder.parameters()) and not net.encoder.training
+    assert all(p.requires_grad for p in net.decoder.parameters()) and net.decoder.training
+    net.unfreeze_encoder(training)
+    assert all(p.requires_grad for p in net.encoder.parameters()) and net.encoder.training is training
 
 
 MODEL_CONFIGS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
@@ -326,6 +329,7 @@ def test_every_backbone_has_a_config() -> None:
     assert MODEL_CONFIGS == sorted(EXPECTED_CLASSES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_model_config_trains_one_step_with_amp_config(name: str, tmp_path, monkeypatch) -> None:
     if name.startswith("smp"):

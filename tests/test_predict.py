@@ -7,7 +7,6 @@ from functools import partial
 from pathlib import Path
 
 import cv2
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -21,7 +20,7 @@ from segopt.models import UNet
 from segopt.module import SegModule
 from segopt.palette import overlay
 from segopt.predict import PredictionWriter
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, quiet_trainer
 
 # name -> (height, width, channels); odd sizes, grey and colour, PNG and JPEG
 GOOD = {"a": (197, 301, 3), "b": (40, 33, 1), "c": (64, 64, 3)}
@@ -49,9 +48,7 @@ def _model(num_classes: int = 5) -> SegModule:
 
 def _predict(model: SegModule, datamodule: SegDataModule, out: Path) -> PredictionWriter:
     writer = PredictionWriter(str(out))
-    trainer = pl.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[writer]
-    )
+    trainer = quiet_trainer(callbacks=[writer])
     assert trainer.predict(model, datamodule=datamodule, return_predictions=False) is None
     return writer
 
@@ -153,6 +150,7 @@ def test_bad_predict_batch_size_names_the_key() -> None:
         SegDataModule(SyntheticShapes(), predict_batch_size=0)
 
 
+@pytest.mark.slow
 def test_cli_predicts_a_folder_with_a_checkpoint_and_the_training_config(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,6 +19,7 @@ from segopt.data.synthetic import SyntheticShapes
 from segopt.models import UNet
 from segopt.module import SegModule
 from segopt.schedules import Cosine, OneCycle, Poly
+from tests.conftest import quiet_trainer
 
 BASE_LR = 0.1
 
@@ -52,6 +53,7 @@ def test_poly_hits_hand_computed_values() -> None:
     assert lrs == pytest.approx([BASE_LR * f for f in expected])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_lr,peak", [(None, BASE_LR), (0.3, 0.3)])
 def test_onecycle_starts_peaks_and_ends_where_configured(max_lr: float | None, peak: float) -> None:
     lrs = _lrs(OneCycle(_optimizer(), 20, max_lr=max_lr, pct_start=0.25, div_factor=10, final_div_factor=100), 20)
@@ -130,16 +132,16 @@ def _fit(
     ckpt_path: Path | None = None,
     accumulate: int = 1,
     num_train: int = TRAIN_SAMPLES,
-    scheduler: Callable[..., Any] = partial(OneCycle, max_lr=1e-2, pct_start=0.3),
+    scheduler: Callable[..., Any] = partial(OneCycle, max_lr=1e-2, pct_start=0.3),  # noqa: B008 (never mutated)
 ) -> tuple[pl.Trainer, SegModule]:
     dm = SegDataModule(source=SyntheticShapes(size=32, num_train=num_train, num_val=4), batch_size=BATCH, num_workers=0)
     model = SegModule(
         backbone=partial(UNet, base_channels=4, depth=1), num_classes=5, class_names=dm.class_names,
         scheduler=scheduler,
     )
-    trainer = pl.Trainer(
-        max_epochs=max_epochs, accumulate_grad_batches=accumulate, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=root,
+    trainer = quiet_trainer(
+        max_epochs=max_epochs, accumulate_grad_batches=accumulate, enable_checkpointing=True, num_sanity_val_steps=0,
+        callbacks=callbacks, default_root_dir=root,
     )
     trainer.fit(model, dm, ckpt_path=ckpt_path)
     return trainer, model
@@ -183,6 +185,7 @@ class BestAtFirstStep(pl.Callback):
             self.best = pl_module.val_miou_best.compute().item()
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_best_miou(tmp_path: Path) -> None:
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     with pytest.raises(Interrupted):
@@ -195,6 +198,7 @@ def test_resume_keeps_the_best_miou(tmp_path: Path) -> None:
     assert seen.best == pytest.approx(best)
 
 
+@pytest.mark.slow
 def test_onecycle_with_accumulation_ends_exactly_at_its_last_step(tmp_path: Path) -> None:
     record = RecordLR()
     # 28 samples / batch 4 = 7 batches, accumulated by 2 -> 4 optimiser steps per epoch
@@ -208,6 +212,7 @@ def test_onecycle_with_accumulation_ends_exactly_at_its_last_step(tmp_path: Path
     assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 8
 
 
+@pytest.mark.slow
 def test_resume_into_more_epochs_stops_before_training_with_advice(tmp_path: Path) -> None:
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     _fit(tmp_path, 2, [checkpoint])

@@ -12,23 +12,15 @@ from types import ModuleType
 import pytest
 
 from segopt.data.synthetic import CLASS_NAMES
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, ROOT, tiny_cli_args
 
 # A few seconds per fit: 16 synthetic 32x32 images, 2 epochs, a 2-level UNet.
 TINY = [
-    "--trainer.max_epochs=2",
-    "--trainer.log_every_n_steps=1",
+    *tiny_cli_args(num_train=16, num_val=8, base_channels=4),
     "--trainer.callbacks=[]",
     "--trainer.enable_checkpointing=false",
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
-    "--data.source.init_args.size=32",
-    "--data.source.init_args.num_train=16",
-    "--data.source.init_args.num_val=8",
-    "--data.batch_size=8",
-    "--data.num_workers=0",
-    "--model.backbone.init_args.base_channels=4",
-    "--model.backbone.init_args.depth=2",
 ]
 
 
@@ -65,6 +57,7 @@ def _tiny_grid(tmp: Path) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_ablate_runs_every_cell_and_seed_then_resumes_only_missing_runs(
     ablate: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,6 +167,7 @@ def test_grid_cells_are_the_product_less_exclusions_with_arguments_in_order(abla
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_bench_precision_writes_one_row_per_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bench = _script("bench_precision")
     monkeypatch.chdir(tmp_path)  # the runs' logs go to ./runs/bench_precision

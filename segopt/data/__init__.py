@@ -1,6 +1,11 @@
-"""Data: sources, mask decoding, joint transforms and the datamodule."""
+"""Data: sources, mask decoding, joint transforms (plain PyTorch) and the datamodule (Lightning).
 
-from segopt.data.datamodule import SegDataModule
+``segopt.data.SegDataModule`` is imported on first use, so the rest of the package works
+without Lightning.
+"""
+
+from typing import Any
+
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
 from segopt.data.files import DataError
 from segopt.data.folder import PairedFolder
@@ -24,3 +29,11 @@ __all__ = [
     "TableMask",
     "TransformedDataset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SegDataModule":
+        from segopt.data.datamodule import SegDataModule
+
+        return SegDataModule
+    raise AttributeError(f"module 'segopt.data' has no attribute {name!r}")

@@ -275,17 +275,8 @@ def _source_from_config(argv: list[str] | None) -> tuple[SegSource, int, int | N
             parser.add_argument("--limit", type=int | None, default=None, help="decode at most this many pairs per split")
             parser.add_argument("--json", type=str | None, default=None, help="also write the report as JSON here")
 
-        def _set_seed(self) -> None:
-            pass  # nothing random happens in the check
-
-        def before_instantiate_classes(self) -> None:
-            pass
-
         def instantiate_classes(self) -> None:
             pass  # the check builds the source alone; the model and trainer are not needed
-
-        def after_instantiate_classes(self) -> None:
-            pass
 
     cli = _ConfigOnly(SegModule, SegDataModule, subclass_mode_model=False, subclass_mode_data=False, run=False, args=argv)
     data = cli.config.data

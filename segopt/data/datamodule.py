@@ -250,6 +250,11 @@ class SegDataModule(pl.LightningDataModule):
             self._splits[split] = TransformedDataset(samples, transform, check_mask=check, widen_mask=widen)
         return self._splits[split]
 
+    def decoded(self, split: str) -> Dataset:
+        """The decoded ``(image uint8 [H,W,C], mask [H,W])`` pairs of ``split`` before any
+        transform (from the cache when ``cache`` is on): what class weights and the overlays read."""
+        return self.dataset(split).samples
+
     def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images ``[B,C,H,W]`` → float, scaled to [0, 1] and normalised, on their device."""
         c = images.shape[1]

@@ -44,7 +44,7 @@ class SegSource(ABC):
         """Whether split ``name`` exists (the test split often does not)."""
         return name in ("train", "val")
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: B027 (optional: a source without cheap checks keeps this no-op)
         """Raise :class:`DataError` listing every problem found cheaply (paths, pairing, headers).
 
         Called when the datamodule is built, i.e. before a run writes anything.

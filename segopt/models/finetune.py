@@ -1,20 +1,17 @@
 """Fine-tuning a pretrained encoder: a lower encoder learning rate and freezing for the first epochs.
 
-A backbone with an encoder (``ResNetUNet``, ``SMPBackbone``) exposes two optional hooks that
-:class:`segopt.module.SegModule` uses when present:
-
-- ``param_groups()``: optimiser parameter groups; a group may carry ``lr_scale``, a factor on
-  the optimiser's (and the schedule's) learning rate for that group.
-- ``callbacks()``: Lightning callbacks the backbone needs, here :class:`EncoderFreeze`.
+A backbone with an encoder (``ResNetUNet``, ``SMPBackbone``) subclasses
+:class:`FinetunableEncoder`. The backbone only says *how* (which parameters are the encoder,
+at what learning-rate factor, how to freeze it); *when* is the training loop's business:
+:class:`segopt.module.SegModule` builds its optimiser from :meth:`~FinetunableEncoder.param_groups`
+and registers :class:`segopt.callbacks.EncoderFreeze`, which calls
+:meth:`~FinetunableEncoder.freeze_encoder` and :meth:`~FinetunableEncoder.unfreeze_encoder`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import BaseFinetuning, Callback
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 
@@ -31,42 +28,46 @@ def check_finetune_options(freeze_encoder_epochs: int, encoder_lr_scale: float) 
         )
 
 
-def encoder_param_groups(model: nn.Module, encoder: nn.Module, encoder_lr_scale: float) -> list[dict[str, Any]]:
-    """Two groups: everything outside ``encoder`` at the base rate, the encoder at ``encoder_lr_scale`` x."""
-    in_encoder = {id(p) for p in encoder.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in in_encoder]
-    return [
-        {"params": rest, "name": "decoder"},
-        {"params": list(encoder.parameters()), "name": "encoder", "lr_scale": encoder_lr_scale},
-    ]
+class FinetunableEncoder(nn.Module):
+    """A backbone with an encoder that may train at a lower rate and start frozen.
 
+    Subclasses call ``super().__init__(freeze_encoder_epochs, encoder_lr_scale)`` and provide
+    ``encoder``, the encoder's module (an attribute or a property).
 
-class EncoderFreeze(Callback):
-    """Keep ``encoder`` frozen during the first ``epochs`` training epochs, then train it.
-
-    Frozen means no gradients for its weights, and its BatchNorm layers in eval mode: they
-    normalise with their stored (e.g. ImageNet) statistics and do not update them. The encoder's parameters stay in the optimiser the whole time (an optimiser
-    skips parameters without a gradient), so learning-rate schedules such as OneCycleLR see
-    the same parameter groups from start to end; this is why Lightning's ``BackboneFinetuning``,
-    which adds the encoder as a new group at unfreeze time, is not used. The state follows
-    ``trainer.current_epoch`` alone, so a resumed run freezes or unfreezes correctly.
+    Args:
+        freeze_encoder_epochs: the encoder is frozen during this many first training epochs.
+        encoder_lr_scale: the encoder trains at this times the optimiser's (and schedule's) rate.
     """
 
-    def __init__(self, encoder: nn.Module, epochs: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.epochs = epochs
-        self.frozen = False
+    encoder: nn.Module
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        freeze = trainer.current_epoch < self.epochs
-        if freeze and not self.frozen:
-            BaseFinetuning.freeze(self.encoder, train_bn=False)
-            # Lightning only restores the modes it found, so eval mode lasts until unfreezing.
-            self.encoder.eval()
-            rank_zero_info(f"segopt: encoder frozen for epochs 0-{self.epochs - 1}")
-        elif not freeze and self.frozen:
-            BaseFinetuning.make_trainable(self.encoder)
-            self.encoder.train(pl_module.training)
-            rank_zero_info(f"segopt: encoder unfrozen at epoch {trainer.current_epoch}")
-        self.frozen = freeze
+    def __init__(self, freeze_encoder_epochs: int = 0, encoder_lr_scale: float = 1.0) -> None:
+        super().__init__()
+        check_finetune_options(freeze_encoder_epochs, encoder_lr_scale)
+        self.freeze_encoder_epochs = freeze_encoder_epochs
+        self.encoder_lr_scale = encoder_lr_scale
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups: everything outside the encoder ("decoder") at the base rate, then
+        the encoder ("encoder") with ``lr_scale``: the factor by which
+        :class:`segopt.module.SegModule` and :mod:`segopt.schedules` multiply that group's rate."""
+        in_encoder = {id(p) for p in self.encoder.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in in_encoder]
+        return [
+            {"params": rest, "name": "decoder"},
+            {"params": list(self.encoder.parameters()), "name": "encoder", "lr_scale": self.encoder_lr_scale},
+        ]
+
+    def freeze_encoder(self) -> None:
+        """No gradients for the encoder, and its BatchNorm layers normalise with their stored
+        statistics without updating them (eval mode). Its parameters stay in the optimiser, which
+        skips parameters without a gradient, so a schedule sees the same groups from start to end."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder.eval()
+
+    def unfreeze_encoder(self, training: bool = True) -> None:
+        """Undo :meth:`freeze_encoder`; ``training`` is the mode the encoder returns to."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(True)
+        self.encoder.train(training)

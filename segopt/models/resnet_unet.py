@@ -6,16 +6,14 @@ import pickle
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchvision
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from segopt.models.blocks import ConvBlock, crop_to, pad_to_multiple
-from segopt.models.finetune import EncoderFreeze, check_finetune_options, encoder_param_groups
+from segopt.models.finetune import FinetunableEncoder
 
 ENCODERS = ("resnet18", "resnet34", "resnet50")
 _FILE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
@@ -85,7 +83,7 @@ def load_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-class ResNetUNet(nn.Module):
+class ResNetUNet(FinetunableEncoder):
     """UNet whose encoder is a torchvision ResNet (the seed's pretrained ResNet34 step).
 
     The five encoder stages (strides 2, 4, 8, 16, 32) feed a UNet decoder of five blocks
@@ -119,7 +117,7 @@ class ResNetUNet(nn.Module):
         freeze_encoder_epochs: int = 0,
         encoder_lr_scale: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(freeze_encoder_epochs, encoder_lr_scale)
         if encoder not in ENCODERS:
             raise ValueError(f"encoder={encoder!r} is not supported; use one of {', '.join(ENCODERS)}")
         if len(decoder_channels) != 5:
@@ -131,9 +129,6 @@ class ResNetUNet(nn.Module):
             raise ValueError(
                 f"decoder_interpolation={decoder_interpolation!r} is not one of {', '.join(_UP_MODES)}"
             )
-        check_finetune_options(freeze_encoder_epochs, encoder_lr_scale)
-        self.freeze_encoder_epochs = freeze_encoder_epochs
-        self.encoder_lr_scale = encoder_lr_scale
         self.decoder_interpolation = decoder_interpolation
 
         self.encoder = _build_encoder(encoder, in_channels, weights)
@@ -167,14 +162,6 @@ class ResNetUNet(nn.Module):
                 y = torch.cat([y, skips[i]], dim=1)
             y = block(y)
         return crop_to(self.head(y), (h, w))
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Decoder and head at the base learning rate; encoder at ``encoder_lr_scale`` x."""
-        return encoder_param_groups(self, self.encoder, self.encoder_lr_scale)
-
-    def callbacks(self) -> list[Callback]:
-        """The encoder-freezing callback when ``freeze_encoder_epochs`` > 0."""
-        return [EncoderFreeze(self.encoder, self.freeze_encoder_epochs)] if self.freeze_encoder_epochs else []
 
 
 def _build_encoder(name: str, in_channels: int, weights: str | None) -> torchvision.models.ResNet:

@@ -8,11 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from segopt.models.blocks import crop_to, pad_to_multiple
-from segopt.models.finetune import EncoderFreeze, check_finetune_options, encoder_param_groups
+from segopt.models.finetune import FinetunableEncoder
 
 
 def _import_smp() -> Any:
@@ -26,7 +25,7 @@ def _import_smp() -> Any:
     return smp
 
 
-class SMPBackbone(nn.Module):
+class SMPBackbone(FinetunableEncoder):
     """A segmentation_models_pytorch model built with ``smp.create_model``.
 
     Inputs are padded inside to the encoder's output stride and cropped back, so any
@@ -57,7 +56,7 @@ class SMPBackbone(nn.Module):
         arch_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(freeze_encoder_epochs, encoder_lr_scale)
         smp = _import_smp()
         options = {**(arch_kwargs or {}), **kwargs}
         if "aux_params" in options:
@@ -68,9 +67,6 @@ class SMPBackbone(nn.Module):
         archs = {key: cls.__name__ for key, cls in smp.MODEL_ARCHITECTURES_MAPPING.items()}
         if arch.lower() not in archs:
             raise ValueError(f"arch={arch!r} is not an smp architecture; use one of {', '.join(archs.values())}")
-        check_finetune_options(freeze_encoder_epochs, encoder_lr_scale)
-        self.freeze_encoder_epochs = freeze_encoder_epochs
-        self.encoder_lr_scale = encoder_lr_scale
         self.model = smp.create_model(
             archs[arch.lower()],
             encoder_name=encoder_name,
@@ -89,11 +85,3 @@ class SMPBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (h, w) = pad_to_multiple(x, self.multiple)
         return crop_to(self.model(x), (h, w))
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Decoder and head at the base learning rate; encoder at ``encoder_lr_scale`` x."""
-        return encoder_param_groups(self, self.encoder, self.encoder_lr_scale)
-
-    def callbacks(self) -> list[Callback]:
-        """The encoder-freezing callback when ``freeze_encoder_epochs`` > 0."""
-        return [EncoderFreeze(self.encoder, self.freeze_encoder_epochs)] if self.freeze_encoder_epochs else []
