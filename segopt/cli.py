@@ -64,6 +64,11 @@ class SegCLI(LightningCLI):
         # LightningCLI parses, builds and runs the subcommand in its constructor. A failure of
         # the run reaches here after the Trainer has torn down; what is left is to say what
         # happened and what to change, without a traceback in the way.
+        # Every parse starts from the shared Trainer defaults: per subcommand when running one,
+        # for the single parser of run=False (scripts and the data check).
+        subcommands = ("fit", "validate", "test", "predict")
+        defaults = {"default_config_files": [TRAINER_DEFAULTS]}
+        kwargs.setdefault("parser_kwargs", {s: defaults for s in subcommands} if kwargs.get("run", True) else defaults)
         try:
             super().__init__(*args, **kwargs)
         except NonFiniteLossError as error:
@@ -116,7 +121,6 @@ def main(args: list[str] | None = None) -> SegCLI:
         subclass_mode_model=False,
         subclass_mode_data=False,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={name: {"default_config_files": [TRAINER_DEFAULTS]} for name in ("fit", "validate", "test", "predict")},
         args=args,
     )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from segopt.cli import TRAINER_DEFAULTS, SegCLI
+from segopt.cli import SegCLI
 from segopt.data.datamodule import SegDataModule
 from segopt.module import SegModule
 
@@ -19,10 +19,7 @@ from segopt.module import SegModule
 def build_from_config(cli_args: list[str]) -> SegCLI:
     """The CLI objects (``.model``, ``.datamodule``, ``.trainer``, ``.config``) for ``cli_args``."""
     # run=False: the CLI parses and instantiates, then returns without running a subcommand.
-    return SegCLI(
-        SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None,
-        parser_kwargs={"default_config_files": [TRAINER_DEFAULTS]},
-    )
+    return SegCLI(SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None)
 
 
 def load_weights(model: SegModule, ckpt_path: str | Path) -> SegModule:
