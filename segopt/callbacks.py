@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from segopt.data.datamodule import SegDataModule
+from segopt.data.masks import label_image_dtype
 from segopt.models import FinetunableEncoder
 from segopt.palette import legend, overlay
 
@@ -57,10 +58,10 @@ class ValidationOverlays(pl.Callback):
                 image, mask = decoded[i]
                 x = dataset[i]["image"].unsqueeze(0).to(pl_module.device)
                 pred = pl_module(x).argmax(dim=1)[0].cpu().numpy()
-                if pred.shape != mask.shape:  # evaluated at eval_size: show at the original size
-                    pred = cv2.resize(pred.astype(np.uint16), mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
-                rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
                 k = pl_module.num_classes
+                if pred.shape != mask.shape:  # evaluated at eval_size: show at the original size
+                    pred = cv2.resize(pred.astype(label_image_dtype(k)), mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
+                rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
                 rows.append(np.concatenate([rgb, overlay(rgb, mask, k), overlay(rgb, pred, k)], axis=1))
         width = max(r.shape[1] for r in rows)
         rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from segopt.data.masks import invalid_mask_values
+
 #: Effective-number beta: counts saturate near 1 / (1 - beta) = 1e6 pixels, about a
 #: class's share of a few hundred CamVid masks; 0.9999 (the paper's, for image counts)
 #: would give every class of a segmentation set the same weight.
@@ -37,6 +39,14 @@ class DataWeighted(Protocol):
     def set_class_weights(self, weights: torch.Tensor) -> None: ...
 
 
+def pixel_counts(mask: np.ndarray, num_classes: int, ignore_index: int) -> tuple[np.ndarray, int]:
+    """Pixels of each class (int64 ``[K]``) and labelled pixels of one mask whose values are
+    class ids or ``ignore_index`` (check with :func:`segopt.data.masks.invalid_mask_values`)."""
+    labelled = np.asarray(mask).ravel()
+    labelled = labelled[labelled != ignore_index]
+    return np.bincount(labelled, minlength=num_classes).astype(np.int64), int(labelled.size)
+
+
 class _MaskCounts(Dataset):
     """Per sample: (pixels of each class, valid pixels of the mask)."""
 
@@ -47,15 +57,15 @@ class _MaskCounts(Dataset):
         return len(self.samples)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        mask = np.asarray(self.samples[index][1]).ravel()
-        mask = mask[mask != self.ignore_index]
-        if mask.size and (mask.min() < 0 or mask.max() >= self.num_classes):
-            bad = int(mask.min()) if mask.min() < 0 else int(mask.max())
+        mask = np.asarray(self.samples[index][1])
+        invalid = invalid_mask_values(mask, self.num_classes, self.ignore_index)
+        if invalid:
+            bad = invalid[0] if invalid[0] < 0 else invalid[-1]
             raise ValueError(
                 f"training mask #{index} holds value {bad}, neither a class id in [0, {self.num_classes}) "
                 f"nor ignore_index {self.ignore_index}; check num_classes and the mask decoding"
             )
-        return np.bincount(mask, minlength=self.num_classes).astype(np.int64), int(mask.size)
+        return pixel_counts(mask, self.num_classes, self.ignore_index)
 
 
 def _as_is(item: Any) -> Any:

@@ -16,6 +16,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from segopt.data.masks import label_image_dtype
 from segopt.palette import overlay
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class PredictionWriter(BasePredictionWriter):
             log.warning("segopt: skipped %s: %s", path, reason)
             self.skipped.append((path, reason))
         num_classes = int(pl_module.num_classes)
-        dtype = np.uint8 if num_classes <= 256 else np.uint16
+        dtype = label_image_dtype(num_classes)
         paths = batch.get("path")
         raws = batch.get("raw")
         for i, mask in enumerate(prediction["mask"]):

@@ -12,7 +12,6 @@ is a problem, 0 otherwise. Reads files only; writes nothing unless ``--json`` is
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +22,11 @@ from typing import Any
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from segopt.class_weights import median_frequency_weights
+from segopt.class_weights import median_frequency_weights, pixel_counts
 from segopt.data.datasets import SegSource
-from segopt.data.files import DataError, read_image, read_mask
+from segopt.data.files import DataError, decode_threads, read_image, read_mask
 from segopt.data.folder import Pair, PairedFolder
+from segopt.data.masks import invalid_mask_values
 from segopt.data.synthetic import SyntheticShapes
 
 _SHOWN_PROBLEMS = 25  # per-file problems printed in full; the rest are counted (all in --json)
@@ -64,10 +64,9 @@ class CheckResult:
 
 
 def _sample_stats(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int) -> tuple:
-    labelled = mask[mask != ignore_index].astype(np.int64).ravel()
-    pixels = np.bincount(labelled, minlength=num_classes)[:num_classes]
+    pixels, labelled = pixel_counts(mask, num_classes, ignore_index)
     pixels_f = image.reshape(-1, image.shape[-1]).astype(np.float64) / 255.0
-    return pixels, labelled.size, mask.size - labelled.size, pixels_f.sum(0), (pixels_f**2).sum(0), pixels_f.shape[0]
+    return pixels, labelled, mask.size - labelled, pixels_f.sum(0), (pixels_f**2).sum(0), pixels_f.shape[0]
 
 
 def _add(stats: SplitStats, result: tuple, num_classes: int) -> None:
@@ -102,7 +101,7 @@ def _check_folder_split(
         except DataError as err:
             return None, [], "; ".join(err.problems)
 
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(decode_threads()) as pool:
         for pair in pairs:
             stats.sizes[pair.image_header.size] += 1
             stats.channels["grey" if pair.image_header.grey else pair.image_header.mode] += 1
@@ -126,7 +125,7 @@ def _check_generic_split(source: SegSource, name: str, ignore_index: int, limit:
         stats.sizes[f"{image.shape[1]}x{image.shape[0]}"] += 1
         stats.channels["grey" if image.shape[-1] == 1 else "RGB"] += 1
         stats.raw_values.update(int(v) for v in np.unique(mask))
-        bad = sorted(int(v) for v in np.unique(mask) if v != ignore_index and not 0 <= v < source.num_classes)
+        bad = invalid_mask_values(mask, source.num_classes, ignore_index)
         if bad:
             result.file_problems.append(f"{name} sample {i}: mask values {bad} are neither a class nor ignore_index")
             continue

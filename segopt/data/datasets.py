@@ -9,7 +9,6 @@ albumentations pipeline to both arrays and returns the mask as int64.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segopt.data.files import DataError
+from segopt.data.files import DataError, decode_threads
+from segopt.data.masks import invalid_mask_values
 
 Sample = tuple[np.ndarray, np.ndarray]
 
@@ -61,7 +61,7 @@ class CachedSamples(Dataset):
 
     def __init__(self, samples: Dataset[Sample], threads: int | None = None) -> None:
         count = len(samples)  # type: ignore[arg-type]
-        threads = threads or min(8, os.cpu_count() or 1)
+        threads = threads or decode_threads()
         problems: list[str] = []
 
         def load(i: int) -> Sample | None:
@@ -132,9 +132,8 @@ class TransformedDataset(Dataset):
 
     def _check(self, mask: torch.Tensor, index: int) -> None:
         num_classes, ignore_index = self.check_mask  # type: ignore[misc]
-        bad = ((mask < 0) | (mask >= num_classes)) & (mask != ignore_index)
-        if bad.any():
-            values = sorted(set(mask[bad].unique().tolist()))[:6]
+        values = invalid_mask_values(mask, num_classes, ignore_index)[:6]
+        if values:
             raise DataError(
                 f"sample {index}: after the training pipeline the mask holds {values}, which are neither class "
                 f"ids (0..{num_classes - 1}) nor ignore_index ({ignore_index}); in the pipeline file give every "

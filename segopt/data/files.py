@@ -9,6 +9,7 @@ to colours.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,11 @@ def read_header(path: Path) -> Header:
             f"{path}: not a readable image ({err.__class__.__name__}: {err}); "
             "re-export it or remove it (and its pair)"
         ) from None
+
+
+def decode_threads() -> int:
+    """Threads that decode files at once (the decoders release the GIL): the cores, at most 8."""
+    return min(8, os.cpu_count() or 1)
 
 
 def read_image(path: Path, channels: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,20 @@ def mask_dtype(num_classes: int, ignore_index: int) -> np.dtype:
     64-bit integer path. The datamodule widens to int64 after the transform.
     """
     return np.dtype(np.uint8) if num_classes <= 256 and 0 <= ignore_index <= 255 else np.dtype(np.int32)
+
+
+def invalid_mask_values(mask: Any, num_classes: int, ignore_index: int) -> list[int]:
+    """The distinct values of ``mask`` (array or CPU tensor) that are neither a class id in
+    ``[0, num_classes)`` nor ``ignore_index``, ascending: the one rule every mask must meet."""
+    m = np.asarray(mask)
+    bad = (m != ignore_index) & ((m < 0) | (m >= num_classes))
+    return [int(v) for v in np.unique(m[bad])] if bad.any() else []
+
+
+def label_image_dtype(num_classes: int) -> np.dtype:
+    """uint8 when every class id fits, else uint16: the dtypes a PNG holds and OpenCV resizes,
+    for class-id images written to disk or resized for display."""
+    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.uint16)
 
 
 def _listing(values: Sequence[object], counts: Sequence[int] | None = None) -> str:
