@@ -47,14 +47,12 @@ from typing import Any
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_common import cpu_name
+from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
 
 from segopt.data.roots import describe, resolve_data_path
 from segopt.precision import cpu_has_native_bf16
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CLASS_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"]
 VOID = 11
