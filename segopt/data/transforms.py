@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import albumentations as A
 import cv2
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from segopt.data.files import DataError
@@ -240,7 +241,7 @@ class ResizeImage(A.ImageOnlyTransform):
         super().__init__(p=p)
         self.height, self.width = height, width
 
-    def apply(self, img, **params):  # type: ignore[no-untyped-def, override]
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:  # type: ignore[override]
         return cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_LINEAR).reshape(
             self.height, self.width, *img.shape[2:]
         )
