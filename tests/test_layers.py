@@ -27,6 +27,7 @@ LIGHTNING_LAYER = {
 ENTRY_POINTS = {
     "segopt.cli",
     "segopt.data.check",
+    "segopt.data.fetch",
     "segopt.export",
     "segopt.from_config",
 }
