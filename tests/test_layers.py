@@ -22,6 +22,7 @@ LIGHTNING_LAYER = {
     "segopt.callbacks",
     "segopt.failsafe",
     "segopt.predict",
+    "segopt.time_budget",
     "segopt.data.datamodule",
 }
 ENTRY_POINTS = {
