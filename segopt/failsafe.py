@@ -39,9 +39,16 @@ class NonFiniteLossGuard(pl.Callback):
 
     Under ``16-mixed`` on a GPU the gradient scaler already skips optimiser steps whose
     gradients overflowed; that shows in the gradients, not in the loss, and is left to
-    the scaler. Only a loss value that is itself NaN/inf counts here. In a distributed run
-    a batch counts when the loss of any process is non-finite (one boolean all-reduce per
-    batch), so every process stops at the same batch.
+    the scaler. Only a loss value that is itself NaN/inf counts here.
+
+    The losses are kept on the device and read back together every
+    ``trainer.log_every_n_steps`` batches (when Lightning reads the logged values anyway),
+    at each epoch end and before every checkpoint: reading a loss every batch would make
+    the host wait for the device at every step. So a run stops at most
+    ``log_every_n_steps - 1`` batches after the streak, naming the batches of the streak,
+    and never after writing a checkpoint past it. In a distributed run a batch counts when
+    the loss of any process is non-finite (one all-reduce per read), so every process
+    stops at the same batch.
 
     Independently of the count, a checkpoint is never written while any weight is
     NaN/inf (without a gradient scaler one non-finite loss is enough to poison the
@@ -58,6 +65,9 @@ class NonFiniteLossGuard(pl.Callback):
         self.patience = patience
         self._step = 0
         self._streak: list[_BadBatch] = []
+        # Batches not yet read back: (step, epoch, batch index) and the loss, still on the device.
+        self._pending: list[tuple[int, int, int]] = []
+        self._losses: list[torch.Tensor] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         # The step TensorBoard shows for this batch's train/loss (the counter moves after the optimiser step).
@@ -69,16 +79,32 @@ class NonFiniteLossGuard(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if not isinstance(loss, torch.Tensor):  # training_step returned None: Lightning skipped the batch
             return
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
-            self._streak.clear()
+        self._losses.append(loss.detach().reshape(-1)[:1])
+        self._pending.append((self._step, trainer.current_epoch, batch_idx))
+        if len(self._pending) >= max(1, trainer.log_every_n_steps):
+            self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: pl.Trainer) -> None:
+        """Read back the losses since the last check (one host sync) and stop on a streak of ``patience``."""
+        if not self._losses:
             return
-        value = float(loss.detach().float().reshape(-1)[0])
-        self._streak.append(_BadBatch(self._step, trainer.current_epoch, batch_idx, value))
-        if len(self._streak) >= self.patience:
-            raise NonFiniteLossError(self._stop_message(trainer))
+        losses = torch.cat(self._losses).float()
+        bad = trainer.strategy.reduce((~torch.isfinite(losses)).float(), reduce_op="sum") > 0
+        pending, flags, values = self._pending, bad.tolist(), losses.tolist()
+        self._pending, self._losses = [], []
+        for (step, epoch, batch), is_bad, value in zip(pending, flags, values):
+            if not is_bad:
+                self._streak.clear()
+                continue
+            self._streak.append(_BadBatch(step, epoch, batch, value))
+            if len(self._streak) >= self.patience:
+                raise NonFiniteLossError(self._stop_message(trainer))
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.check(trainer)  # a streak already complete stops the run before this save
         # Metric states are not weights, and some start non-finite (a running max starts at -inf).
         metrics = tuple(f"{name}." for name, m in pl_module.named_modules() if isinstance(m, Metric) and name)
         bad = [

@@ -3,7 +3,9 @@ and their weighted combination.
 
 Every loss is built as ``loss(num_classes, ignore_index, ...)`` and takes logits
 ``[B,K,H,W]`` and an int64 target ``[B,H,W]`` whose pixels equal to ``ignore_index`` count
-for nothing: not in a numerator, not in a denominator, not as an error. All of them run in
+for nothing: not in a numerator, not in a denominator, not as an error. Targets are not
+checked here (that would make the host wait for the device at every step): the data
+module checks every mask where it is decoded and transformed. All of them run in
 float32 even under mixed precision (see :func:`soft_dice_loss` for why that matters).
 """
 
@@ -25,17 +27,6 @@ DICE_MODES = (MULTICLASS_MODE, BINARY_MODE)
 #: Class weights: one number per class, or the name of a mode in ``CLASS_WEIGHT_MODES``
 #: that :class:`segopt.module.SegModule` computes from the training masks before fitting.
 ClassWeights = Sequence[float] | str | None
-
-
-def check_target(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
-    """Raise a clear error when a mask holds a value that is neither a class nor ``ignore_index``."""
-    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-    if bad.any():
-        value = int(target[bad][0])
-        raise ValueError(
-            f"mask value {value} is neither a class id in [0, {num_classes}) nor ignore_index {ignore_index}; "
-            "check the data's num_classes and mask decoding, or map that value to ignore_index"
-        )
 
 
 def soft_dice_loss(
@@ -267,7 +258,6 @@ class DiceLoss(nn.Module):
         self.mode = mode
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_target(target, self.num_classes, self.ignore_index)
         return soft_dice_loss(logits, target, self.ignore_index, self.smooth, self.include_background, self.mode)
 
 
@@ -306,7 +296,6 @@ class FocalLoss(nn.Module):
         self.class_weight_mode = None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_target(target, self.num_classes, self.ignore_index)
         return focal_loss(logits, target, self.ignore_index, self.gamma, self.alpha)
 
 
@@ -409,7 +398,6 @@ class CombinedLoss(nn.Module):
             self.focal.set_class_weights(weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_target(target, self.num_classes, self.ignore_index)
         total = logits.new_zeros((), dtype=torch.float32)
         if self.weights["ce"]:
             ce = cross_entropy_loss(logits, target, self.ignore_index, self.ce_weight, self.label_smoothing)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from segopt.data import CachedSamples, PairedFolder, SegDataModule, SyntheticShapes, TransformedDataset
 from segopt.data.check import main as check_main
-from segopt.data.datamodule import _worker_init
-from segopt.data.transforms import Augment, train_transform
+from segopt.data.datamodule import _worker_init, default_num_workers
+from segopt.data.files import DataError
+from segopt.data.transforms import Augment, Normalize, eval_transform, train_transform
 
 
 def _batches(seed: int, num_workers: int = 2, epochs: int = 2) -> list[dict]:
@@ -84,6 +87,28 @@ class _Threads(Dataset):
 def test_opencv_runs_single_threaded_inside_workers():
     loader = DataLoader(_Threads(), batch_size=None, num_workers=1, worker_init_fn=_worker_init)
     assert list(loader) == [1]
+
+
+class _BadMask(Dataset):
+    """One decoded pair whose mask holds 7, which is neither a class of 3 nor ignore_index."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((4, 4, 3), np.uint8), np.array([[0, 1, 7, 255]] * 4, np.uint8)
+
+
+def test_mask_value_outside_the_classes_stops_loading_naming_the_value():
+    dataset = TransformedDataset(_BadMask(), eval_transform(None, Normalize(), 3), check_mask=(3, 255))
+    with pytest.raises(DataError, match=r"^bad data: sample 0: after the transform the mask holds \[7\], which are "
+                       r"neither class ids \(0\.\.2\) nor ignore_index \(255\); check the data's num_classes"):
+        dataset[0]
+
+
+def test_every_split_of_the_datamodule_checks_its_masks():
+    dm = SegDataModule(SyntheticShapes(size=16, num_train=4, num_val=2), num_workers=0)
+    assert dm.dataset("train").check_mask == dm.dataset("val").check_mask == (5, 255)  # 5 shape classes
 
 
 def test_loader_settings():
@@ -211,3 +236,25 @@ def test_normalize_on_device_gives_the_same_batches_after_transfer():
     torch.testing.assert_close(moved["image"], reference["image"], atol=1e-5, rtol=0)
     assert torch.equal(moved["mask"], reference["mask"])
     assert dm.on_after_batch_transfer(reference, 0)["image"] is reference["image"]  # float batches untouched
+
+
+@pytest.mark.parametrize(("cores", "workers", "prefetch"), [(1, 1, 4), (2, 1, 4), (3, 2, 2), (16, 8, 2), (64, 8, 2)])
+def test_workers_and_prefetch_are_sized_from_the_cores(monkeypatch, cores: int, workers: int, prefetch: int):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_num_workers() == workers
+    dm = SegDataModule(SyntheticShapes(size=16, num_train=4, num_val=2))
+    loader = dm.train_dataloader()
+    assert (loader.num_workers, loader.prefetch_factor) == (workers, prefetch)
+    assert SegDataModule(SyntheticShapes(size=16, num_train=4, num_val=2), num_workers=0).train_dataloader().prefetch_factor is None
+
+
+def test_training_on_a_cuda_gpu_pins_batches_and_normalises_on_the_device():
+    dm = SegDataModule(SyntheticShapes(size=16, num_train=4, num_val=2), batch_size=2, num_workers=0)
+    dm.trainer = SimpleNamespace(accelerator=CUDAAccelerator())
+    assert dm.train_dataloader().pin_memory is True
+    assert dm.dataset("train")[0]["image"].dtype == torch.uint8
+    assert dm.dataset("val")[0]["image"].dtype == torch.float32  # evaluation batches stay float
+    cpu = SegDataModule(SyntheticShapes(size=16, num_train=4, num_val=2), batch_size=2, num_workers=0)
+    cpu.trainer = SimpleNamespace(accelerator=CPUAccelerator())
+    assert cpu.train_dataloader().pin_memory is False
+    assert cpu.dataset("train")[0]["image"].dtype == torch.float32

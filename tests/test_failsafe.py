@@ -90,10 +90,13 @@ class OutOfMemoryAt(pl.Callback):
 
 
 @pytest.mark.slow
-def test_loss_nan_for_patience_batches_stops_naming_the_step_and_keeps_checkpoints(in_tmp: Path) -> None:
+@pytest.mark.parametrize("log_every", [1, 50], ids=["read-every-batch", "read-at-epoch-end"])
+def test_loss_nan_for_patience_batches_stops_naming_the_step_and_keeps_checkpoints(in_tmp: Path, log_every: int) -> None:
+    # Losses are read back every log_every_n_steps batches; at 50 (longer than the run) the
+    # streak is found before the epoch-end checkpoint, which is then not written.
     nan = ["--trainer.callbacks+=tests.test_failsafe.NaNImages", "--trainer.callbacks.first=2", "--trainer.callbacks.last=99"]
     with pytest.raises(SystemExit) as exit_info:
-        _fit("--nonfinite_loss.patience=2", *nan)
+        _fit("--nonfinite_loss.patience=2", f"--trainer.log_every_n_steps={log_every}", *nan)
     assert isinstance(exit_info.value.__cause__, NonFiniteLossError)
     message = str(exit_info.value.code)
     assert message.startswith(
@@ -116,21 +119,23 @@ def test_checkpoint_with_nan_weights_is_refused_before_patience_runs_out(in_tmp:
     _checkpoints_unchanged()
 
 
-def _guard_sees(losses: list[float], patience: int) -> NonFiniteLossGuard:
+def _guard_sees(losses: list[float], patience: int, every: int = 1) -> tuple[NonFiniteLossGuard, SimpleNamespace]:
+    """Feed ``losses`` to a guard as batch ends of one epoch, read back every ``every`` batches."""
     guard = NonFiniteLossGuard(patience)
     trainer = SimpleNamespace(
-        global_step=0, current_epoch=0, world_size=1, global_rank=0, checkpoint_callbacks=[],
-        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
+        global_step=0, current_epoch=0, world_size=1, global_rank=0, checkpoint_callbacks=[], log_every_n_steps=every,
+        strategy=SimpleNamespace(reduce=lambda tensor, reduce_op: tensor),
     )
     for i, loss in enumerate(losses):
         trainer.global_step = i
         guard.on_train_batch_start(trainer, None, None, i)
         guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, i)
-    return guard
+    return guard, trainer
 
 
 def test_a_finite_loss_resets_the_count() -> None:
-    _guard_sees([math.nan, 1.0, math.nan, math.inf, 2.0, math.nan, math.nan], patience=3)  # no streak of 3
+    guard, trainer = _guard_sees([math.nan, 1.0, math.nan, math.inf, 2.0, math.nan, math.nan], patience=3)  # no streak of 3
+    guard.on_train_epoch_end(trainer, None)
 
 
 def test_nan_and_inf_both_count() -> None:
@@ -138,6 +143,23 @@ def test_nan_and_inf_both_count() -> None:
                        r"batches, the last at step 4 \(epoch 0, batch 4; the first at step 2\).*No checkpoint had been "
                        r"written yet\."):
         _guard_sees([1.0, 2.0, math.nan, math.inf, -math.inf], patience=3)
+
+
+def test_losses_are_read_back_on_the_logging_interval_naming_the_streak() -> None:
+    # Read back every 4 batches: the streak (steps 1-3) is found at the 4th batch end.
+    _guard_sees([1.0, math.nan, math.nan], patience=3, every=4)  # nothing read back yet
+    with pytest.raises(NonFiniteLossError, match=r"^train loss was non-finite \(nan, nan, nan\) for 3 consecutive "
+                       r"batches, the last at step 3 \(epoch 0, batch 3; the first at step 1\)"):
+        _guard_sees([1.0, math.nan, math.nan, math.nan], patience=3, every=4)
+    # A streak that spans two read-backs still counts as one.
+    with pytest.raises(NonFiniteLossError, match=r"the last at step 4 \(epoch 0, batch 4; the first at step 2\)"):
+        _guard_sees([1.0, 1.0, math.nan, math.nan, math.nan, 1.0], patience=3, every=3)
+
+
+def test_the_epoch_end_reads_back_what_the_interval_left() -> None:
+    guard, trainer = _guard_sees([1.0, math.nan, math.nan], patience=2, every=50)
+    with pytest.raises(NonFiniteLossError, match=r"for 2 consecutive batches, the last at step 2 \(epoch 0, batch 2"):
+        guard.on_train_epoch_end(trainer, None)
 
 
 def test_patience_below_one_is_refused() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import random
 from typing import Any
 
@@ -30,6 +32,15 @@ from segopt.data.transforms import (
 )
 
 
+def default_num_workers() -> int:
+    """Loader workers for this machine: one per usable CPU core less one for the main process, 1 to 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
 def _worker_init(worker_id: int) -> None:
     # OpenCV's own thread pool fights the loader workers for cores; one thread per worker.
     cv2.setNumThreads(0)
@@ -52,7 +63,11 @@ class SegDataModule(pl.LightningDataModule):
     Args:
         source: where samples come from; the built-in :class:`SyntheticShapes` by default.
         batch_size: images per training batch (evaluation uses the same).
-        num_workers: loader worker processes (0 loads in the main process).
+        num_workers: loader worker processes (0 loads in the main process); None (default)
+            sizes them from the machine: one per CPU core this process may use, less one for
+            the main process, at most 8 (:func:`default_num_workers`).
+        prefetch_factor: batches each worker loads ahead; None (default) keeps at least 4
+            batches in flight in all (2 per worker from 2 workers on).
         ignore_index: mask value excluded from loss and metrics; a source's void value
             and the fill of rotated-in pixels are mapped to it.
         augment: the training augmentation (the seed's recipe by default).
@@ -77,7 +92,8 @@ class SegDataModule(pl.LightningDataModule):
         normalize_on_device: training batches leave the workers as uint8 images and narrow
             masks (4x and 8x fewer bytes through shared memory and to the GPU); they are
             normalised and widened to int64 after the transfer to the device. Items of
-            ``dataset("train")`` are then uint8.
+            ``dataset("train")`` are then uint8. None (default) turns it on when training on
+            a CUDA GPU.
         predict_dir: a folder of images (any size) for ``predict``; None predicts the
             test split (or validation when there is none).
         predict_batch_size: images per prediction batch; images of different sizes in a
@@ -89,7 +105,7 @@ class SegDataModule(pl.LightningDataModule):
         self,
         source: SegSource | None = None,
         batch_size: int = 16,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         ignore_index: int = 255,
         augment: Augment | None = None,
         normalize: Normalize | None = None,
@@ -101,14 +117,16 @@ class SegDataModule(pl.LightningDataModule):
         cache: bool = False,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
-        normalize_on_device: bool = False,
+        prefetch_factor: int | None = None,
+        normalize_on_device: bool | None = None,
         predict_dir: str | None = None,
         predict_batch_size: int = 1,
     ) -> None:
         super().__init__()
         self.source = source if source is not None else SyntheticShapes()
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.prefetch_factor = prefetch_factor
         self.ignore_index = ignore_index
         self.augment = augment or Augment()
         self.normalize = normalize or Normalize()
@@ -127,6 +145,7 @@ class SegDataModule(pl.LightningDataModule):
         self.predict_dir = predict_dir
         self.predict_batch_size = predict_batch_size
         self._splits: dict[str, TransformedDataset] = {}
+        self._norm_stats: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -226,7 +245,8 @@ class SegDataModule(pl.LightningDataModule):
             samples = self.source.split(split, self.ignore_index)
             if self.cache:
                 samples = CachedSamples(samples)
-            check = None
+            hint = {}
+            on_device = self.normalizes_on_device()
             if split == "train":
                 # Seeded from torch's global seed so a fixed seed reproduces the augmentation
                 # in the main process; loader workers reseed it (see _worker_init).
@@ -239,15 +259,19 @@ class SegDataModule(pl.LightningDataModule):
                     mode=self.resize_mode,
                     pipeline=self.train_pipeline,
                     seed=torch.initial_seed() % 2**32,
-                    normalize=not self.normalize_on_device,
+                    normalize=not on_device,
                     rare_classes=self._rare_classes(samples),
                 )
                 if self.train_pipeline is not None:
-                    check = (self.num_classes, self.ignore_index)
+                    hint["mask_hint"] = (
+                        f"in the pipeline file give every padding/rotation fill_mask: {self.ignore_index} "
+                        "and mask_interpolation: 0 (nearest)"
+                    )
             else:
                 transform = eval_transform(self.eval_size, self.normalize, self.in_channels, self.full_res_masks)
-            widen = not (split == "train" and self.normalize_on_device)
-            self._splits[split] = TransformedDataset(samples, transform, check_mask=check, widen_mask=widen)
+            widen = not (split == "train" and on_device)
+            check = (self.num_classes, self.ignore_index)
+            self._splits[split] = TransformedDataset(samples, transform, check_mask=check, widen_mask=widen, **hint)
         return self._splits[split]
 
     def decoded(self, split: str) -> Dataset:
@@ -255,11 +279,24 @@ class SegDataModule(pl.LightningDataModule):
         transform (from the cache when ``cache`` is on): what class weights and the overlays read."""
         return self.dataset(split).samples
 
+    def _on_cuda(self) -> bool:
+        return self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
+
+    def normalizes_on_device(self) -> bool:
+        """Whether training batches leave the workers as uint8 (``normalize_on_device``, or a CUDA run)."""
+        return self._on_cuda() if self.normalize_on_device is None else self.normalize_on_device
+
     def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images ``[B,C,H,W]`` → float, scaled to [0, 1] and normalised, on their device."""
         c = images.shape[1]
-        mean = torch.tensor(self.normalize.mean[:c], device=images.device).view(1, c, 1, 1)
-        std = torch.tensor(self.normalize.std[:c], device=images.device).view(1, c, 1, 1)
+        key = (images.device, c)
+        if key not in self._norm_stats:
+            # Made once per device: building them from Python numbers copies host→device, and a
+            # copy from ordinary (unpinned) memory makes the host wait for the GPU, every step.
+            mean = torch.tensor(self.normalize.mean[:c], device=images.device).view(1, c, 1, 1)
+            std = torch.tensor(self.normalize.std[:c], device=images.device).view(1, c, 1, 1)
+            self._norm_stats[key] = (mean, std)
+        mean, std = self._norm_stats[key]
         return (images.float() / 255.0 - mean) / std
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -272,9 +309,8 @@ class SegDataModule(pl.LightningDataModule):
         return batch
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        pin = self.pin_memory
-        if pin is None:
-            pin = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
+        # Pinned batches let Lightning's host→GPU copy run asynchronously (non_blocking).
+        pin = self._on_cuda() if self.pin_memory is None else self.pin_memory
         dataset = self.dataset(split)
         return DataLoader(
             dataset,
@@ -285,7 +321,15 @@ class SegDataModule(pl.LightningDataModule):
             pin_memory=pin,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             worker_init_fn=_worker_init,
+            prefetch_factor=self._prefetch(),
         )
+
+    def _prefetch(self) -> int | None:
+        if self.num_workers == 0:
+            return None  # the DataLoader refuses a prefetch factor without workers
+        if self.prefetch_factor is not None:
+            return self.prefetch_factor
+        return max(2, math.ceil(4 / self.num_workers))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -307,6 +351,7 @@ class SegDataModule(pl.LightningDataModule):
                 num_workers=self.num_workers,
                 collate_fn=collate_predict,
                 worker_init_fn=_worker_init,
+                prefetch_factor=self._prefetch(),
             )
         return self._loader("test" if self.source.has_split("test") else "val", shuffle=False)
 

@@ -94,7 +94,9 @@ class TransformedDataset(Dataset):
         samples: decoded ``(image, mask)`` pairs.
         transform: called as ``transform(image=, mask=)``.
         check_mask: ``(num_classes, ignore_index)`` to verify every transformed mask holds
-            only class ids or ``ignore_index`` (used for user-supplied pipelines).
+            only class ids or ``ignore_index``; here, in the loader workers, rather than in
+            the loss, where it would make the host wait for the device at every step.
+        mask_hint: what to change when a mask fails that check.
         widen_mask: return the mask as int64; False keeps its decoded dtype (uint8 for most
             data sets) so batches are smaller until the datamodule widens them on the device.
     """
@@ -105,11 +107,13 @@ class TransformedDataset(Dataset):
         transform: Callable[..., dict[str, Any]],
         check_mask: tuple[int, int] | None = None,
         widen_mask: bool = True,
+        mask_hint: str = "check the data's num_classes and mask decoding, or map those values to ignore_index",
     ) -> None:
         self.samples = samples
         self.transform = transform
         self.check_mask = check_mask
         self.widen_mask = widen_mask
+        self.mask_hint = mask_hint
 
     def __len__(self) -> int:
         return len(self.samples)  # type: ignore[arg-type]
@@ -135,7 +139,6 @@ class TransformedDataset(Dataset):
         values = invalid_mask_values(mask, num_classes, ignore_index)[:6]
         if values:
             raise DataError(
-                f"sample {index}: after the training pipeline the mask holds {values}, which are neither class "
-                f"ids (0..{num_classes - 1}) nor ignore_index ({ignore_index}); in the pipeline file give every "
-                f"padding/rotation fill_mask: {ignore_index} and mask_interpolation: 0 (nearest)"
+                f"sample {index}: after the transform the mask holds {values}, which are neither class "
+                f"ids (0..{num_classes - 1}) nor ignore_index ({ignore_index}); {self.mask_hint}"
             )
