@@ -1,18 +1,22 @@
 """Loader throughput on CamVid with the training augmentation, against a bare Python loop.
 
-    python scripts/bench_data.py [--images 64] [--repeats 3] [--workers 1 2]
+    python scripts/bench_data.py [--images 64] [--repeats 3] [--workers 1 2] [--no-cache]
 
 The bare loop does exactly the per-sample work of a loader worker (segopt's decoders, the
-CamVid config's training pipeline, the mask as a tensor) in one process; the loader runs
-the same work through ``SegDataModule``'s loader settings (persistent workers,
-single-threaded OpenCV, seeded workers, shuffled batches of 16 as in configs/amp.yaml),
-without and with the
-in-memory cache. Two batch formats are measured, each against its own bare loop:
+CamVid config's training pipeline, the mask check, the mask as a tensor) in one process;
+the loader runs the same work through ``SegDataModule``'s loader settings (persistent
+workers, single-threaded OpenCV, seeded workers, prefetch, shuffled batches of 16 as in
+configs/amp.yaml), without and with the in-memory cache. Two batch formats are measured,
+each against its own bare loop:
 
-- float (default): normalised float32 images and int64 masks leave the workers;
-- uint8 (``normalize_on_device: true``): uint8 images and masks leave the workers and are
-  normalised/widened on the device after the transfer (not part of the per-image work
+- float (default on a CPU): normalised float32 images leave the workers;
+- uint8 (``normalize_on_device``, default on a CUDA GPU): uint8 images leave the workers
+  and are normalised on the device after the transfer (not part of the per-image work
   in either loop).
+
+Masks leave the workers narrow (uint8) in both. Where the loader's extra time goes is
+measured in one process, per image: the per-sample work, stacking a batch in ordinary
+memory, and stacking it into fresh shared memory as a worker's collation does.
 
 Throughput is images/s per worker over a whole epoch after a warm-up epoch (workers
 started, files in the page cache), two ways: per CPU second of the worker processes
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -36,6 +41,7 @@ import cv2
 import torch
 from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
 from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data._utils.collate import default_collate
 
 from segopt.data import CachedSamples, IndexMask, PairedFolder, TransformedDataset
 from segopt.data.datamodule import _worker_init
@@ -46,14 +52,37 @@ PROJECT = Path(__file__).resolve().parents[1]
 CAMVID = PROJECT / resolve_data_path("data/camvid")  # configs/data/camvid.yaml's root
 TRAIN_SIZE = (256, 256)  # configs/data/camvid.yaml: random 256x256 crops
 BATCH = 16  # configs/amp.yaml: batch_size 16
-#: batch format → (normalise in the pipeline, widen the mask to int64 in the worker)
+NUM_CLASSES = 11
+#: batch format → whether the images are normalised in the pipeline (in the workers)
 FORMATS = {"float": True, "uint8": False}
 
 
 def _dataset(samples: Dataset, fmt: str) -> TransformedDataset:
-    on_worker = FORMATS[fmt]
-    pipeline = train_transform(Augment(), 255, TRAIN_SIZE, mode="crop", seed=0, normalize=on_worker)
-    return TransformedDataset(samples, pipeline, widen_mask=on_worker)
+    """The training dataset as ``SegDataModule.dataset("train")`` builds it for ``fmt``."""
+    pipeline = train_transform(Augment(), 255, TRAIN_SIZE, mode="crop", seed=0, normalize=FORMATS[fmt])
+    return TransformedDataset(samples, pipeline, check_mask=(NUM_CLASSES, 255), widen_mask=False)
+
+
+def breakdown(samples: Dataset, count: int, fmt: str) -> dict[str, float]:
+    """CPU ms per image in one process: per-sample work, stacking batches, stacking into fresh shared memory."""
+    dataset = _dataset(samples, fmt)
+    cpu = time.process_time()
+    items = [dataset[i] for i in range(count)]
+    work = time.process_time() - cpu
+    batches = [items[b : b + BATCH] for b in range(0, count, BATCH)]
+    cpu = time.process_time()
+    for batch in batches:
+        default_collate(batch)
+    stack = time.process_time() - cpu
+    cpu = time.process_time()
+    for batch in batches:
+        for key in ("image", "mask"):
+            # What default_collate does inside a worker: a new shared-memory block per batch.
+            elems = [item[key] for item in batch]
+            storage = elems[0]._typed_storage()._new_shared(sum(e.numel() for e in elems), device=elems[0].device)
+            torch.stack(elems, 0, out=elems[0].new(storage).resize_(len(elems), *elems[0].shape))
+    shared = time.process_time() - cpu
+    return {"sample_ms": 1000 * work / count, "stack_ms": 1000 * stack / count, "stack_shared_ms": 1000 * shared / count}
 
 
 def _children_cpu_s() -> float:
@@ -85,6 +114,7 @@ def loader_rate(samples: Dataset, fmt: str, workers: int) -> dict[str, float]:
         num_workers=workers,
         persistent_workers=True,
         worker_init_fn=_worker_init,
+        prefetch_factor=max(2, math.ceil(4 / workers)),  # as SegDataModule sizes it
     )
     for _ in loader:  # warm-up epoch: start the workers
         pass
@@ -102,6 +132,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="CamVid training images per epoch")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of every setting")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--no-cache", action="store_true", help="leave out the in-memory cache settings")
+    parser.add_argument("--note", default="", help="the conditions of the run, written into the results")
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench_data")
     args = parser.parse_args()
     if not CAMVID.is_dir():
@@ -120,16 +152,21 @@ def main() -> None:
     cached = CachedSamples(decoded)
     cache_fill_s = time.perf_counter() - start
 
-    settings = [(fmt, w, c) for fmt in FORMATS for w in args.workers for c in (False, True)]
+    caches = (False,) if args.no_cache else (False, True)
     runs: dict[str, list[dict[str, float]]] = {}
+    parts: dict[str, list[dict[str, float]]] = {fmt: [] for fmt in FORMATS}
     load_before = os.getloadavg()
     for _ in range(args.repeats):
+        # Each loader setting right after its bare loop, so that load changes hit both alike.
         for fmt in FORMATS:
-            runs.setdefault(f"{fmt}/bare", []).append(bare_loop(decoded, args.images, fmt))
-        for fmt, w, c in settings:
-            key = f"{fmt}/w{w}" + ("/cache" if c else "")
-            runs.setdefault(key, []).append(loader_rate(cached if c else decoded, fmt, w))
+            for w in args.workers:
+                for c in caches:
+                    runs.setdefault(f"{fmt}/bare", []).append(bare_loop(decoded, args.images, fmt))
+                    key = f"{fmt}/w{w}" + ("/cache" if c else "")
+                    runs.setdefault(key, []).append(loader_rate(cached if c else decoded, fmt, w))
+            parts[fmt].append(breakdown(decoded, args.images, fmt))
     load_after = os.getloadavg()
+    where = {fmt: {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]} for fmt, rs in parts.items()}
 
     # CPU-time rates barely move with the machine's load: their median. Wall-clock rates
     # do: the best run, the one least slowed by other work.
@@ -140,7 +177,8 @@ def main() -> None:
     result = {
         "script": "scripts/bench_data.py",
         "command": f"python scripts/bench_data.py --images {args.images} --repeats {args.repeats} "
-        f"--workers {' '.join(map(str, args.workers))}",
+        f"--workers {' '.join(map(str, args.workers))}" + (" --no-cache" if args.no_cache else ""),
+        "conditions": args.note or "not stated",
         "data": f"CamVid train, first {args.images} images (480x360 RGB PNG)",
         "pipeline": f"random crop {TRAIN_SIZE[0]}x{TRAIN_SIZE[1]}, hflip 0.5, rotate ±15, shear 10, colour jitter 0.2, "
         "then (float format) ImageNet normalise; to tensor",
@@ -160,6 +198,10 @@ def main() -> None:
         "images_per_wall_s_per_worker": {k: round(v, 1) for k, v in wall.items()},
         "ratio_to_bare_wall": {k: round(wall[k] / wall[base[k]], 2) for k in runs if not k.endswith("bare")},
         "main_process_cpu_ms_per_image": {k: round(v, 2) for k, v in main_ms.items()},
+        "worker_extra_cpu_ms_per_image": {
+            k: round(1000 / cpu[k] - 1000 / cpu[base[k]], 3) for k in runs if not k.endswith("bare") and "cache" not in k
+        },
+        "where_the_time_goes_cpu_ms_per_image": where,
         "all_runs": {k: [{m: round(x, 2) for m, x in r.items()} for r in v] for k, v in runs.items()},
         "targets": {"loader_vs_bare": 0.95, "cached_loader_vs_bare": 1.8},
     }
@@ -192,9 +234,22 @@ def main() -> None:
             "",
             f"- Data: {result['data']}; shuffled batches of {BATCH}, persistent workers, OpenCV single-threaded, "
             "torch 1 thread.",
-            f"- Pipeline: {result['pipeline']}. float: normalised float32 images + int64 masks leave the workers "
-            "(default); uint8: uint8 images + masks leave them and are normalised on the device "
-            "(`normalize_on_device: true`). Each format is compared with a bare loop doing its own per-image work.",
+            f"- Pipeline: {result['pipeline']}. float: normalised float32 images leave the workers (default on a "
+            "CPU); uint8: uint8 images leave them and are normalised on the device (`normalize_on_device`, default "
+            "on a CUDA GPU). Masks leave them as uint8 in both and are widened after the transfer. Each format is "
+            "compared with a bare loop doing its own per-image work; each loader run follows a bare-loop run.",
+            "Where the loader's time goes, CPU ms per image, measured in one process (median of the repeats):",
+            "",
+            "| batches | per-sample work (decode, augment, check, to tensor) | stack batches of "
+            f"{BATCH} | stack into fresh shared memory (a worker's collation) | loader worker's extra over the bare loop, 1 worker |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *[
+                f"| {fmt} | {w['sample_ms']:.3f} | {w['stack_ms']:.3f} | {w['stack_shared_ms']:.3f} | "
+                + (f"{1000 / cpu[f'{fmt}/w1'] - 1000 / cpu[f'{fmt}/bare']:.3f} |" if f"{fmt}/w1" in cpu else "— |")
+                for fmt, w in where.items()
+            ],
+            "",
+            f"- Conditions: {result['conditions']}.",
             "- Targets: ≥ 0.95x the bare loop without cache, ≥ 1.8x with cache. Cache fill (decode "
             f"{args.images} pairs up front, threads): {cache_fill_s:.2f} s, not in the rates.",
             "- images / CPU-s: images per CPU second of the worker processes (bare loop: of the process), "

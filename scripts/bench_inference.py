@@ -1,23 +1,35 @@
-"""Measure what test-time augmentation and sliding-window inference change on a validation set.
+"""Inference: what TTA and sliding windows change on a validation set, or prediction throughput.
 
     python scripts/bench_inference.py --config configs/amp.yaml --config configs/data/membrane.yaml \
         --ckpt_path runs/amp/version_0/checkpoints/last.ckpt --tile 256 --out results/inference_membrane.md
+    python scripts/bench_inference.py --config configs/amp.yaml --config configs/data/membrane.yaml \
+        --folder data/membrane/test --out results/inference_throughput.md
 
-Validates one checkpoint once per inference setting (plain, flips, scales, tiles) with the
-config's data and precision, and writes val mIoU, Dice, accuracy and wall time per setting
-to a Markdown table (and the same rows as JSON beside it).
+Without ``--folder``: validates one checkpoint once per inference setting (plain, flips,
+scales, tiles) with the config's data and precision, and writes val mIoU, Dice, accuracy and
+wall time per setting to a Markdown table (and the same rows as JSON beside it).
+
+With ``--folder``: images per second of ``predict`` on that folder (decode, normalise,
+network, argmax at the original size, write the mask PNG; no overlays) through segopt's
+Trainer and PredictionWriter, against a bare loop doing the same work with OpenCV and the
+same network, run alternately ``--repeats`` times so that other load hits both alike; then
+the exported ONNX graph in ONNX Runtime against the same torch network on the same inputs
+(network only). ``--ckpt_path`` is optional there: throughput does not depend on weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
+import cv2
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
 from segopt.from_config import build_from_config, load_weights
@@ -44,11 +56,18 @@ def _device() -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", type=Path, required=True, help="checkpoint (.ckpt) to validate")
+    parser.add_argument("--ckpt_path", type=Path, help="checkpoint (.ckpt); required without --folder")
+    parser.add_argument("--folder", type=Path, help="measure prediction throughput on the images of this folder")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each arm (--folder)")
+    parser.add_argument("--images", type=int, default=0, help="use only the first N images of --folder (0: all)")
     parser.add_argument("--tile", type=int, default=256, help="sliding-window tile side in pixels")
     parser.add_argument("--out", "--output", dest="out", type=Path, required=True, help="Markdown file to write (.json beside it)")
     parser.add_argument("--note", default="", help="how the checkpoint was trained, copied into the report")
     args, cli_args = parser.parse_known_args(argv)
+    if args.folder is not None:
+        return throughput(args, cli_args)
+    if args.ckpt_path is None:
+        parser.error("--ckpt_path is required without --folder")
 
     cli = build_from_config(cli_args)
     try:
@@ -98,6 +117,187 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"wrote {args.out}")
     return rows
+
+
+# -- prediction throughput ------------------------------------------------------------------
+
+
+def _bare_predict(net: torch.nn.Module, paths: list[Path], out: Path, in_channels: int, normalize, precision: str) -> None:  # noqa: ANN001
+    """Read, normalise, pad, run the network, argmax, crop, write: the per-image work of predict, by hand."""
+    from bench_common import autocast
+
+    mean = np.asarray(normalize.mean[:in_channels], np.float32) * 255
+    std = np.asarray(normalize.std[:in_channels], np.float32) * 255
+    for path in paths:
+        flag = cv2.IMREAD_GRAYSCALE if in_channels == 1 else cv2.IMREAD_COLOR_RGB
+        image = cv2.imread(str(path), flag)
+        image = image[..., None] if image.ndim == 2 else image
+        x = torch.from_numpy(((image.astype(np.float32) - mean) / std).transpose(2, 0, 1))[None]
+        h, w = x.shape[-2:]
+        x = torch.nn.functional.pad(x, (0, (-w) % 32, 0, (-h) % 32), mode="replicate")
+        with torch.inference_mode(), autocast("cpu", precision):
+            ids = net(x)[0, :, :h, :w].argmax(0)
+        cv2.imwrite(str(out / f"{path.stem}.png"), ids.numpy().astype(np.uint8))
+
+
+def _segopt_predict(cli, folder: Path, out: Path, precision: str) -> None:  # noqa: ANN001
+    from segopt.predict import PredictionWriter
+
+    cli.datamodule.predict_dir = str(folder)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[PredictionWriter(str(out), overlay=False)],
+    )  # fmt: skip
+    trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+
+
+def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
+    """Images/s of segopt's predict against a bare loop, and ONNX Runtime against torch."""
+    import shutil
+    import statistics
+    import tempfile
+
+    from bench_common import cpu_name
+
+    from segopt.data.files import EXTENSIONS
+    from segopt.export import PaddedModel, export_onnx
+
+    cli = build_from_config([*cli_args, "--trainer.accelerator=cpu"])
+    if args.ckpt_path is not None:
+        load_weights(cli.model, args.ckpt_path)
+    model = cli.model.eval()
+    # Lightning runs 16-mixed as bf16-mixed on a CPU; the bare loop runs what Lightning runs.
+    precision = "bf16-mixed" if str(cli.trainer.precision) == "16-mixed" else str(cli.trainer.precision)
+    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+    paths = paths[: args.images] if args.images else paths
+    scratch = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+    folder = scratch / "in"
+    folder.mkdir()
+    for p in paths:
+        shutil.copy(p, folder / p.name)
+    arms = {
+        "segopt predict (Trainer, PredictionWriter)": lambda out: _segopt_predict(cli, folder, out, precision),
+        "bare loop (OpenCV + network)": lambda out: _bare_predict(
+            model.net, sorted(folder.iterdir()), out, cli.datamodule.in_channels, cli.datamodule.normalize, precision
+        ),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in arms}
+    load = [os.getloadavg()[0]]
+    for repeat in range(args.repeats + 1):  # the first round warms up (page cache, allocator) and is not counted
+        for index, (name, arm) in enumerate(arms.items()):
+            out = scratch / f"out_{repeat}_{index}"
+            out.mkdir()
+            start = time.perf_counter()
+            arm(out)
+            if repeat:
+                seconds[name].append(time.perf_counter() - start)
+            assert len(list(out.glob("*.png"))) == len(paths), f"{name} wrote {len(list(out.glob('*.png')))} masks"
+    # The two arms do the same work: their masks must agree (up to argmax ties of softmax vs logits).
+    same = total = 0
+    for mask in (scratch / f"out_{args.repeats}_0").glob("*.png"):
+        ours, bare = (cv2.imread(str(scratch / f"out_{args.repeats}_{i}" / mask.name), cv2.IMREAD_UNCHANGED) for i in (0, 1))
+        same, total = same + int((ours == bare).sum()), total + ours.size
+    load.append(os.getloadavg()[0])
+    rates = {name: len(paths) / statistics.median(s) for name, s in seconds.items()}
+    names = list(arms)
+
+    # ONNX Runtime against torch, network only, on the same normalised images.
+    onnx_rows = []
+    try:
+        import onnxruntime as ort
+
+        onnx_path = export_onnx(model.net, scratch / "model.onnx", cli.datamodule.in_channels)
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        wrapper = PaddedModel(model.net, 32).eval()
+        c = cli.datamodule.in_channels
+        h, w = cv2.imread(str(paths[0]), cv2.IMREAD_UNCHANGED).shape[:2]
+        x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))
+        engines = {
+            "torch (float32)": lambda: wrapper(x),
+            "ONNX Runtime (float32, CPUExecutionProvider)": lambda: session.run(["logits"], {"image": x.numpy()}),
+        }
+        times: dict[str, list[float]] = {k: [] for k in engines}
+        with torch.inference_mode():
+            for i in range(len(paths) + 1):
+                for k, run in engines.items():
+                    start = time.perf_counter()
+                    run()
+                    if i:
+                        times[k].append(time.perf_counter() - start)
+        for k, t in times.items():
+            onnx_rows.append({"engine": k, "images_per_s": round(1 / statistics.median(t), 2)})
+        onnx_rows[1]["vs_torch"] = round(onnx_rows[1]["images_per_s"] / onnx_rows[0]["images_per_s"], 2)
+        onnx_note = f"{len(paths)} passes each of one {h}x{w} image, alternating, median"
+    except ImportError as err:
+        onnx_note = f"not measured: {err}"
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    ratio = rates[names[0]] / rates[names[1]]
+    command = "python scripts/bench_inference.py " + " ".join(
+        [*cli_args, f"--folder {args.folder}", f"--repeats {args.repeats}"]
+        + ([f"--images {args.images}"] if args.images else [])
+        + ([f"--ckpt_path {args.ckpt_path}"] if args.ckpt_path else [])
+        + [f"--out {args.out}"]
+    )
+    payload = {
+        "script": "scripts/bench_inference.py",
+        "command": command,
+        "hardware": f"{cpu_name()}, {os.cpu_count()} logical cores, shared with other jobs while measured",
+        "torch_threads": torch.get_num_threads(),
+        "precision": precision,
+        "images": len(paths),
+        "image_size": list(cv2.imread(str(paths[0]), cv2.IMREAD_UNCHANGED).shape[:2]),
+        "data_num_workers": cli.datamodule.num_workers,
+        "load_average_1min": [round(v, 2) for v in load],
+        "seconds": {k: [round(v, 3) for v in s] for k, s in seconds.items()},
+        "images_per_s": {k: round(v, 2) for k, v in rates.items()},
+        "segopt_vs_bare": round(ratio, 3),
+        "masks_agree_pixel_fraction": round(same / total, 6),
+        "target": 0.9,
+        "onnx": onnx_rows,
+        "onnx_note": onnx_note,
+        "torch": torch.__version__,
+    }
+    lines = [
+        "# Prediction throughput on a folder",
+        "",
+        f"`{command}`",
+        "",
+        "| loop | images / s (median of runs) | × bare loop |",
+        "| --- | ---: | ---: |",
+        *[f"| {k} | {rates[k]:.2f} | {rates[k] / rates[names[1]]:.2f} |" for k in names],
+        "",
+        f"- segopt / bare: **{ratio:.2f}x** (target ≥ 0.9x). The two loops' masks agree on "
+        f"{100 * same / total:.3f} % of pixels.",
+        f"- Work per image in both loops: decode {payload['image_size'][0]}x{payload['image_size'][1]} from "
+        f"{args.folder.name}/ ({len(paths)} images), normalise, edge-pad to 32, network at {precision}, argmax at "
+        "the original size, write the mask PNG (no overlays). segopt: `trainer.predict` with the config's data "
+        f"module ({cli.datamodule.num_workers} loader worker(s)) and `PredictionWriter(overlay=False)`, a new Trainer "
+        "per run, timed whole (setup and worker start included); bare: a Python loop with OpenCV and the same "
+        "network. Alternating arms, one warm-up round not counted, "
+        f"{args.repeats} counted runs each; all runs in the JSON.",
+        f"- Hardware: {payload['hardware']}; torch {torch.__version__}, {torch.get_num_threads()} torch thread(s); "
+        f"1-min load average {load[0]:.2f} before, {load[1]:.2f} after.",
+        "",
+        "## ONNX Runtime against torch (network only)",
+        "",
+    ]
+    if onnx_rows:
+        lines += [
+            "| engine | images / s | × torch |",
+            "| --- | ---: | ---: |",
+            *[f"| {r['engine']} | {r['images_per_s']} | {r.get('vs_torch', 1.0)} |" for r in onnx_rows],
+            "",
+            f"- The exported graph (`segopt.export.export_onnx`, edge-pad + network + crop) and `PaddedModel` in "
+            f"torch: {onnx_note}.",
+        ]
+    else:
+        lines.append(f"- {onnx_note}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    print("\n".join(lines))
+    return payload
 
 
 if __name__ == "__main__":

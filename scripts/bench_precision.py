@@ -108,15 +108,13 @@ def _reset_peak_rss() -> None:
         pass  # the peak then counts from process start (ru_maxrss), still per precision
 
 
-def train_once(cli_args: list[str], compile_net: bool) -> dict[str, Any]:
+def train_once(cli_args: list[str]) -> dict[str, Any]:
     """Fit once with ``cli_args`` (configs and flags as for ``segopt.cli``), then validate; the figures."""
     from segopt.from_config import build_from_config
 
     cli = build_from_config(cli_args)
     timer = EpochTimer()
     cli.trainer.callbacks.append(timer)
-    if compile_net:
-        cli.model.net = torch.compile(cli.model.net)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     if cli.trainer.interrupted:
         raise SystemExit("error: training was interrupted; no figures written")
@@ -231,7 +229,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-epochs", type=int, default=1, help="first epochs left out of the steady-state figures")
     parser.add_argument("--repeats", type=int, default=1, help="fresh runs per precision, run round-robin; medians reported")
     parser.add_argument("--channels-last", action="store_true", help="model.channels_last: true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument("--compile", action="store_true", help="model.compile: true (torch.compile on the backbone)")
     parser.add_argument(
         "--threads", type=int, help="torch threads per run (default: torch's own); 1 avoids OpenMP stalls on cores other jobs share"
     )
@@ -244,8 +242,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def child_command(args: argparse.Namespace, precision: str, result: Path) -> list[str]:
     """The command that trains once under ``precision`` in a fresh process."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(result)]
-    if args.compile:
-        cmd.append("--compile")
     if args.threads:
         cmd.append(f"--threads={args.threads}")
     return cmd + ["--", *cli_args(args, precision)]
@@ -264,6 +260,8 @@ def cli_args(args: argparse.Namespace, precision: str) -> list[str]:
     ]
     if args.channels_last:
         out.append("--model.channels_last=true")
+    if args.compile:
+        out.append("--model.compile=true")
     return out + list(args.extra) + [f"--trainer.precision={precision}"]
 
 
@@ -272,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        result = train_once(list(args.extra), args.compile)
+        result = train_once(list(args.extra))
         Path(args.child).write_text(json.dumps(result) + "\n")
         return result
     if args.epochs <= args.warmup_epochs:

@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from segopt.callbacks import EncoderFreeze
 from segopt.class_weights import DataWeighted, compute_class_weights
+from segopt.compiling import CompileMode, compile_backbone
 from segopt.data.datamodule import SegDataModule
 from segopt.inference import TTA, SlidingWindow, masks_at_size, padded_logits, predict_probs
 from segopt.losses import CombinedLoss
@@ -54,6 +55,11 @@ class SegModule(pl.LightningModule):
             supervision); None weighs them equally.
         channels_last: run the backbone in channels-last memory format (weights and inputs),
             which convolution kernels on recent GPUs and CPUs often run faster.
+        compile: run the backbone through ``torch.compile`` (off by default) in ``fit``,
+            ``validate``, ``test`` and ``predict``; the first steps then take longer while
+            it compiles. Where this platform cannot compile, one line says why and the run
+            continues uncompiled. Checkpoints are the same either way.
+        compile_mode: the ``torch.compile`` mode (:data:`segopt.compiling.CompileMode`).
         tta: test-time augmentation for ``validate``, ``test`` and ``predict`` (off by default).
         sliding_window: tiling and padding for ``validate``, ``test`` and ``predict``; the
             validation inside ``fit`` uses only its ``pad_multiple``.
@@ -71,6 +77,8 @@ class SegModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = OneCycle,
         aux_weights: Sequence[float] | None = None,
         channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
         tta: TTA | None = None,
         sliding_window: SlidingWindow | None = None,
     ) -> None:
@@ -96,6 +104,10 @@ class SegModule(pl.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        # Not ``self.compile``: that would hide nn.Module.compile.
+        self.compile_net = compile
+        self.compile_mode = compile_mode
+        self._compile_done = False
         self.criterion = loss(num_classes, ignore_index)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -145,6 +157,18 @@ class SegModule(pl.LightningModule):
         """The validation confusion-matrix metric (rows: target, columns: prediction),
         accumulating during the epoch; callbacks read it in ``on_validation_epoch_end``."""
         return self.val_metrics["confmat"]  # type: ignore[return-value]
+
+    def configure_model(self) -> None:
+        """Compile the backbone in place when ``compile`` is on (once; Lightning calls this per run)."""
+        if not self.compile_net or self._compile_done:
+            return
+        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        problem = compile_backbone(self.net, self.compile_mode, device)
+        self._compile_done = True  # or skipped: either way, said once
+        if problem is not None:
+            rank_zero_info(
+                f"segopt: model.compile skipped, running uncompiled: torch.compile fails on {device.type} here ({problem})"
+            )
 
     def setup(self, stage: str) -> None:
         """Before fitting, give a :class:`~segopt.class_weights.DataWeighted` loss the class

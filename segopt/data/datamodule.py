@@ -89,11 +89,12 @@ class SegDataModule(pl.LightningDataModule):
         pin_memory: page-locked batches for faster host→GPU copies; None turns it on when
             training on a CUDA GPU.
         persistent_workers: keep loader workers alive between epochs.
-        normalize_on_device: training batches leave the workers as uint8 images and narrow
-            masks (4x and 8x fewer bytes through shared memory and to the GPU); they are
-            normalised and widened to int64 after the transfer to the device. Items of
-            ``dataset("train")`` are then uint8. None (default) turns it on when training on
-            a CUDA GPU.
+        normalize_on_device: training batches leave the workers as uint8 images (4x fewer
+            bytes through shared memory and to the GPU than float32), normalised after the
+            transfer to the device. Items of ``dataset("train")`` are then uint8. None
+            (default) turns it on when training on a CUDA GPU. Masks of every split always
+            leave the workers narrow (their decoded dtype, uint8 for up to 256 classes) and
+            are widened to int64 after the transfer.
         predict_dir: a folder of images (any size) for ``predict``; None predicts the
             test split (or validation when there is none).
         predict_batch_size: images per prediction batch; images of different sizes in a
@@ -269,9 +270,12 @@ class SegDataModule(pl.LightningDataModule):
                     )
             else:
                 transform = eval_transform(self.eval_size, self.normalize, self.in_channels, self.full_res_masks)
-            widen = not (split == "train" and on_device)
+            # Masks leave the workers narrow (uint8 for up to 256 classes: 8x fewer bytes to copy
+            # into shared memory and to the device) and are widened to int64 after the transfer.
             check = (self.num_classes, self.ignore_index)
-            self._splits[split] = TransformedDataset(samples, transform, check_mask=check, widen_mask=widen, **hint)
+            self._splits[split] = TransformedDataset(samples, transform, check_mask=check, widen_mask=False, **hint)
+            check = (self.num_classes, self.ignore_index)
+            self._splits[split] = TransformedDataset(samples, transform, check_mask=check, widen_mask=False, **hint)
         return self._splits[split]
 
     def decoded(self, split: str) -> Dataset:
@@ -300,7 +304,7 @@ class SegDataModule(pl.LightningDataModule):
         return (images.float() / 255.0 - mean) / std
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Only batches that left the workers narrow (normalize_on_device) are touched.
+        # Narrow masks (always) and uint8 images (normalize_on_device) are widened here, on the device.
         if isinstance(batch, dict):
             if isinstance(batch.get("image"), torch.Tensor) and batch["image"].dtype == torch.uint8:
                 batch["image"] = self.normalize_images(batch["image"])

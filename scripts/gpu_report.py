@@ -1,0 +1,247 @@
+"""Every GPU figure of segopt in one command, or the same steps as a CPU dry run.
+
+    python scripts/gpu_report.py             # on a CUDA machine: results/gpu_*.md/.json, under 8 minutes
+    python scripts/gpu_report.py --dry-run   # anywhere: the same steps on the CPU at toy sizes, under 2 minutes
+
+Steps, each an existing benchmark script run in its own process (so one failure leaves the
+others' figures), each written to its own ``gpu_<step>.md/.json`` under ``--out``:
+
+1. precision: the reference recipe on CamVid at 360x480 under 16-mixed, 32-true and
+   bf16-mixed (``bench_precision.py``): s/epoch, peak GPU memory, val mIoU after the same
+   epochs;
+2. layout: 16-mixed with channels_last and ``model.compile`` on and off (four runs of
+   ``bench_precision.py``): steady s/epoch and the first epoch, which holds the compile;
+3. resnet_vs_smp: segopt's ResNetUNet(resnet34) against segmentation_models_pytorch's
+   Unet at 16-mixed (``bench_smp.py``);
+4. loader: the training loader's throughput with the machine's default worker count
+   (``bench_data.py``);
+5. tests: the tests marked ``gpu`` (``pytest -m gpu``).
+
+Then ``gpu_report.md/.json`` gathers them with the card's name and each step's time.
+``--dry-run`` (automatic without a CUDA GPU) runs every step on the CPU at toy sizes
+(bf16-mixed for 16-mixed, a 2-level UNet at 64x80, a few batches) and writes
+``gpu_dryrun_*`` files instead, so the command is known to work before a GPU is lent.
+CamVid is read from ``data/camvid`` (or under ``SEGOPT_DATA_ROOT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+CONFIGS = ["--config", "configs/amp.yaml", "--config", "configs/data/camvid.yaml"]
+#: CamVid at its full 360x480, resized (no crops), decoded once.
+FULL_SIZE = ["--data.resize_mode=resize", "--data.train_size=[360,480]", "--data.eval_size=[360,480]", "--data.cache=true"]
+#: Dry run: a small UNet at 64x80 on a few batches, validated on two.
+TOY = [
+    "--data.resize_mode=resize", "--data.train_size=[64,80]", "--data.eval_size=[64,80]", "--data.batch_size=4",
+    "--model.backbone.init_args.base_channels=8", "--model.backbone.init_args.depth=2", "--trainer.limit_val_batches=2",
+]  # fmt: skip
+LAYOUTS = [(cl, comp) for comp in (False, True) for cl in (False, True)]
+
+
+def _python(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(SCRIPTS / script), *args]
+
+
+def steps(out: Path, dry: bool) -> dict[str, list[list[str]]]:
+    """The commands of each step (most steps are one command; layout is four)."""
+    half = "bf16-mixed" if dry else "16-mixed"
+    sizes = TOY if dry else FULL_SIZE
+    epochs = ["--epochs", "2", "--steps", "2"] if dry else ["--epochs", "4", "--steps", "22"]
+    threads = ["--threads", "1"] if dry else []
+    precisions = ["32-true", "bf16-mixed"] if dry else ["32-true", "16-mixed", "bf16-mixed"]
+    layout = []
+    for cl, comp in LAYOUTS:
+        flags = [*(["--channels-last"] if cl else []), *(["--compile"] if comp else [])]
+        stem = out / "layout_runs" / f"{_layout_name(cl, comp)}"
+        layout.append(
+            _python("bench_precision.py", *CONFIGS, "--precisions", half, *epochs, *threads, *flags, "--out", str(stem), "--", *sizes)
+        )
+    from segopt.data.datamodule import default_num_workers
+
+    workers = "1" if dry else str(default_num_workers())
+    smp = ["--device", "cpu", "--precision", half, "--batch", "1", "--size", "64", "--reps", "1", "--warmup", "0"]
+    if not dry:
+        smp = ["--device", "cuda", "--precision", half, "--batch", "16", "--size", "512", "--reps", "10", "--warmup", "3"]
+    return {
+        "precision": [
+            _python("bench_precision.py", *CONFIGS, "--precisions", *precisions, *epochs, *threads, "--out", str(out / "precision"),
+                    "--", *sizes)
+        ],  # fmt: skip
+        "layout": layout,
+        "resnet_vs_smp": [_python("bench_smp.py", *smp, "--channels-last", "--out", str(out / "resnet_vs_smp"))],
+        "loader": [
+            _python("bench_data.py", "--images", "16" if dry else "160", "--repeats", "1", "--workers", workers,
+                    "--out", str(out / "loader"))
+        ],  # fmt: skip
+        "tests": [[sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")]],
+    }
+
+
+def _layout_name(channels_last: bool, compiled: bool) -> str:
+    return f"channels_last-{'on' if channels_last else 'off'}_compile-{'on' if compiled else 'off'}"
+
+
+def run_step(name: str, commands: list[list[str]], log: Path, timeout: float) -> dict[str, Any]:
+    """Run the commands of one step, logging their output; what happened and how long it took."""
+    start = time.perf_counter()
+    status, tail = "ok", ""
+    with log.open("w") as handle:
+        for command in commands:
+            handle.write("$ " + " ".join(command) + "\n")
+            handle.flush()
+            left = timeout - (time.perf_counter() - start)
+            try:
+                done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=max(left, 1))
+            except subprocess.TimeoutExpired:
+                status = f"timed out after {timeout:.0f} s"
+                break
+            # pytest exits 5 when no test is marked gpu: nothing to run is not a failure.
+            if done.returncode != 0 and not (name == "tests" and done.returncode == 5):
+                status = f"failed (exit {done.returncode})"
+                break
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    tail = lines[-1] if lines else ""
+    return {"step": name, "status": status, "seconds": round(time.perf_counter() - start, 1), "last_line": tail}
+
+
+def layout_table(out: Path) -> list[dict[str, Any]]:
+    """One row per channels_last x compile run, from the JSON each wrote."""
+    rows = []
+    for cl, comp in LAYOUTS:
+        path = out / "layout_runs" / f"{_layout_name(cl, comp)}.json"
+        if not path.is_file():
+            continue
+        row = json.loads(path.read_text())["rows"][0]
+        rows.append(
+            {
+                "channels_last": cl,
+                "compile": comp,
+                "precision_ran": row["precision_ran"],
+                "epoch_s": row["epoch_s"],
+                "images_per_s": row["images_per_s"],
+                "first_epoch_s": row["first_epoch_s"],
+                "peak_memory_mib": row["peak_memory_mib"],
+                "val_mIoU": row["val_mIoU"],
+            }
+        )
+    return rows
+
+
+def device_name(dry: bool) -> str:
+    if not dry:
+        return torch.cuda.get_device_name(0)
+    from bench_common import cpu_name
+
+    return f"CPU dry run: {cpu_name()}, {os.cpu_count()} logical cores"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="CPU, toy sizes (automatic without a CUDA GPU)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results", help="folder for the gpu_*.md/.json files")
+    parser.add_argument("--budget", type=float, help="seconds for all steps (default 450 on a GPU, 110 dry)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    dry = args.dry_run or not torch.cuda.is_available()
+    prefix = "gpu_dryrun_" if dry else "gpu_"
+    budget = args.budget or (110.0 if dry else 450.0)
+    # Step outputs go to <out>/<prefix><step>.*; the scratch (logs, per-run files) beside them.
+    work = args.out / f"{prefix}work"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "layout_runs").mkdir(exist_ok=True)
+    plan = steps(work, dry)
+    # Share of the budget per step, by how long each takes on a GPU.
+    shares = {"precision": 0.33, "layout": 0.42, "resnet_vs_smp": 0.07, "loader": 0.08, "tests": 0.10}
+    env_note = os.environ.get("SEGOPT_DATA_ROOT", "data/ under the project")
+    start = time.perf_counter()
+    results = []
+    for name, commands in plan.items():
+        print(f"gpu_report: {name} ...", flush=True)
+        result = run_step(name, commands, work / f"{name}.log", shares[name] * budget)
+        results.append(result)
+        print(f"gpu_report: {name} {result['status']} in {result['seconds']} s", flush=True)
+        if name == "layout":
+            rows = layout_table(work)
+            (work / "layout.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+        source = work / f"{name}.json" if name != "tests" else None
+        if source is not None and source.is_file():
+            (args.out / f"{prefix}{name}.json").write_text(source.read_text())
+            md = source.with_suffix(".md")
+            if md.is_file():
+                (args.out / f"{prefix}{name}.md").write_text(md.read_text())
+    total = time.perf_counter() - start
+    layout_rows = layout_table(work)
+    if layout_rows:
+        (args.out / f"{prefix}layout.md").write_text("\n".join(_layout_md(layout_rows, dry)) + "\n")
+
+    report = {
+        "script": "scripts/gpu_report.py" + (" --dry-run" if dry else ""),
+        "dry_run": dry,
+        "device": device_name(dry),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "data": f"CamVid (configs/data/camvid.yaml), data root {env_note}",
+        "total_seconds": round(total, 1),
+        "steps": results,
+    }
+    (args.out / f"{prefix}report.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"# GPU report{' (dry run on the CPU)' if dry else ''}",
+        "",
+        f"`python {report['script']}` on {report['device']}; torch {report['torch']} (CUDA {report['cuda']}), "
+        f"Python {report['python']}; {report['data']}; {total:.0f} s in all.",
+        "",
+        "| step | status | seconds | file |",
+        "| --- | --- | ---: | --- |",
+        *[f"| {r['step']} | {r['status']} | {r['seconds']} | {prefix}{r['step']}.md |" for r in results],
+        "",
+    ]
+    if dry:
+        lines.append("A dry run checks that every step runs; its figures (toy sizes, CPU) measure nothing about a GPU.")
+    for r in results:
+        if r["status"] != "ok":
+            lines.append(f"- {r['step']}: {r['status']}; last line of {work.name}/{r['step']}.log: `{r['last_line']}`")
+    tests = next(r for r in results if r["step"] == "tests")
+    lines.append(f"- GPU tests (`pytest -m gpu`): {tests['last_line']}")
+    (args.out / f"{prefix}report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return report
+
+
+def _layout_md(rows: list[dict[str, Any]], dry: bool) -> list[str]:
+    ran = rows[0]["precision_ran"]
+    return [
+        f"# channels_last and torch.compile ({ran}{', CPU dry run' if dry else ''})",
+        "",
+        "| channels_last | compile | s / epoch (steady) | images / s | first epoch s (includes compiling) | peak memory (MiB) | val mIoU |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        *[
+            f"| {r['channels_last']} | {r['compile']} | {r['epoch_s']} | {r['images_per_s']} | {r['first_epoch_s']} | "
+            f"{r['peak_memory_mib']} | {r['val_mIoU']} |"
+            for r in rows
+        ],
+        "",
+        "Each row is one fresh `scripts/bench_precision.py` run (same seed, data and epochs); "
+        "their commands are in gpu_*work/layout.log.",
+    ]
+
+
+if __name__ == "__main__":
+    main()
