@@ -161,13 +161,14 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
 
     from segopt.data.files import EXTENSIONS
     from segopt.export import PaddedModel, export_onnx
+    from segopt.precision import resolve_precision
 
     cli = build_from_config([*cli_args, "--trainer.accelerator=cpu"])
     if args.ckpt_path is not None:
         load_weights(cli.model, args.ckpt_path)
     model = cli.model.eval()
-    # Lightning runs 16-mixed as bf16-mixed on a CPU; the bare loop runs what Lightning runs.
-    precision = "bf16-mixed" if str(cli.trainer.precision) == "16-mixed" else str(cli.trainer.precision)
+    # What segopt runs for the config's precision on this CPU; the bare loop runs the same.
+    precision, _ = resolve_precision(str(cli.trainer.precision), cuda=False)
     paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in EXTENSIONS)
     paths = paths[: args.images] if args.images else paths
     scratch = Path(tempfile.mkdtemp(prefix="bench_inference_"))
