@@ -19,7 +19,7 @@ others' figures), each written to its own ``gpu_<step>.md/.json`` under ``--out`
 
 Then ``gpu_report.md/.json`` gathers them with the card's name and each step's time.
 ``--dry-run`` (automatic without a CUDA GPU) runs every step on the CPU at toy sizes
-(bf16-mixed for 16-mixed, a 2-level UNet at 64x80, a few batches) and writes
+(bf16-mixed for 16-mixed, a 1-level UNet at 64x80, a few batches) and writes
 ``gpu_dryrun_*`` files instead, so the command is known to work before a GPU is lent.
 CamVid is read from ``data/camvid`` (or under ``SEGOPT_DATA_ROOT``).
 """
@@ -43,10 +43,10 @@ SCRIPTS = ROOT / "scripts"
 CONFIGS = ["--config", "configs/amp.yaml", "--config", "configs/data/camvid.yaml"]
 #: CamVid at its full 360x480, resized (no crops), decoded once.
 FULL_SIZE = ["--data.resize_mode=resize", "--data.train_size=[360,480]", "--data.eval_size=[360,480]", "--data.cache=true"]
-#: Dry run: a small UNet at 64x80 on a few batches, validated on two.
+#: Dry run: a tiny UNet at 64x80 on a few batches, validated on two.
 TOY = [
     "--data.resize_mode=resize", "--data.train_size=[64,80]", "--data.eval_size=[64,80]", "--data.batch_size=4",
-    "--model.backbone.init_args.base_channels=8", "--model.backbone.init_args.depth=2", "--trainer.limit_val_batches=2",
+    "--model.backbone.init_args.base_channels=4", "--model.backbone.init_args.depth=1", "--trainer.limit_val_batches=2",
 ]  # fmt: skip
 LAYOUTS = [(cl, comp) for comp in (False, True) for cl in (False, True)]
 
@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         source = work / f"{name}.json" if name != "tests" else None
         if source is not None and source.is_file():
             (args.out / f"{prefix}{name}.json").write_text(source.read_text())
-            md = source.with_suffix(".md")
-            if md.is_file():
-                (args.out / f"{prefix}{name}.md").write_text(md.read_text())
+            for suffix in (".md", ".png"):
+                if source.with_suffix(suffix).is_file():
+                    (args.out / f"{prefix}{name}{suffix}").write_bytes(source.with_suffix(suffix).read_bytes())
     total = time.perf_counter() - start
     layout_rows = layout_table(work)
     if layout_rows:

@@ -43,7 +43,7 @@ def test_compiled_backbone_gives_the_same_logits_loss_and_gradients() -> None:
 
 
 def test_a_platform_that_cannot_compile_runs_uncompiled_and_says_so_once(monkeypatch, caplog) -> None:
-    def no_dynamo(*args, **kwargs):  # noqa: ANN002, ANN003
+    def no_dynamo(*args, **kwargs):
         raise RuntimeError("Dynamo is not supported on Python 3.99+\nmore detail")
 
     monkeypatch.setattr(torch, "compile", no_dynamo)

@@ -32,7 +32,7 @@ def _erroring_on_sync(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> 
     original = getattr(cls, name)
 
     @functools.wraps(original)
-    def strict(*args, **kwargs):  # noqa: ANN002, ANN003
+    def strict(*args, **kwargs):
         torch.cuda.set_sync_debug_mode("error")
         try:
             return original(*args, **kwargs)

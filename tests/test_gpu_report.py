@@ -33,7 +33,7 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     precision = json.loads((tmp_path / "gpu_dryrun_precision.json").read_text())
     assert [r["precision"] for r in precision["rows"]] == ["32-true", "bf16-mixed"]
     layout = (tmp_path / "gpu_dryrun_layout.md").read_text().splitlines()
-    assert [line.split(" | ")[:2] for line in layout if line.startswith("| True") or line.startswith("| False")] == [
+    assert [line.split(" | ")[:2] for line in layout if line.startswith(("| True", "| False"))] == [
         ["| False", "False"], ["| True", "False"], ["| False", "True"], ["| True", "True"]
     ]  # fmt: skip
     text = (tmp_path / "gpu_dryrun_report.md").read_text()

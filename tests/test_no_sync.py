@@ -24,7 +24,7 @@ import torch
 import segopt.callbacks
 import segopt.failsafe
 import segopt.models.finetune
-import segopt.predict  # noqa: F401 (imported so its callbacks are among the subclasses)
+import segopt.predict  # imported so that its callbacks are among the subclasses
 from segopt.cli import main
 from segopt.data import SegDataModule
 from segopt.module import SegModule
