@@ -160,6 +160,7 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
     from bench_common import cpu_name
 
     from segopt.data.files import EXTENSIONS
+    from segopt.data.roots import resolve_data_path
     from segopt.export import PaddedModel, export_onnx
     from segopt.precision import resolve_precision
 
@@ -169,7 +170,7 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
     model = cli.model.eval()
     # What segopt runs for the config's precision on this CPU; the bare loop runs the same.
     precision, _ = resolve_precision(str(cli.trainer.precision), cuda=False)
-    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+    paths = sorted(p for p in resolve_data_path(args.folder).iterdir() if p.suffix.lower() in EXTENSIONS)
     paths = paths[: args.images] if args.images else paths
     scratch = Path(tempfile.mkdtemp(prefix="bench_inference_"))
     folder = scratch / "in"

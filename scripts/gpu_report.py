@@ -20,7 +20,8 @@ others' figures), each written to its own ``gpu_<step>.md/.json`` under ``--out`
 Then ``gpu_report.md/.json`` gathers them with the card's name and each step's time.
 ``--dry-run`` (automatic without a CUDA GPU) runs every step on the CPU at toy sizes
 (bf16-mixed for 16-mixed, a 1-level UNet at 64x80, a few batches) and writes
-``gpu_dryrun_*`` files instead, so the command is known to work before a GPU is lent.
+``gpu_dryrun_*`` files under ``runs/gpu_report_dryrun/`` instead, so the command is known to
+work before a GPU is lent.
 CamVid is read from ``data/camvid`` (or under ``SEGOPT_DATA_ROOT``).
 """
 
@@ -151,7 +152,9 @@ def device_name(dry: bool) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="CPU, toy sizes (automatic without a CUDA GPU)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results", help="folder for the gpu_*.md/.json files")
+    parser.add_argument(
+        "--out", type=Path, help="folder for the gpu_*.md/.json files (default results/, dry run: runs/gpu_report_dryrun/)"
+    )
     parser.add_argument("--budget", type=float, help="seconds for all steps (default 450 on a GPU, 110 dry)")
     return parser.parse_args(argv)
 
@@ -160,6 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     dry = args.dry_run or not torch.cuda.is_available()
     prefix = "gpu_dryrun_" if dry else "gpu_"
+    # A dry run measures nothing worth keeping: its files stay out of results/ unless asked.
+    args.out = args.out or (ROOT / "runs" / "gpu_report_dryrun" if dry else ROOT / "results")
+    args.out.mkdir(parents=True, exist_ok=True)
     budget = args.budget or (110.0 if dry else 450.0)
     # Step outputs go to <out>/<prefix><step>.*; the scratch (logs, per-run files) beside them.
     work = args.out / f"{prefix}work"
