@@ -274,8 +274,6 @@ class SegDataModule(pl.LightningDataModule):
             # into shared memory and to the device) and are widened to int64 after the transfer.
             check = (self.num_classes, self.ignore_index)
             self._splits[split] = TransformedDataset(samples, transform, check_mask=check, widen_mask=False, **hint)
-            check = (self.num_classes, self.ignore_index)
-            self._splits[split] = TransformedDataset(samples, transform, check_mask=check, widen_mask=False, **hint)
         return self._splits[split]
 
     def decoded(self, split: str) -> Dataset:
