@@ -42,16 +42,29 @@ def test_compiled_backbone_gives_the_same_logits_loss_and_gradients() -> None:
         torch.testing.assert_close(compiled(x), plain(x), atol=1e-5, rtol=1e-4)
 
 
-def test_a_platform_that_cannot_compile_runs_uncompiled_and_says_so_once(monkeypatch, caplog) -> None:
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_a_platform_that_cannot_compile_runs_uncompiled_and_says_so_once(monkeypatch) -> None:
     def no_dynamo(*args, **kwargs):
         raise RuntimeError("Dynamo is not supported on Python 3.99+\nmore detail")
 
     monkeypatch.setattr(torch, "compile", no_dynamo)
     model = _module(True)
-    with caplog.at_level(logging.INFO):
+    handler = _Lines()
+    logging.getLogger("lightning.pytorch").addHandler(handler)
+    try:
         model.configure_model()
         model.configure_model()  # Lightning calls it per run: said once
-    lines = [r.getMessage() for r in caplog.records if "model.compile" in r.getMessage()]
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    lines = [line for line in handler.lines if "model.compile" in line]
     assert lines == [
         "segopt: model.compile skipped, running uncompiled: torch.compile fails on cpu here "
         "(RuntimeError: Dynamo is not supported on Python 3.99+)"
