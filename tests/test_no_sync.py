@@ -136,6 +136,7 @@ def test_the_trap_catches_each_kind_of_host_read(trap: SyncTrap) -> None:
     assert trap.calls == []
 
 
+@pytest.mark.slow
 def test_training_step_reads_nothing_back_from_the_device(
     trap: SyncTrap, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
