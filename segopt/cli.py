@@ -6,6 +6,7 @@ and class names once; they are linked into the model.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -16,8 +17,15 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from segopt import checkpoints
 from segopt.data.datamodule import SegDataModule
-from segopt.failsafe import NonFiniteLossError, NonFiniteLossGuard, is_out_of_memory, out_of_memory_message
+from segopt.failsafe import (
+    NonFiniteLossError,
+    NonFiniteLossGuard,
+    RunFolderGuard,
+    is_out_of_memory,
+    out_of_memory_message,
+)
 from segopt.module import SegModule
 from segopt.precision import resolve_precision
 
@@ -37,6 +45,22 @@ class SegCLI(LightningCLI):
         # Always on, configured under its own key (nonfinite_loss.patience).
         parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite_loss")
 
+    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (jsonargparse types)
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        self._checkpoint: dict[str, Any] | None = None
+        if not subcommand:
+            return
+        # Resolved and read before LightningCLI reads the checkpoint's hyperparameters, so a
+        # bad file is named here, and ``last``/``best`` are loaded like an explicit path.
+        config = self.config[subcommand]
+        if subcommand == "fit" and config.model.get("init_weights"):
+            config.model.init_weights = str(checkpoints.resolve_init_weights(config, TRAINER_DEFAULTS))
+        path = checkpoints.resolve(config, subcommand, TRAINER_DEFAULTS)
+        if path is not None:
+            self._checkpoint = checkpoints.read_checkpoint(path)
+            rank_zero_info(f"segopt: {'resuming' if subcommand == 'fit' else 'loading'} {path}")
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         requested = str(config.trainer.precision)
@@ -44,13 +68,16 @@ class SegCLI(LightningCLI):
         if ran != requested:
             config.trainer.precision = ran
             self._precision_note = f" (requested {requested}; {self._precision_note})"
-        if self.subcommand == "fit":
-            _resolve_last_checkpoint(config)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: nothing will run, nothing to report
             return
         config = self.config[self.subcommand]
+        if self._checkpoint is not None:
+            data = self.datamodule
+            checkpoints.check_classes(
+                self._checkpoint, config.ckpt_path, data.num_classes, data.class_names, data.in_channels
+            )
         device = type(self.trainer.accelerator).__name__.replace("Accelerator", "").lower()
         if self.subcommand == "fit" and config.trainer.sync_batchnorm and not isinstance(self.trainer.accelerator, CUDAAccelerator):
             # Said now: DDP would only raise "SyncBatchNorm layers only work with GPU modules" once fit started.
@@ -59,6 +86,21 @@ class SegCLI(LightningCLI):
                 "Add --trainer.sync_batchnorm false (each process then keeps its own BatchNorm statistics)."
             )
         rank_zero_info(f"segopt: running precision {self.trainer.precision} on {device}{self._precision_note}")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # A failure that the user fixes takes back what the failed run wrote (see RunFolderGuard).
+        guard = RunFolderGuard(self._written_folders()) if self.trainer.is_global_zero else None
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception as error:
+            if guard is not None and is_user_error(error):
+                guard.restore()
+            raise
+
+    def _written_folders(self) -> list[Path]:
+        folders = [Path(self.trainer.log_dir or self.trainer.default_root_dir)]
+        folders += [Path(cb.output_dir) for cb in self.trainer.callbacks if getattr(cb, "output_dir", None)]
+        return folders
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # LightningCLI parses, builds and runs the subcommand in its constructor. A failure of
@@ -86,43 +128,34 @@ def _cuda_requested(trainer_config) -> bool:  # noqa: ANN001 (jsonargparse Names
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
-def _resolve_last_checkpoint(config) -> None:  # noqa: ANN001 (jsonargparse Namespace)
-    """Turn ``--ckpt_path last`` into the newest ``last.ckpt`` of this experiment's runs.
-
-    Each fresh fit gets a new TensorBoard version directory; resuming points the logger
-    back at the version that wrote the checkpoint, so the curves continue in one run.
-    """
-    if config.get("ckpt_path") != "last":
-        return
-    logger = config.trainer.get("logger")
-    if not (isinstance(logger, dict) or hasattr(logger, "class_path")):
-        return
-    if not str(logger.class_path).endswith("TensorBoardLogger"):
-        return
-    args = logger.init_args
-    root = Path(args.save_dir) / (args.get("name") or "lightning_logs")
-    candidates = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        sys.exit(
-            f"error: --ckpt_path last found no checkpoints/last.ckpt under {root}/. "
-            "Train without --ckpt_path first, or pass the path of a .ckpt file."
-        )
-    last = candidates[-1]
-    args.version = last.parent.parent.name
-    config.ckpt_path = str(last)
-    rank_zero_info(f"segopt: resuming {last}")
+def is_user_error(error: BaseException) -> bool:
+    """A failure the user fixes (data, config, checkpoint, resume, memory): one message, no traceback."""
+    return isinstance(error, (ValueError, FileNotFoundError, NonFiniteLossError)) or is_out_of_memory(error)
 
 
 def main(args: list[str] | None = None) -> SegCLI:
-    """Run the segopt command line (also installed as the ``segopt`` console script)."""
-    return SegCLI(
-        SegModule,
-        SegDataModule,
-        subclass_mode_model=False,
-        subclass_mode_data=False,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    """Run the segopt command line (also installed as the ``segopt`` console script).
+
+    A failure the user can fix ends as ``SystemExit("error: ...")``, one message without a
+    traceback; ``SEGOPT_TRACEBACK=1`` in the environment raises it with its traceback.
+    """
+    try:
+        return SegCLI(
+            SegModule,
+            SegDataModule,
+            subclass_mode_model=False,
+            subclass_mode_data=False,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except Exception as error:
+        if os.environ.get(TRACEBACK_ENV) == "1" or not is_user_error(error):
+            raise
+        raise SystemExit(f"error: {error}") from error
+
+
+#: Set to 1 to see the traceback of a failure that is otherwise one message.
+TRACEBACK_ENV = "SEGOPT_TRACEBACK"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ helpers turn an allocator failure into advice in terms of this project's config 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,3 +241,65 @@ class ScheduleAwareBatchSizeFinder(BatchSizeFinder):
             super().scale_batch_size(trainer, pl_module)
         finally:
             strategy.setup_optimizers(trainer)
+
+
+class RunFolderGuard:
+    """Puts the folders a command writes back as they were when it fails before saving a checkpoint.
+
+    A failure that a user fixes and reruns (bad data met while loading, a config value the
+    framework checks late, a checkpoint that does not fit) should not leave a half-made
+    ``version_N`` folder or an extra event file behind. Once this run has written or
+    replaced a checkpoint, it made progress worth resuming and nothing is touched.
+    """
+
+    #: Small files rewritten in place (config.yaml, hparams.yaml) are kept to be put back.
+    _KEEP_BYTES = 1 << 20
+
+    def __init__(self, folders: list[Path]) -> None:
+        self._created: list[Path] = []
+        self._before: dict[Path, tuple[int, int]] = {}
+        self._bytes: dict[Path, bytes] = {}
+        self._dirs: set[Path] = set()
+        self._folders = []
+        for folder in dict.fromkeys(p.resolve() for p in folders):
+            top = folder
+            while not top.parent.exists():
+                top = top.parent
+            if not top.exists():
+                self._created.append(top)
+            self._folders.append(folder)
+            for path in folder.rglob("*") if folder.is_dir() else []:
+                if path.is_dir():
+                    self._dirs.add(path)
+                elif path.is_file():
+                    stat = path.stat()
+                    self._before[path] = (stat.st_size, stat.st_mtime_ns)
+                    if stat.st_size <= self._KEEP_BYTES and path.suffix != ".ckpt" and "tfevents" not in path.name:
+                        self._bytes[path] = path.read_bytes()
+
+    def _now(self) -> dict[Path, tuple[int, int]]:
+        files = {}
+        for folder in self._folders:
+            for path in folder.rglob("*") if folder.is_dir() else []:
+                if path.is_file():
+                    stat = path.stat()
+                    files[path] = (stat.st_size, stat.st_mtime_ns)
+        return files
+
+    def restore(self) -> bool:
+        """Undo this run's writes unless it saved a checkpoint; whether anything was undone."""
+        now = self._now()
+        if any(p.suffix == ".ckpt" and self._before.get(p) != s for p, s in now.items()):
+            return False
+        for path in now:
+            if path not in self._before:
+                path.unlink(missing_ok=True)
+            elif path in self._bytes and now[path] != self._before[path]:
+                path.write_bytes(self._bytes[path])
+        for top in self._created:
+            shutil.rmtree(top, ignore_errors=True)
+        for folder in self._folders:  # folders this run added inside existing ones
+            for sub in sorted((d for d in folder.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+                if sub not in self._dirs and not any(sub.iterdir()):
+                    sub.rmdir()
+        return True

@@ -24,6 +24,7 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
 from segopt.callbacks import EncoderFreeze
+from segopt.checkpoints import warm_start
 from segopt.class_weights import DataWeighted, compute_class_weights
 from segopt.compiling import CompileMode, compile_backbone
 from segopt.data.datamodule import SegDataModule
@@ -63,6 +64,10 @@ class SegModule(pl.LightningModule):
         tta: test-time augmentation for ``validate``, ``test`` and ``predict`` (off by default).
         sliding_window: tiling and padding for ``validate``, ``test`` and ``predict``; the
             validation inside ``fit`` uses only its ``pad_multiple``.
+        init_weights: warm start: a checkpoint (or ``last``/``best`` of this experiment)
+            whose network tensors initialise a new fit, matched by name and shape; the
+            optimiser, schedule and step count start afresh. Tensors that do not match
+            (e.g. a head for another class count) keep their initialisation and are listed.
     """
 
     def __init__(
@@ -81,11 +86,14 @@ class SegModule(pl.LightningModule):
         compile_mode: CompileMode = "default",
         tta: TTA | None = None,
         sliding_window: SlidingWindow | None = None,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         # How to infer is chosen per command, not stored: a checkpoint's hyperparameters
         # override the command line when LightningCLI loads it.
-        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "scheduler", "tta", "sliding_window"])
+        self.save_hyperparameters(
+            ignore=["backbone", "loss", "optimizer", "scheduler", "tta", "sliding_window", "init_weights"]
+        )
         if num_classes < 2:
             raise ValueError(
                 f"num_classes is {num_classes} (class names: {list(class_names or [])}), but segmentation needs at "
@@ -114,6 +122,7 @@ class SegModule(pl.LightningModule):
         self.aux_weights = list(aux_weights) if aux_weights else None
         self.tta = tta or TTA()
         self.sliding_window = sliding_window or SlidingWindow()
+        self.init_weights = init_weights
 
         per_class = dict(num_classes=num_classes, ignore_index=ignore_index, average="none", zero_division=float("nan"))
         # IoU and the confusion matrix share one count (a torchmetrics compute group).
@@ -171,8 +180,12 @@ class SegModule(pl.LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        """Before fitting, give a :class:`~segopt.class_weights.DataWeighted` loss the class
-        weights it asked for by mode (e.g. "median_frequency"), counted from the training masks."""
+        """Before fitting: warm start from ``init_weights``; give a :class:`~segopt.class_weights.DataWeighted`
+        loss the class weights it asked for by mode (e.g. "median_frequency"), counted from the training masks."""
+        if stage == "fit" and self.init_weights and not self.trainer.ckpt_path:
+            loaded, skipped = warm_start(self.net, self.init_weights)
+            note = f"; skipped (initialised afresh): {', '.join(skipped)}" if skipped else ""
+            rank_zero_info(f"segopt: warm start from {self.init_weights}: {len(loaded)} tensors loaded{note}")
         if stage != "fit" or not isinstance(self.criterion, DataWeighted) or self.criterion.class_weight_mode is None:
             return
         mode = self.criterion.class_weight_mode

@@ -16,7 +16,9 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from segopt.data.files import EXTENSIONS
 from segopt.data.masks import label_image_dtype
+from segopt.data.roots import resolve_data_path
 from segopt.palette import overlay
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,14 @@ class PredictionWriter(BasePredictionWriter):
             ``config.yaml``, so one flag places both.
         overlay: also write the colour overlays.
         alpha: opacity of the class colours in the overlays.
+        overwrite: replace files already in the output folder; without it a run that
+            would replace any stops before writing (an output folder that is, or holds,
+            the input folder is refused either way).
     """
 
-    def __init__(self, output_dir: str | None = None, overlay: bool = True, alpha: float = 0.5) -> None:
+    def __init__(
+        self, output_dir: str | None = None, overlay: bool = True, alpha: float = 0.5, overwrite: bool = False
+    ) -> None:
         super().__init__(write_interval="batch")
         if not 0 <= alpha <= 1:
             raise ValueError(f"PredictionWriter alpha is {alpha}; it must be in [0, 1], e.g. 0.5")
@@ -48,9 +55,41 @@ class PredictionWriter(BasePredictionWriter):
         self.directory = self.output_dir or Path()
         self.overlay = overlay
         self.alpha = alpha
+        self.overwrite = overwrite
         self.written: list[Path] = []
         self.overlays: list[Path] = []
         self.skipped: list[tuple[str, str]] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before anything is written: refuse to write into the input folder or over existing files."""
+        if stage != "predict":
+            return
+        directory = (self.output_dir or Path(trainer.default_root_dir)).resolve()
+        source = getattr(trainer.datamodule, "predict_dir", None)
+        if source is None:
+            return
+        source = resolve_data_path(source).resolve()
+        key = "trainer.callbacks.output_dir" if self.output_dir else "trainer.default_root_dir"
+        if directory == source or directory in source.parents:
+            raise ValueError(
+                f"{key} {directory} is or holds the input folder data.predict_dir {source}; masks named after the "
+                "images would land beside or over them. Write to a folder of its own, e.g. "
+                f"--{key} {source.parent / (source.name + '_masks')}"
+            )
+        if self.overwrite or not directory.is_dir():
+            return
+        stems = sorted(p.stem for p in source.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        names = [f"{stem}.png" for stem in stems] + ([f"{stem}_overlay.png" for stem in stems] if self.overlay else [])
+        if trainer.log_dir and Path(trainer.log_dir).resolve() == directory:
+            names.append("config.yaml")  # LightningCLI saves the run's config there
+        existing = [name for name in names if (directory / name).exists()]
+        if existing:
+            shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+            raise ValueError(
+                f"{key} {directory} already holds {len(existing)} of the files this run would write ({shown}); "
+                "nothing was written. Pick an empty folder, or pass --trainer.callbacks.overwrite true "
+                "(PredictionWriter's overwrite) to replace them"
+            )
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.directory = self.output_dir or Path(trainer.default_root_dir)

@@ -254,9 +254,10 @@ def test_sync_batchnorm_on_cpu_is_refused_before_training(in_tmp: Path, capsys: 
 
 
 def test_missing_data_root_names_the_key(in_tmp: Path) -> None:
-    with pytest.raises(DataError, match=r"data root no/such/dir does not exist .*set data\.source\.init_args\.root"):
+    with pytest.raises(SystemExit, match=r"^error: data set no/such/dir: data root no/such/dir does not exist .*set data\.source\.init_args\.root") as exit_info:
         main(["fit", f"--config={CONFIGS / 'amp.yaml'}", f"--config={CONFIGS / 'data' / 'membrane.yaml'}",
               "--data.source.init_args.root=no/such/dir"])
+    assert isinstance(exit_info.value.__cause__, DataError)
     assert not Path("runs").exists()
 
 
@@ -266,7 +267,7 @@ def test_a_single_class_is_refused(in_tmp: Path) -> None:
         image = np.zeros((8, 8, 3) if not folder.endswith("annot") else (8, 8), np.uint8)
         cv2.imwrite(str(Path("pairs", folder, "a.png")), image)
     source = "{class_path: segopt.data.PairedFolder, init_args: {root: pairs, class_names: [cell]}}"
-    with pytest.raises(ValueError, match=r"^num_classes is 1 \(class names: \['cell'\]\), but segmentation needs at "
+    with pytest.raises(SystemExit, match=r"^error: num_classes is 1 \(class names: \['cell'\]\), but segmentation needs at "
                        r"least 2 classes; .*data\.source\.init_args\.class_names: \[background, cell\]"):
         main(["fit", f"--config={CONFIGS / 'amp.yaml'}", *TINY, f"--data.source={source}"])
     assert not Path("runs").exists()

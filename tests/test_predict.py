@@ -187,3 +187,27 @@ def test_cli_predicts_a_folder_with_a_checkpoint_and_the_training_config(
         assert cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
     saved = (out / "config.yaml").read_text()
     assert "hflip: true" in saved and "PredictionWriter" in saved
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    inputs = {p.name: p.read_bytes() for p in folder.iterdir()}
+    again = ["predict", *tiny, f"--config={CONFIGS / 'predict.yaml'}", "--ckpt_path=last", f"--data.predict_dir={folder}"]
+
+    # Run again into the same folder: refused, nothing replaced.
+    with pytest.raises(SystemExit) as exit_info:
+        main([*again, f"--trainer.default_root_dir={out}"])
+    assert str(exit_info.value.code).startswith(
+        f"error: trainer.default_root_dir {out} already holds 7 of the files this run would write "
+        "(a.png, b.png, c.png and 4 more); nothing was written."
+    ), exit_info.value.code
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    # Into its own input folder (or one holding it): refused even with overwrite.
+    for target in (folder, folder.parent):
+        with pytest.raises(SystemExit, match=r"is or holds the input folder data\.predict_dir"):
+            main([*again, f"--trainer.default_root_dir={target}", "--trainer.callbacks.overwrite=true"])
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == inputs
+    assert not (tmp_path / "config.yaml").exists()
+
+    # With overwrite, and the newest checkpoint found as `last` through the training config's logger.
+    main([*again, f"--trainer.default_root_dir={out}", "--trainer.callbacks.overwrite=true"])
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert "hflip: true" not in (out / "config.yaml").read_text()  # the new run's config replaced the old

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -21,6 +22,7 @@ from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
 from segopt.data.files import DataError
 from segopt.data.predict_folder import PredictFolder, collate_predict
 from segopt.data.rare_crop import rare_classes
+from segopt.data.resumable import ResumableLoader, ResumableSampler
 from segopt.data.synthetic import SyntheticShapes
 from segopt.data.transforms import (
     Augment,
@@ -55,6 +57,10 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
     if info is not None and isinstance(info.dataset, TransformedDataset):
         info.dataset.reseed(seed)
+
+
+def _trained_batches(trainer: pl.Trainer) -> Callable[[], int]:
+    return lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -162,6 +168,14 @@ class SegDataModule(pl.LightningDataModule):
 
     def _validate(self) -> None:
         """Every cheap check (paths, pairing, headers, config), before a run writes anything."""
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size is {self.batch_size}; it must be 1 or more, e.g. 16")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers is {self.num_workers}; it must be 0 (load in the main process) or more")
+        for key in ("train_size", "eval_size"):
+            size = getattr(self, key)
+            if size is not None and (len(size) != 2 or min(size) < 1):
+                raise ValueError(f"data.{key} is {list(size)}; give [height, width] in pixels, both 1 or more, or null")
         if 0 <= self.ignore_index < self.num_classes:
             raise DataError(
                 f"data.ignore_index is {self.ignore_index}, which is the id of class "
@@ -314,17 +328,24 @@ class SegDataModule(pl.LightningDataModule):
         # Pinned batches let Lightning's host→GPU copy run asynchronously (non_blocking).
         pin = self._on_cuda() if self.pin_memory is None else self.pin_memory
         dataset = self.dataset(split)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=pin,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            worker_init_fn=_worker_init,
-            prefetch_factor=self._prefetch(),
+        options: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "drop_last": shuffle and len(dataset) > self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": pin,
+            "persistent_workers": self.persistent_workers and self.num_workers > 0,
+            "worker_init_fn": _worker_init,
+            "prefetch_factor": self._prefetch(),
+        }
+        if not shuffle or self.trainer is None:
+            return DataLoader(dataset, shuffle=shuffle, **options)
+        # Shuffled through a sampler whose position checkpoints keep, so a resumed run sees
+        # the batches, in the order and with the augmentation, the interrupted one would have.
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            dataset, torch.initial_seed() % 2**31, self.batch_size, trainer.world_size, trainer.global_rank
         )
+        return ResumableLoader(dataset, sampler, _trained_batches(trainer), **options)
 
     def _prefetch(self) -> int | None:
         if self.num_workers == 0:

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from segopt.data.files import DataError, decode_threads
 from segopt.data.masks import invalid_mask_values
+from segopt.data.resumable import SeededIndex
 
 Sample = tuple[np.ndarray, np.ndarray]
 
@@ -124,7 +125,10 @@ class TransformedDataset(Dataset):
         if set_seed is not None:
             set_seed(seed)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | SeededIndex) -> dict[str, Any]:
+        if isinstance(index, SeededIndex):  # from the resumable training sampler
+            self.reseed(index.seed)
+            index = index.index
         image, mask = self.samples[index]
         out = self.transform(image=image, mask=mask)
         mask_out = torch.as_tensor(out["mask"])

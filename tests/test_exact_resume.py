@@ -1,0 +1,121 @@
+"""A run SIGKILLed mid-epoch or at an epoch end and resumed with --ckpt_path last is the uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader
+
+from segopt.cli import main
+from segopt.data import SegDataModule
+from segopt.data.resumable import ResumableSampler
+from segopt.data.synthetic import SyntheticShapes
+from tests.conftest import CONFIGS, ROOT
+
+STEPS_PER_EPOCH = 32 // 8
+
+
+class KillAtEpochStart(pl.Callback):
+    """SIGKILLs its own process as epoch ``epoch`` starts, after the previous epoch's checkpoints."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _config(tmp_path: Path) -> Path:
+    """amp.yaml, tiny, 32-bit, a step checkpoint every 3 steps (mid-epoch with 4 steps per epoch)."""
+    cfg = yaml.safe_load((CONFIGS / "amp.yaml").read_text())
+    for callback in cfg["trainer"]["callbacks"]:
+        if "every_n_train_steps" in callback.get("init_args", {}):
+            callback["init_args"]["every_n_train_steps"] = 3
+    cfg["trainer"].update(max_epochs=3, log_every_n_steps=1, precision="32-true", accelerator="cpu", num_sanity_val_steps=0)
+    cfg["data"].update(batch_size=8, num_workers=0)
+    cfg["data"]["source"]["init_args"].update(size=32, num_train=32, num_val=8)
+    cfg["model"]["backbone"]["init_args"].update(base_channels=4, depth=2)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _killed(tmp_path: Path, *args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "segopt.cli", "fit", f"--config={_config(tmp_path)}", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+
+
+def _fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> Path:
+    monkeypatch.chdir(tmp_path)
+    main(["fit", f"--config={_config(tmp_path)}", *args])
+    return tmp_path / "runs" / "amp" / "version_0"
+
+
+def _curves(run: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    root = tmp_path_factory.mktemp("whole")
+    with pytest.MonkeyPatch.context() as mp:
+        run = _fit(root, mp)
+    return _weights(run), _curves(run)
+
+
+@pytest.mark.parametrize(
+    "kill",
+    [
+        # killed two steps after the step-3 checkpoint, which is one batch before epoch 0 ends
+        ["--trainer.callbacks+=tests.test_crash_resume.KillAtStep", "--trainer.callbacks.step=5"],
+        # killed as epoch 1 starts: the newest checkpoint is epoch 0's end
+        ["--trainer.callbacks+=tests.test_exact_resume.KillAtEpochStart", "--trainer.callbacks.epoch=1"],
+    ],
+    ids=["mid-epoch", "epoch-end"],
+)
+def test_killed_and_resumed_run_ends_bit_identical(
+    uninterrupted: tuple[dict, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill: list[str], recwarn
+) -> None:  # noqa: ANN001
+    _killed(tmp_path, *kill)
+    run = _fit(tmp_path, monkeypatch, "--ckpt_path=last")
+    assert not any("not resumable" in str(w.message) for w in recwarn.list)
+    weights, curves = uninterrupted
+    resumed = _weights(run)
+    assert resumed.keys() == weights.keys()
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights), [k for k in weights if not torch.equal(resumed[k], weights[k])][:3]
+    got = _curves(run)
+    for tag in ("train/loss", "val/mIoU", "val/loss", "lr-AdamW"):
+        # TensorBoard keeps the last event per step; the killed run's steps past its checkpoint were purged.
+        assert dict(got[tag]) == dict(curves[tag]), tag
+
+
+def test_augmentation_does_not_depend_on_the_number_of_workers() -> None:
+    data = SegDataModule(SyntheticShapes(size=32, num_train=12, num_val=4), batch_size=4)
+    torch.manual_seed(7)
+    dataset = data.dataset("train")
+    sampler = ResumableSampler(dataset, seed=7, batch_size=4)
+    sampler.set_epoch(2)
+    batches = {w: list(DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=w)) for w in (0, 2)}
+    assert all(torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"]) for a, b in zip(*batches.values()))
+    sampler.skip = 2
+    assert torch.equal(next(iter(DataLoader(dataset, batch_size=4, sampler=sampler)))["image"], batches[0][2]["image"])
