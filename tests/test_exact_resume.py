@@ -15,7 +15,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from segopt.cli import main
+from segopt.cli import TRAINER_DEFAULTS, main
 from segopt.data import SegDataModule
 from segopt.data.resumable import ResumableSampler
 from segopt.data.synthetic import SyntheticShapes
@@ -38,6 +38,7 @@ class KillAtEpochStart(pl.Callback):
 def _config(tmp_path: Path) -> Path:
     """amp.yaml, tiny, 32-bit, a step checkpoint every 3 steps (mid-epoch with 4 steps per epoch)."""
     cfg = yaml.safe_load((CONFIGS / "amp.yaml").read_text())
+    cfg["trainer"]["callbacks"] = yaml.safe_load(TRAINER_DEFAULTS.read_text())["trainer"]["callbacks"]
     for callback in cfg["trainer"]["callbacks"]:
         if "every_n_train_steps" in callback.get("init_args", {}):
             callback["init_args"]["every_n_train_steps"] = 3
