@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_common import hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
+
 from segopt.compiling import compile_backbone
 from segopt.models import UNet
 
