@@ -251,11 +251,11 @@ def test_workers_and_prefetch_are_sized_from_the_cores(monkeypatch, cores: int, 
 
 def test_training_on_a_cuda_gpu_pins_batches_and_normalises_on_the_device():
     dm = SegDataModule(SyntheticShapes(size=16, num_train=4, num_val=2), batch_size=2, num_workers=0)
-    dm.trainer = SimpleNamespace(accelerator=CUDAAccelerator())
+    dm.trainer = SimpleNamespace(accelerator=CUDAAccelerator(), world_size=1, global_rank=0)
     assert dm.train_dataloader().pin_memory is True
     assert dm.dataset("train")[0]["image"].dtype == torch.uint8
     assert dm.dataset("val")[0]["image"].dtype == torch.float32  # evaluation batches stay float
     cpu = SegDataModule(SyntheticShapes(size=16, num_train=4, num_val=2), batch_size=2, num_workers=0)
-    cpu.trainer = SimpleNamespace(accelerator=CPUAccelerator())
+    cpu.trainer = SimpleNamespace(accelerator=CPUAccelerator(), world_size=1, global_rank=0)
     assert cpu.train_dataloader().pin_memory is False
     assert cpu.dataset("train")[0]["image"].dtype == torch.float32
