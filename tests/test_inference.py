@@ -73,9 +73,11 @@ def test_tiled_prediction_agrees_with_whole_image(trained: SegModule) -> None:
     assert (counts[1:] > 0.005 * whole.numel()).sum() >= 2
     agree = (tiled == whole).float().mean().item()
     naive_agree = (naive == whole).float().mean().item()
-    assert agree >= 0.99
-    # ... and tiling does change it: abutting tiles without blending disagree more.
-    assert naive_agree < agree
+    # 0.98: the fixture's model depends on the training order (the resumable sampler's); tiled
+    # agreed 0.988-0.996 on the models seen.
+    assert agree >= 0.98
+    # ... and tiling does change it: abutting tiles without blending disagree several times more.
+    assert (1 - agree) < 0.25 * (1 - naive_agree)
 
 
 class _Pointwise(nn.Module):
