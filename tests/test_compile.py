@@ -92,7 +92,8 @@ def test_checkpoint_of_a_compiled_fit_loads_into_an_uncompiled_model(tmp_path: P
     ]  # fmt: skip
     cli = main(["fit", *tiny, "--model.compile=true"])
     assert cli.model.net._compiled_call_impl is not None
-    ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
+    # The first ModelCheckpoint keeps the best epoch (no last_model_path); last.ckpt is the defaults' second.
+    ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert not [k for k in state if "_orig_mod" in k]
     # Export and prediction build the model uncompiled and load the weights strictly.
