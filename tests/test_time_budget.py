@@ -56,8 +56,15 @@ class StopAtEpoch(pl.Callback):
 
 
 def _fit(
-    root: Path, budget: TimeBudget, callbacks: list[pl.Callback], monkeypatch: pytest.MonkeyPatch, **fit_kwargs
+    root: Path,
+    budget: TimeBudget,
+    callbacks: list[pl.Callback],
+    monkeypatch: pytest.MonkeyPatch,
+    max_epochs: int = 100,
+    **fit_kwargs,
 ) -> pl.Trainer:
+    # A seed left by an earlier test's seed_everything would change the data order.
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     torch.manual_seed(0)
     clock = StepClock()
     monkeypatch.setattr(time_budget, "_now", clock)
@@ -68,7 +75,7 @@ def _fit(
         scheduler=partial(OneCycle, max_lr=MAX_LR, div_factor=DIV, final_div_factor=FINAL_DIV),
     )
     trainer = pl.Trainer(
-        max_epochs=100,
+        max_epochs=max_epochs,
         callbacks=[budget, *callbacks],
         default_root_dir=root,
         logger=False,
@@ -102,11 +109,11 @@ def test_budget_plans_epochs_that_fit_and_completes_the_schedule(tmp_path: Path,
 
 
 def test_budget_never_exceeds_the_configured_max_epochs(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    torch.manual_seed(0)
+    # 10 minutes would buy 150 epochs of 4 s; the configured 9 is the ceiling.
     budget = TimeBudget(minutes=10, margin=0.0)
-    trainer = _fit(tmp_path, budget, [], monkeypatch)
-    assert budget.planned_epochs == 100
-    assert trainer.current_epoch == 100
+    trainer = _fit(tmp_path, budget, [], monkeypatch, max_epochs=9)
+    assert budget.planned_epochs == 9
+    assert trainer.current_epoch == 9
 
 
 def test_resumed_budget_run_keeps_its_plan_and_curve(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
