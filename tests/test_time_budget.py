@@ -20,8 +20,8 @@ from segopt.models import UNet
 from segopt.module import SegModule
 from segopt.schedules import OneCycle
 from segopt.time_budget import TimeBudget
+from tests.test_schedules import Interrupted, RecordLR, StopAtEpoch
 
-STEPS_PER_EPOCH = 4  # 16 samples, batch 4
 MAX_LR, DIV, FINAL_DIV = 1e-2, 25.0, 1e4
 
 
@@ -32,27 +32,6 @@ class StepClock:
 
     def __call__(self) -> float:
         return float(self.trainer.global_step) if self.trainer is not None else 0.0
-
-
-class RecordLR(pl.Callback):
-    def __init__(self) -> None:
-        self.lrs: list[float] = []
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: ANN001
-        self.lrs.append(optimizer.param_groups[0]["lr"])
-
-
-class Interrupted(Exception):
-    pass
-
-
-class StopAtEpoch(pl.Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise Interrupted
 
 
 def _fit(
