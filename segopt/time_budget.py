@@ -2,8 +2,8 @@
 
 ``trainer.max_time`` stops a run when its time is up, wherever the schedule is: a OneCycle
 or cosine curve cut mid-way ends at a high learning rate, which costs accuracy. TimeBudget
-instead measures the first epochs (training, validation and checkpoints included), sets
-the number of epochs that fit in the budget, and re-plans the schedule to that many
+instead measures the epochs as they run (training, validation and checkpoints included),
+sets the number of epochs that fit in the budget, and re-plans the schedule to that many
 optimiser steps, so the curve completes as the budget runs out.
 """
 
@@ -23,42 +23,49 @@ _now = time.monotonic
 class TimeBudget(pl.Callback):
     """Plan a fit to end, with its schedule complete, within ``minutes`` of wall time.
 
-    The clock starts when the fit is set up (data caching, model build and the sanity
-    check count). After each of the first ``calibration_epochs`` epochs, the epochs still
-    affordable are estimated from the last epoch's duration, ``trainer.max_epochs`` is set
-    to the total (never above the configured value, which stays an upper bound) and the
-    module's schedule is rebuilt for that many optimiser steps and advanced to the current
-    step. Until then the schedule follows the configured ``max_epochs``; with a warm-up
-    the early steps differ little either way.
+    The clock starts when the fit is set up (model build and the sanity check count). After
+    every epoch the epochs still affordable are estimated from the mean duration of the last
+    ``window`` epochs (start to start, so validation and checkpoints count; the first epoch,
+    which carries warm-up costs, is left out once later ones are measured). When that changes
+    the total, ``trainer.max_epochs`` is set to it (never above the configured value, which
+    stays an upper bound) and the module's schedule is rebuilt for that many optimiser steps
+    and advanced to the current step. Re-planning every epoch, rather than once from the first
+    ones, keeps the end on the budget when the machine's speed drifts (other jobs, thermal
+    limits); late changes move the end of the curve by an epoch or so.
 
-    The plan is saved in checkpoints: a resumed run keeps it (and so the curve it was
-    following) instead of planning again.
+    The plan and the time already spent are saved in checkpoints: a resumed run counts the
+    time it trained before the interruption (not the time lost in between) against the budget.
 
     Args:
         minutes: the wall-clock budget of the whole fit.
-        calibration_epochs: epochs after which the plan is (re)made; the last one decides.
+        window: how many of the latest epochs the per-epoch estimate averages.
         margin: fraction of the budget held back for the final checkpoint and the spread
             between epochs.
     """
 
-    def __init__(self, minutes: float, calibration_epochs: int = 2, margin: float = 0.01) -> None:
+    def __init__(self, minutes: float, window: int = 3, margin: float = 0.01) -> None:
         if not minutes > 0:
             raise ValueError(f"TimeBudget minutes is {minutes}; give a positive number of minutes, e.g. 60")
-        if calibration_epochs < 1:
-            raise ValueError(f"TimeBudget calibration_epochs is {calibration_epochs}; it must be 1 or more")
+        if window < 1:
+            raise ValueError(f"TimeBudget window is {window}; it must be 1 or more epochs")
         if not 0 <= margin < 1:
             raise ValueError(f"TimeBudget margin is {margin}; it must be a fraction in [0, 1), e.g. 0.01")
         self.minutes = minutes
-        self.calibration_epochs = calibration_epochs
+        self.window = window
         self.margin = margin
         self.planned_epochs: int | None = None
+        self._spent_before = 0.0  # seconds trained before a resume
         self._start = 0.0
-        self._epoch_start = 0.0
+        self._epoch_starts: list[float] = []
         self._upper_bound: int | None = None
 
     @property
     def seconds(self) -> float:
         return self.minutes * 60.0
+
+    def elapsed(self) -> float:
+        """Seconds of the budget spent so far, including those before a resume."""
+        return _now() - self._start
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -71,25 +78,30 @@ class TimeBudget(pl.Callback):
         self._start = _now()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A checkpoint, if any, was restored by now: count the time it had trained.
+        self._start = min(self._start, _now() - self._spent_before)
         self._upper_bound = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-        if self.planned_epochs is not None:  # resumed: keep the plan the run was following
+        if self.planned_epochs is not None:  # resumed: follow the plan the run was following
             trainer.fit_loop.max_epochs = self.planned_epochs
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_start = _now()
+        self._epoch_starts.append(_now())
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        done = trainer.current_epoch + 1
-        if self.planned_epochs is not None and done > self.calibration_epochs:
-            return
         now = _now()
-        # Validation and checkpointing of this epoch have run by now (they precede this hook).
-        per_epoch = now - self._epoch_start
+        # Validation of this epoch has run by now (it precedes this hook); its checkpoint has
+        # not, but the earlier epochs' durations (start to start) include theirs.
+        durations = [b - a for a, b in zip(self._epoch_starts, [*self._epoch_starts[1:], now])]
+        if len(durations) > 1:
+            durations = durations[1:]
+        per_epoch = sum(durations[-self.window:]) / len(durations[-self.window:])
         left = self.seconds * (1 - self.margin) - (now - self._start)
+        done = trainer.current_epoch + 1
         epochs = done + max(0, math.floor(left / per_epoch))
         if self._upper_bound is not None:
             epochs = min(epochs, self._upper_bound)
-        self._plan(trainer, pl_module, epochs, per_epoch)
+        if epochs != self.planned_epochs:
+            self._plan(trainer, pl_module, epochs, per_epoch)
 
     def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int, per_epoch: float) -> None:
         self.planned_epochs = epochs
@@ -107,13 +119,14 @@ class TimeBudget(pl.Callback):
             config.scheduler = scheduler
             replanned += 1
         rank_zero_info(
-            f"segopt: time budget {self.minutes:g} min: {per_epoch:.1f} s per epoch measured, "
-            f"planned {epochs} epochs ({total_steps} optimiser steps"
+            f"segopt: time budget {self.minutes:g} min, {self.elapsed() / 60:.1f} spent: "
+            f"{per_epoch:.1f} s per epoch, planned {epochs} epochs ({total_steps} optimiser steps"
             f"{', schedule re-planned' if replanned else ''})"
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"planned_epochs": self.planned_epochs}
+        return {"planned_epochs": self.planned_epochs, "elapsed_s": self.elapsed()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.planned_epochs = state_dict.get("planned_epochs")
+        self._spent_before = float(state_dict.get("elapsed_s", 0.0))

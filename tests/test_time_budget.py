@@ -40,12 +40,13 @@ def _fit(
     callbacks: list[pl.Callback],
     monkeypatch: pytest.MonkeyPatch,
     max_epochs: int = 100,
+    clock: StepClock | None = None,
     **fit_kwargs,
 ) -> pl.Trainer:
     # A seed left by an earlier test's seed_everything would change the data order.
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     torch.manual_seed(0)
-    clock = StepClock()
+    clock = clock or StepClock()
     monkeypatch.setattr(time_budget, "_now", clock)
     dm = SegDataModule(source=SyntheticShapes(size=32, num_train=16, num_val=4), batch_size=4, num_workers=0)
     model = SegModule(
@@ -87,6 +88,26 @@ def test_budget_plans_epochs_that_fit_and_completes_the_schedule(tmp_path: Path,
     assert record.lrs[-1] == pytest.approx(MAX_LR / DIV / FINAL_DIV)
 
 
+class SlowingClock(StepClock):
+    """One second per step for the first 12 steps (3 epochs), two seconds per step after."""
+
+    def __call__(self) -> float:
+        steps = super().__call__()
+        return steps if steps <= 12 else 12 + 2 * (steps - 12)
+
+
+def test_budget_replans_when_the_machine_slows_down_and_still_ends_on_time(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    record, clock = RecordLR(), SlowingClock()
+    budget = TimeBudget(minutes=1, margin=0.0)
+    # Planned from the first epochs alone (4 s each) the run would take 15 epochs and 108 s. Re-planned
+    # every epoch: 11 after the first slow epoch, then 9, which end exactly at 60 s (3 x 4 s + 6 x 8 s).
+    trainer = _fit(tmp_path, budget, [record], monkeypatch, clock=clock)
+    assert trainer.current_epoch == 9
+    assert clock() == 60.0
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 36
+    assert record.lrs[-1] == pytest.approx(MAX_LR / DIV / FINAL_DIV)
+
+
 def test_budget_never_exceeds_the_configured_max_epochs(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     # 10 minutes would buy 150 epochs of 4 s; the configured 9 is the ceiling.
     budget = TimeBudget(minutes=10, margin=0.0)
@@ -113,7 +134,7 @@ def test_resumed_budget_run_keeps_its_plan_and_curve(tmp_path: Path, monkeypatch
 
 @pytest.mark.parametrize(
     "kwargs,key",
-    [({"minutes": 0}, "minutes is 0"), ({"minutes": 5, "calibration_epochs": 0}, "calibration_epochs is 0"),
+    [({"minutes": 0}, "minutes is 0"), ({"minutes": 5, "window": 0}, "window is 0"),
      ({"minutes": 5, "margin": 1.0}, "margin is 1.0")],
 )
 def test_bad_settings_are_named(kwargs: dict, key: str) -> None:
