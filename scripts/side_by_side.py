@@ -25,14 +25,17 @@ Two arms, each trained once per seed on the same machine:
 Both arms use ``--threads`` torch threads (default: all cores) and one persistent loader worker.
 Each (arm, seed) writes ``--out``/<arm>_seed<seed>.json atomically when it finishes; a run
 whose JSON exists is skipped, so the same command resumes across sessions. After every run
-the summary ``--out``.md and .json is rewritten from the JSONs found: per arm the mean, sample
-standard deviation and range over seeds of the final val mIoU, and segopt's lead over the
-peer, which counts as resolved when it exceeds both arms' seed range (max − min).
+the summary ``--out``.md and .json is rewritten from the JSONs found: per machine (seeds run
+on different hardware are never pooled) and arm the mean, sample standard deviation and range
+over seeds of the final val mIoU, and segopt's lead over the peer, which counts as resolved
+when it exceeds both arms' seed range (max − min). A segopt run records its recipe's sha256;
+runs of an earlier recipe on the same machine are listed as superseded, not pooled.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -305,7 +308,12 @@ def hardware(args: argparse.Namespace) -> dict[str, Any]:
 def settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     common = {"minutes": args.minutes, "data": str(args.data_given), "max_epochs": args.max_epochs}
     if arm == "segopt":
-        return {**common, "config": str(args.config), "extra_args": list(args.segopt_arg)}
+        return {
+            **common,
+            "config": str(args.config),
+            "config_sha256": hashlib.sha256(args.config.read_bytes()).hexdigest(),
+            "extra_args": list(args.segopt_arg),
+        }
     return {
         **common,
         "model": 'smp.Unet("resnet34", encoder_weights=None, classes=11)',
@@ -340,36 +348,52 @@ def _stats(values: list[float]) -> dict[str, Any]:
     }
 
 
+def machine_label(hw: dict[str, Any]) -> str:
+    """The hardware a run was measured on, in words: runs are compared only with runs on the same."""
+    where = hw["gpu"] or f"{hw['cpu']}, {hw['cores']} cores"
+    return f"{where}, {hw['torch_threads']} torch threads, {hw['loader_workers']} loader worker"
+
+
+def _arm_stats(found: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "seeds": [r["seed"] for r in found],
+        "val_mIoU": _stats([r["val_mIoU"] for r in found]),
+        "per_seed": {str(r["seed"]): r["val_mIoU"] for r in found},
+        "epochs": [r["epochs"] for r in found],
+        "wall_min": [round(r["wall_s"] / 60, 1) for r in found],
+        "val_iou_mean": {
+            n: statistics.fmean(v) if (v := [r["val_iou"][n] for r in found if r["val_iou"].get(n) is not None]) else None
+            for n in CLASS_NAMES
+        },
+    }
+
+
 def summarise(out: Path) -> dict[str, Any]:
-    """Per-arm statistics over the finished seeds, and segopt's lead over the peer."""
-    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    """Per machine and arm, statistics over the finished seeds, and segopt's lead over the peer.
+
+    Seeds are pooled only within one machine (CPU, cores, threads, GPU): the epochs an hour buys
+    differ between machines. Within a machine, segopt runs of an earlier recipe (its file's
+    sha256 differs from the latest run's) are listed as superseded and left out of the figures.
+    """
+    machines: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for path in sorted(out.glob("*_seed*.json")):
         data = json.loads(path.read_text())
-        runs[data["arm"]].append(data)
-    arms = {}
-    for arm, found in runs.items():
-        if not found:
-            continue
-        arms[arm] = {
-            "seeds": [r["seed"] for r in found],
-            "val_mIoU": _stats([r["val_mIoU"] for r in found]),
-            "per_seed": {str(r["seed"]): r["val_mIoU"] for r in found},
-            "epochs": [r["epochs"] for r in found],
-            "wall_min": [round(r["wall_s"] / 60, 1) for r in found],
-            "val_iou_mean": {
-                n: statistics.fmean(v) if (v := [r["val_iou"][n] for r in found if r["val_iou"].get(n) is not None]) else None
-                for n in CLASS_NAMES
-            },
-            "hardware": found[0]["hardware"],
-        }
-    summary: dict[str, Any] = {"arms": arms}
-    if len(arms) == 2:
-        lead = arms["segopt"]["val_mIoU"]["mean"] - arms["peer"]["val_mIoU"]["mean"]
-        spread = max(arms["segopt"]["val_mIoU"]["range"], arms["peer"]["val_mIoU"]["range"])
-        enough = min(arms["segopt"]["val_mIoU"]["n"], arms["peer"]["val_mIoU"]["n"]) >= 2
-        summary["segopt_minus_peer"] = lead
-        summary["spread"] = spread
-        summary["exceeds_spread"] = bool(enough and abs(lead) > spread)
+        machines.setdefault(machine_label(data["hardware"]), {arm: [] for arm in ARMS})[data["arm"]].append(data)
+    summary: dict[str, Any] = {"machines": {}}
+    for label, runs in machines.items():
+        superseded: list[int] = []
+        if runs["segopt"]:
+            latest = max(runs["segopt"], key=lambda r: r.get("finished", ""))["settings"].get("config_sha256")
+            superseded = [r["seed"] for r in runs["segopt"] if r["settings"].get("config_sha256") != latest]
+            runs["segopt"] = [r for r in runs["segopt"] if r["settings"].get("config_sha256") == latest]
+        arms = {arm: _arm_stats(found) for arm, found in runs.items() if found}
+        entry: dict[str, Any] = {"arms": arms, "superseded_segopt_seeds": superseded}
+        if len(arms) == 2:
+            lead = arms["segopt"]["val_mIoU"]["mean"] - arms["peer"]["val_mIoU"]["mean"]
+            spread = max(arms["segopt"]["val_mIoU"]["range"], arms["peer"]["val_mIoU"]["range"])
+            enough = min(arms["segopt"]["val_mIoU"]["n"], arms["peer"]["val_mIoU"]["n"]) >= 2
+            entry.update(segopt_minus_peer=lead, spread=spread, exceeds_spread=bool(enough and abs(lead) > spread))
+        summary["machines"][label] = entry
     return summary
 
 
@@ -380,54 +404,62 @@ def _f(x: float | None) -> str:
 def markdown(summary: dict[str, Any]) -> list[str]:
     lines = ["# segopt vs. a hand-written smp UNet, same wall-clock time (CamVid val, full-resolution labels)", ""]
     lines.append("Written by `scripts/side_by_side.py`; final-epoch val mIoU, mean ± sample std over seeds (range in brackets).")
-    lines.append("Learning curves: `side_by_side.png` beside this file.")
-    lines.append("")
-    lines.append("| arm | seeds | val mIoU | per seed | epochs | wall (min) | hardware |")
-    lines.append("|---|---|---|---|---|---|---|")
-    for arm, a in summary["arms"].items():
-        s = a["val_mIoU"]
-        hw = a["hardware"]
-        where = hw["gpu"] or f"{hw['cpu']}, {hw['cores']} cores"
-        lines.append(
-            f"| {arm} | {', '.join(map(str, a['seeds']))} | {_f(s['mean'])} ± {_f(s['std'])} [{_f(s['min'])}–{_f(s['max'])}] | "
-            f"{', '.join(_f(v) for v in a['per_seed'].values())} | {', '.join(map(str, a['epochs']))} | "
-            f"{', '.join(map(str, a['wall_min']))} | {where}, {hw['torch_threads']} torch threads, {hw['loader_workers']} loader worker |"
-        )
-    if "segopt_minus_peer" in summary:
-        verdict = "exceeds" if summary["exceeds_spread"] else "does not exceed"
-        lines += [
-            "",
-            (
-                f"segopt − peer: {summary['segopt_minus_peer']:+.3f} mIoU; this {verdict} the larger seed range "
-                f"of the two arms ({summary['spread']:.3f})."
-            ),
-        ]
-    lines += ["", "Per-class IoU (mean over seeds):", "", "| class | " + " | ".join(summary["arms"]) + " |", "|---|" + "---|" * len(summary["arms"])]
-    for name in CLASS_NAMES:
-        lines.append(f"| {name} | " + " | ".join(_f(a["val_iou_mean"][name]) for a in summary["arms"].values()) + " |")
+    lines.append("Seeds are pooled only within one machine. Learning curves: `side_by_side.png` beside this file.")
+    for label, entry in summary["machines"].items():
+        lines += ["", f"## {label}", ""]
+        lines.append("| arm | seeds | val mIoU | per seed | epochs | wall (min) |")
+        lines.append("|---|---|---|---|---|---|")
+        for arm, a in entry["arms"].items():
+            s = a["val_mIoU"]
+            lines.append(
+                f"| {arm} | {', '.join(map(str, a['seeds']))} | {_f(s['mean'])} ± {_f(s['std'])} [{_f(s['min'])}–{_f(s['max'])}] | "
+                f"{', '.join(_f(v) for v in a['per_seed'].values())} | {', '.join(map(str, a['epochs']))} | "
+                f"{', '.join(map(str, a['wall_min']))} |"
+            )
+        if entry["superseded_segopt_seeds"]:
+            seeds = ", ".join(map(str, entry["superseded_segopt_seeds"]))
+            lines += ["", f"Left out: segopt seed(s) {seeds}, run with an earlier version of the recipe."]
+        if "segopt_minus_peer" in entry:
+            verdict = "exceeds" if entry["exceeds_spread"] else "does not exceed"
+            lines += [
+                "",
+                (
+                    f"segopt − peer: {entry['segopt_minus_peer']:+.3f} mIoU; this {verdict} the larger seed range "
+                    f"of the two arms ({entry['spread']:.3f})."
+                ),
+            ]
+        arms = entry["arms"]
+        lines += ["", "Per-class IoU (mean over seeds):", "", "| class | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+        for name in CLASS_NAMES:
+            lines.append(f"| {name} | " + " | ".join(_f(a["val_iou_mean"][name]) for a in arms.values()) + " |")
     return lines
 
 
 def plot_curves(out: Path, path: Path) -> None:
-    """Val mIoU against wall-clock minutes for every finished (arm, seed), one chart."""
+    """Val mIoU against wall-clock minutes for every finished (arm, seed), one chart per machine."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = {"segopt": "tab:blue", "peer": "tab:orange"}
+    runs: dict[str, list[dict[str, Any]]] = {}
     for run in sorted(out.glob("*_seed*.json")):
         data = json.loads(run.read_text())
-        points = [(p["elapsed_s"] / 60, p["val_mIoU"]) for p in data["curve"] if p.get("val_mIoU") is not None]
-        if points:
-            style = "-" if data["seed"] % 2 == 0 else "--"
-            ax.plot(*zip(*points), style, marker=".", color=colours.get(data["arm"]), label=f"{data['arm']} seed {data['seed']}")
-    ax.set_xlabel("wall-clock minutes")
-    ax.set_ylabel("val mIoU (full-resolution labels)")
-    ax.set_title("CamVid val mIoU over one budget (scripts/side_by_side.py)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        runs.setdefault(machine_label(data["hardware"]), []).append(data)
+    fig, axes = plt.subplots(len(runs) or 1, 1, figsize=(7, 4.2 * max(1, len(runs))), squeeze=False)
+    colours = {"segopt": "tab:blue", "peer": "tab:orange"}
+    for ax, (label, found) in zip(axes[:, 0], runs.items()):
+        for data in found:
+            points = [(p["elapsed_s"] / 60, p["val_mIoU"]) for p in data["curve"] if p.get("val_mIoU") is not None]
+            if points:
+                style = "-" if data["seed"] % 2 == 0 else "--"
+                ax.plot(*zip(*points), style, marker=".", color=colours.get(data["arm"]), label=f"{data['arm']} seed {data['seed']}")
+        ax.set_xlabel("wall-clock minutes")
+        ax.set_ylabel("val mIoU (full-resolution labels)")
+        ax.set_title(label, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("CamVid val mIoU over one budget (scripts/side_by_side.py)")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -490,7 +522,15 @@ def main(argv: list[str] | None = None) -> Path:
             continue
         result = run_peer(args, seed) if args.arm == "peer" else run_segopt(args, seed)
         write_json_atomic(
-            path, {"arm": args.arm, "seed": seed, "settings": settings(args, args.arm), "hardware": hardware(args), **result}
+            path,
+            {
+                "arm": args.arm,
+                "seed": seed,
+                "settings": settings(args, args.arm),
+                "hardware": hardware(args),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **result,
+            },
         )
         summary = write_summary(args.out)  # after every run: an interrupted series still has one
     return summary or write_summary(args.out)

@@ -52,8 +52,9 @@ def test_peer_arm_writes_its_json_and_the_summary_and_skips_it_on_rerun(sbs: Mod
 
     assert summary_md == tmp_path / "results" / "side_by_side.md"
     summary = json.loads(summary_md.with_suffix(".json").read_text())
-    assert summary["arms"]["peer"]["per_seed"] == {"0": run["val_mIoU"]}
-    assert "segopt_minus_peer" not in summary  # one arm only
+    (machine,) = summary["machines"].values()
+    assert machine["arms"]["peer"]["per_seed"] == {"0": run["val_mIoU"]}
+    assert "segopt_minus_peer" not in machine  # one arm only
     assert "| peer | 0 |" in summary_md.read_text()
 
     before = (out / "peer_seed0.json").read_text()
@@ -113,12 +114,14 @@ def test_segopt_arm_without_val_mIoU_is_a_clear_error(sbs: ModuleType, tmp_path:
         sbs.read_tensorboard(tmp_path, t0=0.0)
 
 
-def _fake_run(out: Path, arm: str, seed: int, miou: float) -> None:
-    hw = {"cpu": "X", "cores": 2, "torch_threads": 2, "loader_workers": 1, "gpu": None}
+def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recipe: str = "r1", finished: str = "1") -> None:
+    hw = {"cpu": cpu, "cores": 2, "torch_threads": 2, "loader_workers": 1, "gpu": None}
     iou = dict.fromkeys(["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"], miou)
     curve = [{"epoch": 5, "elapsed_s": 1800.0, "val_mIoU": miou / 2}, {"epoch": 10, "elapsed_s": 3600.0, "val_mIoU": miou}]
-    run = {"arm": arm, "seed": seed, "epochs": 10, "wall_s": 3600.0, "val_mIoU": miou, "val_iou": iou, "hardware": hw, "curve": curve}
-    (out / f"{arm}_seed{seed}.json").write_text(json.dumps(run))
+    settings = {"config_sha256": recipe} if arm == "segopt" else {}
+    run = {"arm": arm, "seed": seed, "epochs": 10, "wall_s": 3600.0, "val_mIoU": miou, "val_iou": iou, "hardware": hw,
+           "curve": curve, "settings": settings, "finished": finished}
+    (out / f"{arm}_seed{seed}_{cpu}.json").write_text(json.dumps(run))
 
 
 @pytest.mark.parametrize(("segopt", "exceeds"), [((0.60, 0.62), True), ((0.50, 0.56), False)])
@@ -130,12 +133,30 @@ def test_summary_says_whether_the_lead_exceeds_the_seed_spread(sbs: ModuleType, 
     for seed, miou in enumerate(segopt):
         _fake_run(out, "segopt", seed, miou)
     sbs.write_summary(out)
-    summary = json.loads((tmp_path / "side_by_side.json").read_text())
+    summary = json.loads((tmp_path / "side_by_side.json").read_text())["machines"]["X, 2 cores, 2 torch threads, 1 loader worker"]
     assert summary["segopt_minus_peer"] == pytest.approx(sum(segopt) / 2 - 0.47)
     assert summary["spread"] == pytest.approx(max(0.04, segopt[1] - segopt[0]))
     assert summary["exceeds_spread"] is exceeds
     assert ("does not exceed" in (tmp_path / "side_by_side.md").read_text()) is not exceeds
     assert (tmp_path / "side_by_side.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the learning curves
+
+
+def test_summary_pools_seeds_per_machine_and_leaves_out_an_earlier_recipe(sbs: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "side_by_side"
+    out.mkdir()
+    _fake_run(out, "peer", 0, 0.40, cpu="A")
+    _fake_run(out, "segopt", 0, 0.50, cpu="A")
+    _fake_run(out, "peer", 1, 0.55, cpu="B")
+    _fake_run(out, "segopt", 0, 0.58, cpu="B", recipe="old", finished="1")
+    _fake_run(out, "segopt", 1, 0.66, cpu="B", recipe="new", finished="2")
+    sbs.write_summary(out)
+    machines = json.loads((tmp_path / "side_by_side.json").read_text())["machines"]
+    a, b = machines["A, 2 cores, 2 torch threads, 1 loader worker"], machines["B, 2 cores, 2 torch threads, 1 loader worker"]
+    assert a["segopt_minus_peer"] == pytest.approx(0.10)
+    assert b["arms"]["segopt"]["per_seed"] == {"1": 0.66}
+    assert b["superseded_segopt_seeds"] == [0]
+    assert b["segopt_minus_peer"] == pytest.approx(0.11)
+    assert "Left out: segopt seed(s) 0, run with an earlier version of the recipe." in (tmp_path / "side_by_side.md").read_text()
 
 
 def test_bad_data_folder_is_a_clear_error(sbs: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
