@@ -161,7 +161,7 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
 
     from segopt.data.files import EXTENSIONS
     from segopt.data.roots import resolve_data_path
-    from segopt.export import PaddedModel, export_onnx
+    from segopt.export import export_onnx
     from segopt.precision import resolve_precision
 
     cli = build_from_config([*cli_args, "--trainer.accelerator=cpu"])
@@ -208,14 +208,13 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
     try:
         import onnxruntime as ort
 
-        onnx_path = export_onnx(model.net, scratch / "model.onnx", cli.datamodule.in_channels)
+        onnx_path = export_onnx(model, scratch / "model.onnx", cli.datamodule.in_channels)
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        wrapper = PaddedModel(model.net, 32).eval()
         c = cli.datamodule.in_channels
         h, w = cv2.imread(str(paths[0]), cv2.IMREAD_UNCHANGED).shape[:2]
         x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))
         engines = {
-            "torch (float32)": lambda: wrapper(x),
+            "torch (float32)": lambda: model(x),
             "ONNX Runtime (float32, CPUExecutionProvider)": lambda: session.run(["logits"], {"image": x.numpy()}),
         }
         times: dict[str, list[float]] = {k: [] for k in engines}
@@ -290,8 +289,8 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
             "| --- | ---: | ---: |",
             *[f"| {r['engine']} | {r['images_per_s']} | {r.get('vs_torch', 1.0)} |" for r in onnx_rows],
             "",
-            f"- The exported graph (`segopt.export.export_onnx`, edge-pad + network + crop) and `PaddedModel` in "
-            f"torch: {onnx_note}.",
+            f"- The exported graph (`segopt.export.export_onnx`: SegModule's edge-pad + network + crop) and the "
+            f"same module in torch: {onnx_note}.",
         ]
     else:
         lines.append(f"- {onnx_note}")

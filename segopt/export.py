@@ -1,7 +1,7 @@
 """ONNX export of a segmentation model with dynamic batch, height and width, and its parity check.
 
-The exported graph is what segopt runs for one whole-image pass: edge-pad to the stride
-multiple, the network, crop back (:func:`segopt.inference.padded_logits`). It maps
+The exported graph is what segopt runs for one whole-image pass: :class:`segopt.module.SegModule`'s
+forward (edge-pad to the backbone's ``size_multiple``, the network, crop back). It maps
 ``image [N,C,H,W]`` (normalised as in evaluation) to ``logits [N,K,H,W]``; sliding
 window and TTA are left to the caller. Needs the ``onnx`` extra (onnx, onnxruntime).
 """
@@ -16,20 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from segopt.inference import padded_logits
-
-
-class PaddedModel(nn.Module):
-    """``padded_logits(model, x, multiple)`` as a module, so it can be traced."""
-
-    def __init__(self, model: nn.Module, multiple: int) -> None:
-        super().__init__()
-        self.model = model
-        self.multiple = multiple
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return padded_logits(self.model, x, self.multiple)
-
 
 def _require_onnx() -> None:
     try:
@@ -41,17 +27,16 @@ def _require_onnx() -> None:
         ) from None
 
 
-def export_onnx(model: nn.Module, path: str | Path, in_channels: int, multiple: int = 32, opset: int = 17) -> Path:
-    """Write ``model`` (logits ``[N,K,H,W]``) to ``path`` as ONNX with dynamic N, H and W."""
+def export_onnx(model: nn.Module, path: str | Path, in_channels: int, opset: int = 17) -> Path:
+    """Write ``model`` (logits ``[N,K,H,W]`` for any H, W: a SegModule) to ``path`` as ONNX with dynamic N, H and W."""
     _require_onnx()
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = PaddedModel(model, multiple).eval()
-    # Traced at a size that is already a multiple, the backbone's own "pad if needed"
-    # branch is recorded as "no padding", which holds for every input once the wrapper
-    # has padded it; the tracer's warning about that branch is therefore expected.
+    model = model.eval()
+    # Padding and cropping are branch-free shape arithmetic, so a trace at one size holds for all.
+    multiple = int(getattr(model, "size_multiple", 32))
     example = torch.zeros(1, in_channels, 2 * multiple, 2 * multiple)
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings():
@@ -59,7 +44,7 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, multiple: 
         warnings.simplefilter("ignore", DeprecationWarning)
         with torch.no_grad():
             torch.onnx.export(
-                wrapper,
+                model,
                 (example,),
                 str(path),
                 input_names=["image"],
@@ -77,7 +62,6 @@ def onnx_parity(
     path: str | Path,
     in_channels: int,
     sizes: Sequence[tuple[int, int]],
-    multiple: int = 32,
     batch: int = 2,
     seed: int = 0,
 ) -> dict[tuple[int, int], float]:
@@ -86,13 +70,13 @@ def onnx_parity(
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    wrapper = PaddedModel(model, multiple).eval()
+    model = model.eval()
     generator = torch.Generator().manual_seed(seed)
     diffs = {}
     for h, w in sizes:
         x = torch.randn(batch, in_channels, h, w, generator=generator)
         with torch.no_grad():
-            expected = wrapper(x).float().numpy()
+            expected = model(x).float().numpy()
         (got,) = session.run(["logits"], {"image": x.numpy()})
         if got.shape != expected.shape:
             raise AssertionError(f"ONNX logits have shape {got.shape} for input {h}x{w}, PyTorch {expected.shape}")

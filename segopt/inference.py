@@ -1,9 +1,10 @@
-"""Inference on images of any size: padding, sliding-window tiling and test-time augmentation.
+"""Inference on images of any size: sliding-window tiling and test-time augmentation.
 
 Everything here returns softmax probabilities ``[B,K,H,W]`` in float32 at the input's size:
 tiles are blended and augmented passes are averaged as probabilities (not logits), so one
 over-confident pass cannot outvote the others. The model is any callable mapping images
-``[B,C,H,W]`` to logits ``[B,K,H,W]``, e.g. :class:`segopt.module.SegModule`.
+``[B,C,H,W]`` of any size to logits ``[B,K,H,W]``, e.g. :class:`segopt.module.SegModule`
+(which pads to its backbone's stride; nothing here pads for the network).
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ class SlidingWindow:
             its borders (which saw the least context) count least; "constant" averages.
         sigma: standard deviation of the Gaussian as a fraction of the tile side.
         tile_batch: tiles per forward pass (bounds memory on large images).
-        pad_multiple: network inputs are edge-padded to a multiple of this and the output
-            cropped back; it must be a multiple of the backbone's total stride.
     """
 
     tile: int | tuple[int, int] | None = None
@@ -40,7 +39,6 @@ class SlidingWindow:
     blend: str = "gaussian"
     sigma: float = 0.125
     tile_batch: int = 8
-    pad_multiple: int = 32
 
     def __post_init__(self) -> None:
         if self.tile is not None:
@@ -56,8 +54,6 @@ class SlidingWindow:
             raise ValueError(f"sliding_window.sigma is {self.sigma}; it must be > 0, e.g. 0.125")
         if self.tile_batch < 1:
             raise ValueError(f"sliding_window.tile_batch is {self.tile_batch}; it must be >= 1")
-        if self.pad_multiple < 1:
-            raise ValueError(f"sliding_window.pad_multiple is {self.pad_multiple}; it must be >= 1, e.g. 32")
 
 
 @dataclass
@@ -86,17 +82,6 @@ class TTA:
         return self.hflip or self.vflip or self.scales != (1.0,)
 
 
-def padded_logits(model: Model, x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Logits of ``x`` after edge-padding H and W up to ``multiple``, cropped back.
-
-    Written without shape-dependent branches so that an ONNX trace of it stays valid for
-    every input size.
-    """
-    h, w = x.shape[-2:]
-    x = F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")
-    return model(x)[..., :h, :w]
-
-
 def gaussian_weights(size: tuple[int, int], sigma: float) -> torch.Tensor:
     """``[H,W]`` blending weights: a Gaussian with peak 1 at the centre, floored at 1e-3.
 
@@ -120,14 +105,14 @@ def _starts(size: int, tile: int, overlap: float) -> list[int]:
     return [round(i * (size - tile) / (count - 1)) for i in range(count)]
 
 
-def _probs(model: Model, x: torch.Tensor, multiple: int) -> torch.Tensor:
-    return padded_logits(model, x, multiple).float().softmax(dim=1)
+def _probs(model: Model, x: torch.Tensor) -> torch.Tensor:
+    return model(x).float().softmax(dim=1)
 
 
 def sliding_window_probs(model: Model, x: torch.Tensor, window: SlidingWindow) -> torch.Tensor:
     """Softmax probabilities of ``x`` ``[B,C,H,W]``, predicted tile by tile and blended."""
     if window.tile is None:
-        return _probs(model, x, window.pad_multiple)
+        return _probs(model, x)
     th, tw = window.tile
     h, w = x.shape[-2:]
     # Smaller than a tile: edge-pad so every window has the size the network was tuned for.
@@ -145,7 +130,7 @@ def sliding_window_probs(model: Model, x: torch.Tensor, window: SlidingWindow) -
     for i in range(0, len(windows), per_pass):
         chunk = windows[i : i + per_pass]
         tiles = torch.cat([x[..., y : y + th, xo : xo + tw] for y, xo in chunk])
-        probs = _probs(model, tiles, window.pad_multiple)
+        probs = _probs(model, tiles)
         if total is None:
             total = x.new_zeros((batch, probs.shape[1], hp, wp), dtype=torch.float32)
         for j, (y, xo) in enumerate(chunk):

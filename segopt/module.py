@@ -28,9 +28,10 @@ from segopt.checkpoints import warm_start
 from segopt.class_weights import DataWeighted, compute_class_weights
 from segopt.compiling import CompileMode, compile_backbone
 from segopt.data.datamodule import SegDataModule
-from segopt.inference import TTA, SlidingWindow, masks_at_size, padded_logits, predict_probs
+from segopt.inference import TTA, SlidingWindow, masks_at_size, predict_probs
 from segopt.losses import CombinedLoss
 from segopt.models import FinetunableEncoder, UNet
+from segopt.models.blocks import pad_to_multiple
 from segopt.schedules import OneCycle
 from segopt.time_budget import TimeBudget
 
@@ -62,8 +63,8 @@ class SegModule(pl.LightningModule):
             continues uncompiled. Checkpoints are the same either way.
         compile_mode: the ``torch.compile`` mode (:data:`segopt.compiling.CompileMode`).
         tta: test-time augmentation for ``validate``, ``test`` and ``predict`` (off by default).
-        sliding_window: tiling and padding for ``validate``, ``test`` and ``predict``; the
-            validation inside ``fit`` uses only its ``pad_multiple``.
+        sliding_window: tiling for ``validate``, ``test`` and ``predict``; the validation
+            inside ``fit`` makes one whole-image pass.
         init_weights: warm start: a checkpoint (or ``last``/``best`` of this experiment)
             whose network tensors initialise a new fit, matched by name and shape; the
             optimiser, schedule and step count start afresh. Tensors that do not match
@@ -139,14 +140,26 @@ class SegModule(pl.LightningModule):
         self.val_miou_best.persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B,K,H,W]`` (the main head when the backbone is deeply supervised)."""
+        """Logits ``[B,K,H,W]`` of images of any size (the main head when the backbone is deeply
+        supervised): edge-padded to the backbone's ``size_multiple`` and cropped back."""
         out = self._backbone(x)
         return out[-1] if isinstance(out, (list, tuple)) else out
 
     def _backbone(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        # The one place segopt pads: training, evaluation, prediction and export all pass here.
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, self.size_multiple)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        out = self.net(x)
+        if isinstance(out, (list, tuple)):
+            return [o[..., :h, :w] for o in out]
+        return out[..., :h, :w]
+
+    @property
+    def size_multiple(self) -> int:
+        """What the backbone needs its input sides to be a multiple of (its ``size_multiple``, else 1)."""
+        return int(getattr(self.net, "size_multiple", 1))
 
     def _loss(self, out: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         if not isinstance(out, (list, tuple)):
@@ -217,7 +230,7 @@ class SegModule(pl.LightningModule):
         mask = batch["mask"]
         if self.trainer.state.fn == TrainerFn.FITTING:
             # One plain pass inside fit: checkpoint choice and epoch time must not depend on TTA.
-            logits = padded_logits(self, batch["image"], self.sliding_window.pad_multiple)
+            logits = self(batch["image"])
             if logits.shape[-2:] != mask.shape[-2:]:
                 logits = self._at_label_size(logits.float().softmax(dim=1), mask)
         else:

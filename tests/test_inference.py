@@ -174,7 +174,6 @@ def test_validate_uses_the_configured_tta(trained: SegModule) -> None:
         ({"blend": "median"}, "sliding_window.blend"),
         ({"sigma": 0.0}, "sliding_window.sigma"),
         ({"tile_batch": 0}, "sliding_window.tile_batch"),
-        ({"pad_multiple": 0}, "sliding_window.pad_multiple"),
     ],
 )
 def test_bad_sliding_window_settings_name_the_key(kwargs: dict, key: str) -> None:

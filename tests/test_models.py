@@ -47,18 +47,30 @@ def _build(name: str, in_channels: int, num_classes: int) -> nn.Module:
 @pytest.mark.parametrize("in_channels", [1, 3])
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_odd_sized_input_gives_logits_of_the_same_size(name: str, in_channels: int) -> None:
-    net = _build(name, in_channels, num_classes=3).eval()
+    module = SegModule(backbone=partial(_build, name), num_classes=3, in_channels=in_channels).eval()
     with torch.no_grad():
-        out = net(torch.randn(2, in_channels, 67, 45))
+        out = module(torch.randn(2, in_channels, 67, 45))
     assert isinstance(out, torch.Tensor)
     assert out.shape == (2, 3, 67, 45)
     assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
+def test_the_module_pads_once_to_the_backbone_size_multiple_and_crops_back(name: str) -> None:
+    module = SegModule(backbone=partial(_build, name), num_classes=3, in_channels=3).eval()
+    expected_multiple = 32 if name.startswith(("resnet", "smp")) else 2**3  # encoders of stride 32; depth-3 UNets
+    assert module.size_multiple == module.net.size_multiple == expected_multiple
+    x = torch.randn(1, 3, 67, 45)
+    m = expected_multiple
+    padded = torch.nn.functional.pad(x, (0, (-45) % m, 0, (-67) % m), mode="replicate")
+    with torch.no_grad():
+        assert torch.equal(module(x), module.net(padded)[..., :67, :45])
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
 def test_every_parameter_gets_a_gradient(name: str) -> None:
     net = _build(name, 1, num_classes=2).train()
-    out = net(torch.randn(2, 1, 40, 36))
+    out = net(torch.randn(2, 1, 64, 32))
     outs = out if isinstance(out, list) else [out]
     sum(o.square().mean() for o in outs).backward()
     without = [n for n, p in net.named_parameters() if p.grad is None or torch.count_nonzero(p.grad) == 0]
@@ -80,19 +92,25 @@ def test_channels_last_module_gives_the_same_logits(name: str) -> None:
 def test_deep_supervision_returns_one_logit_map_per_depth_in_training_and_the_last_in_eval() -> None:
     torch.manual_seed(0)
     net = NestedUNet(3, 4, base_channels=4, depth=3, deep_supervision=True)
-    x = torch.randn(2, 3, 33, 29)
+    x = torch.randn(2, 3, 32, 24)
     outs = net.train()(x)
     assert isinstance(outs, list) and len(outs) == 3
-    assert [tuple(o.shape) for o in outs] == [(2, 4, 33, 29)] * 3
+    assert [tuple(o.shape) for o in outs] == [(2, 4, 32, 24)] * 3
     net.eval()
     with torch.no_grad():
         single = net(x)
         # Same eval-mode layers, but the top module asks for every head: the eval output is the last one.
         net.training = True
         heads = net(x)
-    assert isinstance(single, torch.Tensor) and single.shape == (2, 4, 33, 29)
+    assert isinstance(single, torch.Tensor) and single.shape == (2, 4, 32, 24)
     assert torch.equal(heads[-1], single)
     assert not torch.equal(heads[0], single)
+
+
+def test_module_crops_every_deep_supervision_head_back_to_the_input_size() -> None:
+    module = SegModule(backbone=partial(NestedUNet, base_channels=4, depth=3, deep_supervision=True), num_classes=4).train()
+    outs = module._backbone(torch.randn(2, 3, 33, 29))
+    assert [tuple(o.shape) for o in outs] == [(2, 4, 33, 29)] * 3
 
 
 def test_without_deep_supervision_nested_unet_has_one_head_and_returns_a_tensor_in_training() -> None:

@@ -66,18 +66,12 @@ class Up(nn.Module):
         return self.up(x)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad H and W (bottom/right, reflect where possible) up to a multiple; return the original size."""
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Edge-pad H and W (bottom/right) up to a multiple of ``multiple``.
+
+    segopt's one padding rule: :class:`segopt.module.SegModule` applies it around its
+    backbone for training, evaluation, prediction and export alike. Written without
+    shape-dependent branches, so an ONNX trace of it holds for every input size.
+    """
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
-
-
-def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Undo :func:`pad_to_multiple`: the top-left ``size`` of ``x`` (``x`` itself when unpadded)."""
-    h, w = size
-    # Slicing an unpadded map would still add a copy to the backward pass.
-    return x if x.shape[-2:] == (h, w) else x[..., :h, :w]
+    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segopt.models.blocks import ConvBlock, ResidualBlock, crop_to, pad_to_multiple
+from segopt.models.blocks import ConvBlock, ResidualBlock
 
 
 class NestedUNet(nn.Module):
@@ -19,8 +19,8 @@ class NestedUNet(nn.Module):
         in_channels: image channels.
         num_classes: output channels.
         base_channels: width at depth 0; it doubles with each depth.
-        depth: number of 2x down-samplings; inputs are padded to a multiple of ``2**depth``
-            inside and cropped back.
+        depth: number of 2x down-samplings; input sides must be multiples of ``2**depth``
+            (``size_multiple``; :class:`segopt.module.SegModule` pads to it).
         deep_supervision: put a 1x1 head on every ``X[0][j]``; in training the forward
             returns those ``depth`` logits (the full-depth head last) for a weighted loss
             (``SegModule.aux_weights``); in evaluation it returns the last head only.
@@ -42,6 +42,7 @@ class NestedUNet(nn.Module):
         block = ResidualBlock if residual else ConvBlock
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.depth = depth
+        self.size_multiple = 2**depth
         self.deep_supervision = deep_supervision
         self.pool = nn.MaxPool2d(2)
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
@@ -57,7 +58,6 @@ class NestedUNet(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(widths[0], num_classes, 1) for _ in range(n_heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        x, (h, w) = pad_to_multiple(x, 2**self.depth)
         grid: list[list[torch.Tensor]] = [[] for _ in range(self.depth + 1)]
         for k in range(self.depth + 1):
             grid[k].append(self.nodes[f"{k}_0"](x if k == 0 else self.pool(grid[k - 1][0])))
@@ -67,5 +67,5 @@ class NestedUNet(nn.Module):
                 inputs = [*grid[i][:j], self.up(grid[i + 1][j - 1])]
                 grid[i].append(self.nodes[f"{i}_{j}"](torch.cat(inputs, dim=1)))
         if self.deep_supervision and self.training:
-            return [crop_to(head(y), (h, w)) for head, y in zip(self.heads, grid[0][1:])]
-        return crop_to(self.heads[-1](grid[0][-1]), (h, w))
+            return [head(y) for head, y in zip(self.heads, grid[0][1:])]
+        return self.heads[-1](grid[0][-1])

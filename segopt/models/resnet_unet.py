@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from segopt.models.blocks import ConvBlock, crop_to, pad_to_multiple
+from segopt.models.blocks import ConvBlock
 from segopt.models.finetune import FinetunableEncoder
 
 ENCODERS = ("resnet18", "resnet34", "resnet50")
@@ -88,7 +88,8 @@ class ResNetUNet(FinetunableEncoder):
 
     The five encoder stages (strides 2, 4, 8, 16, 32) feed a UNet decoder of five blocks
     (up-sample x2, concatenate the skip, two conv-BN-ReLU), followed by a 3x3 head at full
-    resolution: the layout of segmentation_models_pytorch's ``Unet``.
+    resolution: the layout of segmentation_models_pytorch's ``Unet``. Input sides must be
+    multiples of 32 (``size_multiple``; :class:`segopt.module.SegModule` pads to it).
 
     Args:
         in_channels: image channels; for pretrained RGB weights and grey input the first
@@ -118,6 +119,7 @@ class ResNetUNet(FinetunableEncoder):
         encoder_lr_scale: float = 1.0,
     ) -> None:
         super().__init__(freeze_encoder_epochs, encoder_lr_scale)
+        self.size_multiple = 32
         if encoder not in ENCODERS:
             raise ValueError(f"encoder={encoder!r} is not supported; use one of {', '.join(ENCODERS)}")
         if len(decoder_channels) != 5:
@@ -153,7 +155,6 @@ class ResNetUNet(FinetunableEncoder):
         return [f1, f2, f3, f4, f5]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = pad_to_multiple(x, 32)
         *skips, y = self.encode(x)
         skips.reverse()
         for i, block in enumerate(self.decoder):
@@ -161,7 +162,7 @@ class ResNetUNet(FinetunableEncoder):
             if i < len(skips):
                 y = torch.cat([y, skips[i]], dim=1)
             y = block(y)
-        return crop_to(self.head(y), (h, w))
+        return self.head(y)
 
 
 def _build_encoder(name: str, in_channels: int, weights: str | None) -> torchvision.models.ResNet:

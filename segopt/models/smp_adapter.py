@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from segopt.models.blocks import crop_to, pad_to_multiple
 from segopt.models.finetune import FinetunableEncoder
 
 
@@ -28,8 +27,8 @@ def _import_smp() -> Any:
 class SMPBackbone(FinetunableEncoder):
     """A segmentation_models_pytorch model built with ``smp.create_model``.
 
-    Inputs are padded inside to the encoder's output stride and cropped back, so any
-    size works.
+    Input sides must be multiples of the encoder's output stride (``size_multiple``;
+    :class:`segopt.module.SegModule` pads to it).
 
     Args:
         in_channels: image channels (smp adapts pretrained first filters itself).
@@ -75,7 +74,7 @@ class SMPBackbone(FinetunableEncoder):
             classes=num_classes,
             **options,
         )
-        self.multiple = int(getattr(self.model.encoder, "output_stride", 32))
+        self.size_multiple = int(getattr(self.model.encoder, "output_stride", 32))
 
     @property
     def encoder(self) -> nn.Module:
@@ -83,5 +82,4 @@ class SMPBackbone(FinetunableEncoder):
         return self.model.encoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = pad_to_multiple(x, self.multiple)
-        return crop_to(self.model(x), (h, w))
+        return self.model(x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segopt.models.blocks import ConvBlock, ResidualBlock, Up, crop_to, pad_to_multiple
+from segopt.models.blocks import ConvBlock, ResidualBlock, Up
 
 
 class UNet(nn.Module):
@@ -15,8 +15,8 @@ class UNet(nn.Module):
         in_channels: image channels (1 grey, 3 RGB).
         num_classes: output channels (one logit per class).
         base_channels: width of the first stage.
-        depth: number of 2x down-samplings; inputs of any size are padded to a
-            multiple of ``2**depth`` inside and cropped back.
+        depth: number of 2x down-samplings; input sides must be multiples of
+            ``2**depth`` (``size_multiple``; :class:`segopt.module.SegModule` pads to it).
         residual: use the seed's ResidualBlock instead of the plain conv block.
         up_mode: "bilinear" (interpolation + 1x1 conv) or "transpose".
     """
@@ -34,6 +34,7 @@ class UNet(nn.Module):
         block = ResidualBlock if residual else ConvBlock
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.depth = depth
+        self.size_multiple = 2**depth
         self.stem = block(in_channels, widths[0])
         self.down = nn.ModuleList(
             nn.Sequential(nn.MaxPool2d(2), block(widths[i], widths[i + 1])) for i in range(depth)
@@ -43,11 +44,10 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = pad_to_multiple(x, 2**self.depth)
         skips = [self.stem(x)]
         for down in self.down:
             skips.append(down(skips[-1]))
         y = skips.pop()
         for up, dec in zip(self.up, self.dec):
             y = dec(torch.cat([up(y), skips.pop()], dim=1))
-        return crop_to(self.head(y), (h, w))
+        return self.head(y)
