@@ -73,6 +73,8 @@ class SegCLI(LightningCLI):
         if self.subcommand is None:  # run=False: nothing will run, nothing to report
             return
         config = self.config[self.subcommand]
+        # Said now, not in setup: by then the logger has made the run's folder.
+        self.datamodule.check_batches(self.subcommand)
         if self._checkpoint is not None:
             data = self.datamodule
             checkpoints.check_classes(

@@ -20,7 +20,7 @@ def test_binary_0_255_becomes_0_1():
     assert out.dtype == np.uint8
 
 
-def test_binary_threshold_tolerates_jpeg_noise():
+def test_binary_threshold_splits_every_value_into_one_of_two_classes():
     raw = np.array([[3, 127, 128, 250]], np.uint8)
     np.testing.assert_array_equal(BinaryMask(threshold=128).decode(raw, PATH, 2, 255), [[0, 0, 1, 1]])
 

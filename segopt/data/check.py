@@ -4,9 +4,12 @@
 
 Reports the pairs found, image sizes and channels, the raw mask values present in each
 split, the class pixel histogram, suggested class weights (median frequency) and image
-mean/std, then every problem at once: pairing, paths, headers, undecodable files, mask
-values that are neither a class nor void, classes the data never shows. Exits 1 when there
-is a problem, 0 otherwise. Reads files only; writes nothing unless ``--json`` is given.
+mean/std, then every problem at once: pairing, paths, headers, lossy (JPEG) masks,
+undecodable files, mask values that are neither a class nor void, classes the data never
+shows, splits whose images differ in size where the config batches them unresized. What
+would make ``fit``, ``validate`` or ``test`` fail on the data is reported here first.
+Exits 1 when there is a problem, 0 otherwise. Reads files only; writes nothing unless
+``--json`` is given.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import numpy as np
 from jsonargparse import ArgumentParser
 
 from segopt.class_weights import median_frequency_weights, pixel_counts
+from segopt.data.batching import Batching
 from segopt.data.datasets import SegSource
 from segopt.data.files import DataError, decode_threads, read_image, read_mask
-from segopt.data.folder import Pair, PairedFolder
+from segopt.data.folder import Pair, PairedFolder, decode_mask
 from segopt.data.masks import invalid_mask_values
 from segopt.data.synthetic import SyntheticShapes
 
@@ -38,6 +42,7 @@ class SplitStats:
 
     pairs: int = 0
     checked: int = 0
+    files: list = field(default_factory=list)  # (name, "WxH") of each sample whose size is known
     sizes: Counter = field(default_factory=Counter)
     channels: Counter = field(default_factory=Counter)
     raw_values: set = field(default_factory=set)
@@ -92,11 +97,13 @@ def _check_folder_split(
     def one(pair: Pair) -> tuple[Any, list[object], str | None]:
         if pair.image_header.size != pair.mask_header.size:
             return None, [], None  # already reported from the headers
+        if pair.mask_header.lossy and not source.allow_lossy_masks:
+            return None, [], None  # refused from the headers; its values would blame the class list instead
         try:
-            image = read_image(pair.image, source.in_channels)
+            image = read_image(pair.image, source.in_channels, pair.image_header.orientation)
             raw = read_mask(pair.mask, decoder.colour)
             values = decoder.raw_values(raw)
-            mask = decoder.decode(raw, pair.mask, k, ignore_index)
+            mask = decode_mask(pair, raw, decoder, k, ignore_index)
             return _sample_stats(image, mask, k, ignore_index), values, None
         except DataError as err:
             return None, [], "; ".join(err.problems)
@@ -122,7 +129,9 @@ def _check_generic_split(source: SegSource, name: str, ignore_index: int, limit:
         except DataError as err:
             result.file_problems.extend(err.problems)
             continue
-        stats.sizes[f"{image.shape[1]}x{image.shape[0]}"] += 1
+        size = f"{image.shape[1]}x{image.shape[0]}"
+        stats.sizes[size] += 1
+        stats.files.append((f"{name} sample {i}", size))
         stats.channels["grey" if image.shape[-1] == 1 else "RGB"] += 1
         stats.raw_values.update(int(v) for v in np.unique(mask))
         bad = invalid_mask_values(mask, source.num_classes, ignore_index)
@@ -132,8 +141,14 @@ def _check_generic_split(source: SegSource, name: str, ignore_index: int, limit:
         _add(stats, _sample_stats(image, mask, source.num_classes, ignore_index), source.num_classes)
 
 
-def check_source(source: SegSource, ignore_index: int, limit: int | None = None) -> CheckResult:
-    """Decode every sample (or the first ``limit`` per split) and collect statistics and problems."""
+def check_source(
+    source: SegSource, ignore_index: int, limit: int | None = None, batching: Batching | None = None
+) -> CheckResult:
+    """Decode every sample (or the first ``limit`` per split) and collect statistics and problems.
+
+    With ``batching`` (the data config's batch and size keys), a split whose images differ in
+    size where batches would stack them unresized is a problem too, as it is for ``fit``.
+    """
     result = CheckResult()
     if 0 <= ignore_index < source.num_classes:
         result.problems.append(
@@ -157,6 +172,12 @@ def check_source(source: SegSource, ignore_index: int, limit: int | None = None)
                 stats = result.splits.setdefault(name, SplitStats())
                 _check_generic_split(source, name, ignore_index, limit, stats, result)
                 stats.pairs = len(source.split(name, ignore_index))  # type: ignore[arg-type]
+    if batching is not None:
+        for name, stats in result.splits.items():
+            sizes = source.sizes(name) if source.has_split(name) else None
+            problem = batching.problem(name, sizes if sizes is not None else stats.files)
+            if problem:
+                result.problems.append(problem)
     _check_classes_seen(source, result, limit)
     return result
 
@@ -262,7 +283,7 @@ def as_json(source: SegSource, ignore_index: int, result: CheckResult) -> dict[s
     }
 
 
-def _source_from_config(argv: list[str] | None) -> tuple[SegSource, int, int | None, str | None]:
+def _source_from_config(argv: list[str] | None) -> tuple[SegSource, int, int | None, str | None, Batching]:
     """Parse the training YAML with segopt's own CLI parser; instantiate only the data source."""
     from segopt.cli import SegCLI
     from segopt.data.datamodule import SegDataModule
@@ -283,7 +304,14 @@ def _source_from_config(argv: list[str] | None) -> tuple[SegSource, int, int | N
         source: SegSource = SyntheticShapes()
     else:
         source = source_from_mapping(data.source.as_dict() if hasattr(data.source, "as_dict") else data.source)
-    return source, data.ignore_index, cli.config.limit, cli.config.json
+    batching = Batching(
+        data.batch_size,
+        data.eval_batch_size,
+        None if data.train_size is None else tuple(data.train_size),
+        None if data.eval_size is None else tuple(data.eval_size),
+        bool(data.full_res_masks),
+    )
+    return source, data.ignore_index, cli.config.limit, cli.config.json, batching
 
 
 def source_from_mapping(source: dict[str, Any]) -> SegSource:
@@ -295,8 +323,8 @@ def source_from_mapping(source: dict[str, Any]) -> SegSource:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the check; the exit status is 1 when a problem was found."""
-    source, ignore_index, limit, json_path = _source_from_config(argv)
-    result = check_source(source, ignore_index, limit)
+    source, ignore_index, limit, json_path, batching = _source_from_config(argv)
+    result = check_source(source, ignore_index, limit, batching)
     print(render(source, ignore_index, result))
     if json_path:
         Path(json_path).write_text(json.dumps(as_json(source, ignore_index, result), indent=2))

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from segopt.class_weights import class_pixel_counts
+from segopt.data.batching import Batching
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
 from segopt.data.files import DataError
 from segopt.data.predict_folder import PredictFolder, collate_predict
@@ -68,7 +69,11 @@ class SegDataModule(pl.LightningDataModule):
 
     Args:
         source: where samples come from; the built-in :class:`SyntheticShapes` by default.
-        batch_size: images per training batch (evaluation uses the same).
+        batch_size: images per training batch (and per evaluation batch, unless ``eval_batch_size``).
+        eval_batch_size: images per validation/test batch; None (default) uses ``batch_size``.
+            Images of one batch must share a size: with validation/test images of several
+            sizes and ``eval_size`` null, set it to 1 (checked before a run writes anything,
+            see :mod:`segopt.data.batching`).
         num_workers: loader worker processes (0 loads in the main process); None (default)
             sizes them from the machine: one per CPU core this process may use, less one for
             the main process, at most 8 (:func:`default_num_workers`).
@@ -112,6 +117,7 @@ class SegDataModule(pl.LightningDataModule):
         self,
         source: SegSource | None = None,
         batch_size: int = 16,
+        eval_batch_size: int | None = None,
         num_workers: int | None = None,
         ignore_index: int = 255,
         augment: Augment | None = None,
@@ -132,6 +138,7 @@ class SegDataModule(pl.LightningDataModule):
         super().__init__()
         self.source = source if source is not None else SyntheticShapes()
         self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.prefetch_factor = prefetch_factor
         self.ignore_index = ignore_index
@@ -170,6 +177,10 @@ class SegDataModule(pl.LightningDataModule):
         """Every cheap check (paths, pairing, headers, config), before a run writes anything."""
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size is {self.batch_size}; it must be 1 or more, e.g. 16")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(
+                f"data.eval_batch_size is {self.eval_batch_size}; it must be 1 or more, or null (data.batch_size)"
+            )
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers is {self.num_workers}; it must be 0 (load in the main process) or more")
         for key in ("train_size", "eval_size"):
@@ -245,7 +256,30 @@ class SegDataModule(pl.LightningDataModule):
         rank_zero_info(f"segopt: rare-class crops (share {self.augment.rare_crop_share}) centre on {shown}")
         return rare
 
+    def batching(self) -> Batching:
+        """The keys that decide whether a split's images of several sizes can be batched."""
+        return Batching(self.batch_size, self.eval_batch_size, self.train_size, self.eval_size, self.full_res_masks)
+
+    def check_batches(self, stage: str) -> None:
+        """Raise :class:`DataError` when a split that ``stage`` loads holds images of several sizes
+        that its batches would have to stack; from file headers, so before a run writes anything
+        (the command line calls it before the Trainer runs). Sources that cannot tell their
+        sizes without decoding are left to the data check."""
+        eval_split = self._eval_split()
+        predicted = [] if self.predict_dir is not None else [eval_split]
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": [eval_split], "predict": predicted}.get(stage, [])
+        rule = self.batching()
+        problems = []
+        for split in splits:
+            sizes = self.source.sizes(split) if self.source.has_split(split) else None
+            problem = rule.problem(split, sizes) if sizes else None
+            if problem:
+                problems.append(problem)
+        if problems:
+            raise DataError(problems)
+
     def setup(self, stage: str) -> None:
+        self.check_batches(stage)
         # Built here, in the main process, so a cache is filled once and shared by forked workers.
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": [self._eval_split()]}.get(stage, [])
         for split in splits:
@@ -328,9 +362,10 @@ class SegDataModule(pl.LightningDataModule):
         # Pinned batches let Lightning's host→GPU copy run asynchronously (non_blocking).
         pin = self._on_cuda() if self.pin_memory is None else self.pin_memory
         dataset = self.dataset(split)
+        batch_size = self.batch_size if shuffle or self.eval_batch_size is None else self.eval_batch_size
         options: dict[str, Any] = {
-            "batch_size": self.batch_size,
-            "drop_last": shuffle and len(dataset) > self.batch_size,
+            "batch_size": batch_size,
+            "drop_last": shuffle and len(dataset) > batch_size,
             "num_workers": self.num_workers,
             "pin_memory": pin,
             "persistent_workers": self.persistent_workers and self.num_workers > 0,

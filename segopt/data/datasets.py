@@ -45,6 +45,10 @@ class SegSource(ABC):
         """Whether split ``name`` exists (the test split often does not)."""
         return name in ("train", "val")
 
+    def sizes(self, split: str) -> list[tuple[str, str]] | None:
+        """``(sample name, "WxH")`` of every sample of ``split`` when known without decoding, else None."""
+        return None
+
     def validate(self) -> None:  # noqa: B027 (optional: a source without cheap checks keeps this no-op)
         """Raise :class:`DataError` listing every problem found cheaply (paths, pairing, headers).
 

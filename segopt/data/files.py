@@ -1,10 +1,16 @@
 """Reading image and mask files: cheap headers at setup, full decodes per sample.
 
-Headers (size, colour mode) come from Pillow, which parses only the first bytes of a
-file, so pairing and size checks over a whole data set take milliseconds. Images are
-decoded with OpenCV (the fastest PNG/JPEG decoder at hand); masks with Pillow, which,
-unlike OpenCV, keeps the indices of palette ("P" mode) PNGs instead of expanding them
-to colours.
+Headers (size, colour mode, format, EXIF orientation) come from Pillow, which parses
+only the first bytes of a file, so pairing and size checks over a whole data set take
+milliseconds. Images are decoded with OpenCV (the fastest PNG/JPEG decoder at hand); masks
+with Pillow, which, unlike OpenCV, keeps the indices of palette ("P" mode) PNGs instead of
+expanding them to colours.
+
+One orientation policy for every file: a file is read **as it is displayed**. An EXIF
+orientation tag (phone photos carry one) is applied to images and masks alike, by this
+module rather than by either decoder (OpenCV would apply it, Pillow would not), so the
+sizes in the headers, the decoded pixels, training and prediction all agree with what an
+image viewer or a browser-based labelling tool shows.
 """
 
 from __future__ import annotations
@@ -23,6 +29,16 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # OpenCV >= 4.10 decodes straight to RGB; older versions decode BGR and convert.
 _READ_RGB = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
 
+# OpenCV would apply the EXIF orientation itself, Pillow would not: both are told to leave it
+# to orient(), so images and masks follow one rule.
+_IGNORE_ORIENTATION = cv2.IMREAD_IGNORE_ORIENTATION
+
+#: The EXIF tag of the orientation (1 = as stored; 5-8 swap width and height).
+ORIENTATION_TAG = 0x0112
+
+# Pillow formats whose compression changes pixel values; TIFF counts when JPEG-compressed.
+_LOSSY_FORMATS = {"JPEG", "MPO"}
+
 # Pillow modes with one channel; everything else ("RGB", "RGBA", "P", "CMYK", ...) is colour.
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "LA"}
 
@@ -39,11 +55,19 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Header:
-    """What a file's first bytes say: size and Pillow colour mode."""
+    """What a file's first bytes say: size as displayed, Pillow colour mode and format, EXIF orientation."""
 
     width: int
     height: int
     mode: str
+    format: str = "PNG"
+    orientation: int = 1
+    lossy: bool = False
+
+    @property
+    def rotated(self) -> bool:
+        """Whether the orientation swaps width and height (the stored pixels are ``height x width``)."""
+        return self.orientation in (5, 6, 7, 8)
 
     @property
     def grey(self) -> bool:
@@ -58,7 +82,10 @@ def read_header(path: Path) -> Header:
     """The size and colour mode of an image file, without decoding its pixels."""
     try:
         with Image.open(path) as im:
-            return Header(im.width, im.height, im.mode)
+            orientation = _orientation(im)
+            width, height = (im.height, im.width) if orientation in (5, 6, 7, 8) else (im.width, im.height)
+            lossy = im.format in _LOSSY_FORMATS or "jpeg" in str(im.info.get("compression", ""))
+            return Header(width, height, im.mode, str(im.format), orientation, lossy)
     except (UnidentifiedImageError, OSError) as err:
         raise DataError(
             f"{path}: not a readable image ({err.__class__.__name__}: {err}); "
@@ -66,35 +93,62 @@ def read_header(path: Path) -> Header:
         ) from None
 
 
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an open file (1 when it has none or an invalid one)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1  # an eXIf chunk after the pixels would cost a full decode to find; OpenCV reads it no better
+    value = im.getexif().get(ORIENTATION_TAG, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels ``[H,W,...]`` turned as EXIF ``orientation`` (1..8) says they are displayed."""
+    if orientation in (5, 6, 7, 8):
+        array = array.swapaxes(0, 1)  # 5 is the transpose; 6, 7, 8 are it followed by a flip
+    flip_rows = orientation in (3, 4, 7, 8)
+    flip_cols = orientation in (2, 3, 6, 7)
+    if flip_rows:
+        array = array[::-1]
+    if flip_cols:
+        array = array[:, ::-1]
+    return np.ascontiguousarray(array) if orientation != 1 else array
+
+
 def decode_threads() -> int:
     """Threads that decode files at once (the decoders release the GIL): the cores, at most 8."""
     return min(8, os.cpu_count() or 1)
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
-    """Decode an image to uint8 ``[H,W,channels]`` RGB (3) or grey (1).
+def read_image(path: Path, channels: int, orientation: int | None = None) -> np.ndarray:
+    """Decode an image to uint8 ``[H,W,channels]`` RGB (3) or grey (1), as displayed.
 
-    Grey files become 3 identical channels when ``channels`` is 3.
+    Grey files become 3 identical channels when ``channels`` is 3. ``orientation`` is the
+    file's EXIF orientation when its header was read already; None reads it here.
     """
     data = np.fromfile(path, dtype=np.uint8)  # imdecode, unlike imread, copes with any path
-    flag = _READ_RGB if channels == 3 else cv2.IMREAD_GRAYSCALE
+    flag = (_READ_RGB if channels == 3 else cv2.IMREAD_GRAYSCALE) | _IGNORE_ORIENTATION
     image = cv2.imdecode(data, flag) if data.size else None
     if image is None:
         raise DataError(f"{path}: image cannot be decoded (corrupt or truncated file); re-export it or remove it")
+    if orientation is None:
+        orientation = read_header(path).orientation
     if channels == 1:
-        return image[..., None]
-    return image if _READ_RGB != cv2.IMREAD_COLOR else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = image[..., None]
+    elif _READ_RGB == cv2.IMREAD_COLOR:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return orient(image, orientation)
 
 
 def read_mask(path: Path, colour: bool) -> np.ndarray:
-    """Decode a mask's raw values: ``[H,W]`` (indices, grey) or ``[H,W,3]`` RGB when ``colour``."""
+    """Decode a mask's raw values, as displayed: ``[H,W]`` (indices, grey) or ``[H,W,3]`` RGB when ``colour``."""
     try:
         with Image.open(path) as im:
+            orientation = _orientation(im)
             if colour:
                 im = im.convert("RGB")
             elif im.mode == "1":
                 im = im.convert("L")  # bilevel: 0/255 like any other binary mask
-            return np.asarray(im)
+            return orient(np.asarray(im), orientation)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(
             f"{path}: mask cannot be decoded ({err.__class__.__name__}: {err}); re-export it or remove it"

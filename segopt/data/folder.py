@@ -44,6 +44,20 @@ class FolderIndex:
     notes: list[str] = field(default_factory=list)
 
 
+def decode_mask(pair: Pair, raw: np.ndarray, decoder: MaskDecoder, num_classes: int, ignore_index: int) -> np.ndarray:
+    """``decoder.decode`` of a pair's mask; bad values in a lossy mask (accepted with
+    ``allow_lossy_masks``) are blamed on the compression, the likeliest cause, not the class list."""
+    try:
+        return decoder.decode(raw, pair.mask, num_classes, ignore_index)
+    except DataError as err:
+        if not pair.mask_header.lossy:
+            raise
+        raise DataError(
+            [f"{p} (this mask is {pair.mask_header.format}, a lossy format whose compression invents values "
+             "at class edges: save it as PNG)" for p in err.problems]
+        ) from None
+
+
 class FolderSplit(Dataset):
     """Decoded samples of one split of a :class:`PairedFolder`."""
 
@@ -59,14 +73,14 @@ class FolderSplit(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         pair = self.pairs[index]
-        image = read_image(pair.image, self.in_channels)
+        image = read_image(pair.image, self.in_channels, pair.image_header.orientation)
         raw = read_mask(pair.mask, self.decoder.colour)
         if raw.shape[:2] != image.shape[:2]:
             raise DataError(
                 f"{pair.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but image {pair.image} is "
                 f"{image.shape[1]}x{image.shape[0]}; a mask must have its image's size"
             )
-        return image, self.decoder.decode(raw, pair.mask, self.num_classes, self.ignore_index)
+        return image, decode_mask(pair, raw, self.decoder, self.num_classes, self.ignore_index)
 
 
 def _files_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
@@ -128,6 +142,12 @@ class PairedFolder(SegSource):
         in_channels: 3 for RGB, 1 for grey. Grey files are converted to 3 channels when this
             is 3 (a note is logged); colour files are refused when it is 1.
         num_classes: optional; when given it must equal ``len(class_names)``.
+        allow_lossy_masks: accept masks stored in a lossy format (JPEG). Refused by default:
+            the compression changes pixel values at class edges, so edge pixels train with
+            wrong class ids; save masks as PNG instead.
+
+    Every file is read as it is displayed: an EXIF orientation tag turns images and masks
+    alike (see :mod:`segopt.data.files`).
     """
 
     def __init__(
@@ -142,6 +162,7 @@ class PairedFolder(SegSource):
         masks: MaskDecoder | None = None,
         in_channels: int = 3,
         num_classes: int | None = None,
+        allow_lossy_masks: bool = False,
     ) -> None:
         self.given_root = Path(root)
         self.root = resolve_data_path(root)
@@ -154,6 +175,7 @@ class PairedFolder(SegSource):
         self.masks = masks if masks is not None else IndexMask()
         self.in_channels = in_channels
         self.declared_num_classes = num_classes
+        self.allow_lossy_masks = allow_lossy_masks
         self._index: FolderIndex | None = None
         self._noted = False
 
@@ -217,6 +239,16 @@ class PairedFolder(SegSource):
                 f"{len(grey_images)} grey image(s) (e.g. {grey_images[0]}) are converted to 3 channels because "
                 "in_channels is 3; set in_channels: 1 if the whole data set is grey"
             )
+        every = [pair for pairs in index.pairs.values() for pair in pairs]
+        self._check_lossy(every, index)
+        turned = [(path, header) for pair in every for path, header in ((pair.image, pair.image_header), (pair.mask, pair.mask_header)) if header.orientation != 1]
+        if turned:
+            path, header = turned[0]
+            index.notes.append(
+                f"{len(turned)} file(s) carry an EXIF orientation tag (e.g. {path}: orientation {header.orientation}); "
+                "every image and mask is read as it is displayed (the tag applied), so a mask must match its image "
+                "as an image viewer shows it"
+            )
         if "val" not in self.image_dirs and "train" in index.pairs and 0 < self.val_fraction < 1:
             self._hold_out(index)
         return index
@@ -263,9 +295,37 @@ class PairedFolder(SegSource):
                 problems.extend(err.problems)
         return pairs
 
+    def _check_lossy(self, pairs: list[Pair], index: FolderIndex) -> None:
+        lossy = [pair for pair in pairs if pair.mask_header.lossy]
+        if not lossy:
+            return
+        first = lossy[0]
+        if self.allow_lossy_masks:
+            index.notes.append(
+                f"{len(lossy)} mask(s) are {first.mask_header.format} (lossy), e.g. {first.mask}, accepted because "
+                "allow_lossy_masks is true: pixels at class edges may carry wrong class ids"
+            )
+            return
+        index.problems.append(
+            f"{len(lossy)} mask(s) are {first.mask_header.format}, a lossy format, e.g. {first.mask}: its "
+            "compression changes pixel values at class edges, so edge pixels would train as the wrong class (or "
+            "as no class); save the masks as PNG (lossless), exported again from the labelling tool (converting "
+            "these files keeps the damage), or set data.source.init_args.allow_lossy_masks: true to train on them"
+        )
+
     def _check_headers(self, pair: Pair, problems: list[str], grey_images: list[Path]) -> None:
         img, msk = pair.image_header, pair.mask_header
         if (img.width, img.height) != (msk.width, msk.height):
+            turned = [(path, h) for path, h in ((pair.image, img), (pair.mask, msk)) if h.rotated]
+            if turned and (img.width, img.height) == (msk.height, msk.width):
+                path, header = turned[0]
+                problems.append(
+                    f"{pair.mask}: mask is {msk.size} but its image {pair.image} is {img.size} as displayed: "
+                    f"{path} has EXIF orientation {header.orientation}, which turns its stored "
+                    f"{header.height}x{header.width} pixels; segopt reads every file as displayed, so re-export the "
+                    "mask in the orientation the image is shown in, or save the image with the turn applied (no tag)"
+                )
+                return
             problems.append(
                 f"{pair.mask}: mask is {msk.size} but its image {pair.image} is {img.size}; a mask must have "
                 "its image's size (re-export it, resizing with nearest neighbour if at all)"
@@ -321,6 +381,10 @@ class PairedFolder(SegSource):
         if name not in self.index.pairs:
             raise KeyError(f"data set {self.root} has no split {name!r}; it has {sorted(self.index.pairs)}")
         return FolderSplit(self.index.pairs[name], self.masks, self.num_classes, self.in_channels, ignore_index)
+
+    def sizes(self, split: str) -> list[tuple[str, str]] | None:
+        """``(image path, "WxH")`` of every pair of ``split``, as displayed, from the headers."""
+        return [(str(p.image), p.image_header.size) for p in self.index.pairs.get(split, [])]
 
     def summary(self) -> dict[str, object]:
         """Counts per split and image sizes, for reports."""

@@ -208,7 +208,11 @@ class TableMask(MaskDecoder):
 
 
 class BinaryMask(MaskDecoder):
-    """Two-class masks: raw value ≥ ``threshold`` is class 1 (0/255 → 0/1; JPEG noise tolerated).
+    """Two-class masks: raw value ≥ ``threshold`` is class 1 (0/255 → 0/1).
+
+    Every value maps to a class, so noise in the values never stops a run; that is no
+    licence for JPEG masks, whose compression still moves pixels across the threshold at
+    the edges: :class:`~segopt.data.PairedFolder` refuses them unless ``allow_lossy_masks``.
 
     Args:
         threshold: smallest raw value that counts as foreground.
