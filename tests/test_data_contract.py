@@ -13,12 +13,12 @@ import pytest
 from PIL import Image, ImageOps
 
 from segopt.cli import main as cli_main
-from segopt.data import PairedFolder, SegDataModule
+from segopt.data import PairedFolder, SegDataModule, SyntheticShapes
 from segopt.data.batching import Batching
 from segopt.data.check import main as check_main
 from segopt.data.files import ORIENTATION_TAG, DataError, orient, read_header, read_image, read_mask
 from segopt.data.predict_folder import PredictFolder
-from segopt.data.transforms import eval_transform
+from segopt.data.transforms import Augment, eval_transform
 from tests.conftest import CONFIGS, tiny_cli_args
 
 
@@ -270,3 +270,31 @@ def test_fit_refuses_mixed_validation_sizes_before_writing_anything(tmp_path: Pa
                   f"--data.source={source}", "--data.train_size=null", "--data.eval_size=null"])
     assert exit_info.value.code == f"error: bad data: {_mixed_message(root)}"
     assert _tree(tmp_path) == before and not (tmp_path / "runs").exists()
+
+
+# -- rare-class crops need a rare class ----------------------------------------------------------------------------
+
+
+def test_rare_crops_without_a_rare_class_are_reported_by_the_check_as_fit_reports_them(tmp_path: Path, monkeypatch, capsys):
+    root = tmp_path / "data"
+    _pairs(root, "train", [(16, 16), (16, 16)])
+    _pairs(root, "val", [(16, 16)])
+    expected = (
+        "data.augment.rare_crop_share is 0.5 but no class holds less than 2.00% of the training pixels (the rarest, "
+        "'c', holds 2.34%); raise data.augment.rare_class_below or set rare_crop_share: 0"
+    )
+    code, out = _check(tmp_path, root, monkeypatch, capsys, train_size="[8, 8]", resize_mode="crop",
+                       augment="{rare_crop_share: 0.5}")
+    assert code == 1
+    assert f"PROBLEMS (1):\n  - {expected}" in out
+    dm = SegDataModule(_folder(root), num_workers=0, train_size=(8, 8), resize_mode="crop",
+                       augment=Augment(rare_crop_share=0.5))
+    with pytest.raises(ValueError) as error:
+        dm.setup("fit")
+    assert str(error.value) == expected
+
+
+def test_bad_eval_batch_size_names_the_key():
+    with pytest.raises(ValueError) as error:
+        SegDataModule(SyntheticShapes(size=16, num_train=2, num_val=1), eval_batch_size=0, num_workers=0)
+    assert str(error.value) == "data.eval_batch_size is 0; it must be 1 or more, or null (data.batch_size)"

@@ -236,7 +236,7 @@ def _source_from(config: str, monkeypatch) -> PairedFolder:
 
     monkeypatch.chdir(PROJECT)  # the configs' roots are relative to the project root
     monkeypatch.setattr(sys, "argv", ["check"])  # the CLI parser must see only these args
-    source, ignore_index, _, _, _ = _source_from_config(["--config", "configs/amp.yaml", "--config", config])
+    source, ignore_index, *_ = _source_from_config(["--config", "configs/amp.yaml", "--config", config])
     assert ignore_index == 255
     return source
 

@@ -22,7 +22,7 @@ from segopt.data.batching import Batching
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
 from segopt.data.files import DataError
 from segopt.data.predict_folder import PredictFolder, collate_predict
-from segopt.data.rare_crop import rare_classes
+from segopt.data.rare_crop import no_rare_class_problem, rare_classes
 from segopt.data.resumable import ResumableLoader, ResumableSampler
 from segopt.data.synthetic import SyntheticShapes
 from segopt.data.transforms import (
@@ -243,15 +243,11 @@ class SegDataModule(pl.LightningDataModule):
             return []
         pixels, _ = class_pixel_counts(samples, self.num_classes, self.ignore_index, self.num_workers)
         below = self.augment.rare_class_below
+        problem = no_rare_class_problem(pixels, self.augment.rare_crop_share, below, self.class_names)
+        if problem:
+            raise ValueError(problem)
         rare = rare_classes(pixels, below)
         share = pixels / max(int(pixels.sum()), 1)
-        if not rare:
-            rarest = int(np.argmin(np.where(pixels > 0, share, np.inf)))
-            raise ValueError(
-                f"data.augment.rare_crop_share is {self.augment.rare_crop_share} but no class holds less than "
-                f"{below:.2%} of the training pixels (the rarest, {self.class_names[rarest]!r}, holds "
-                f"{share[rarest]:.2%}); raise data.augment.rare_class_below or set rare_crop_share: 0"
-            )
         shown = ", ".join(f"{self.class_names[c]} ({share[c]:.2%})" for c in rare)
         rank_zero_info(f"segopt: rare-class crops (share {self.augment.rare_crop_share}) centre on {shown}")
         return rare

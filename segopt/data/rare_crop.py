@@ -24,6 +24,21 @@ def rare_classes(pixels: np.ndarray, below: float) -> list[int]:
     return np.flatnonzero((pixels > 0) & (share < below)).tolist()
 
 
+def no_rare_class_problem(pixels: np.ndarray, share: float, below: float, class_names: Sequence[str]) -> str | None:
+    """Why rare-class crops (``rare_crop_share`` ``share``) have nothing to centre on, or None
+    when some class of the training pixel counts ``pixels`` is rare."""
+    pixels = np.asarray(pixels)
+    if rare_classes(pixels, below):
+        return None
+    fraction = pixels / max(int(pixels.sum()), 1)
+    rarest = int(np.argmin(np.where(pixels > 0, fraction, np.inf)))
+    return (
+        f"data.augment.rare_crop_share is {share} but no class holds less than {below:.2%} of the training pixels "
+        f"(the rarest, {class_names[rarest]!r}, holds {fraction[rarest]:.2%}); raise data.augment.rare_class_below "
+        "or set rare_crop_share: 0"
+    )
+
+
 class RareClassCrop(A.RandomCrop):
     """``RandomCrop`` that, with probability ``share``, centres the crop on a rare-class pixel.
 
