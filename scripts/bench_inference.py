@@ -42,6 +42,8 @@ def settings(tile: int) -> dict[str, tuple[TTA, SlidingWindow]]:
         "plain": (TTA(), SlidingWindow()),
         "hflip": (TTA(hflip=True), SlidingWindow()),
         "hflip+vflip": (TTA(hflip=True, vflip=True), SlidingWindow()),
+        # Street scenes have an up and a down: their TTA flips left-right only.
+        "hflip, scales 0.75/1/1.25": (TTA(hflip=True, scales=(0.75, 1.0, 1.25)), SlidingWindow()),
         "hflip+vflip, scales 0.75/1/1.25": (TTA(hflip=True, vflip=True, scales=(0.75, 1.0, 1.25)), SlidingWindow()),
         f"tiles {tile}, overlap 0, constant": (TTA(), SlidingWindow(tile=tile, overlap=0.0, blend="constant")),
         f"tiles {tile}, overlap 0.5, gaussian": (TTA(), SlidingWindow(tile=tile, overlap=0.5)),
