@@ -74,10 +74,36 @@ class MaskDecoder(ABC):
         return [int(v) for v in np.unique(raw)]
 
 
+def _check_one_channel(raw: np.ndarray, path: Path, needs: str, fix: str) -> None:
+    """A colour mask given to a one-channel decoder is an error naming its channels."""
+    if raw.ndim != 2:
+        raise DataError(f"{path}: mask has {raw.shape[2]} channels but {needs}; {fix}")
+
+
+def _check_integers(raw: np.ndarray, path: Path, needs: str, start: str) -> None:
+    """Raw values that are not integers, or are negative, are an error naming the dtype or value."""
+    if raw.dtype.kind not in "ui":
+        raise DataError(f"{path}: mask has {raw.dtype} pixels but {needs}; save it as 8 or 16-bit")
+    if raw.size and raw.min() < 0:
+        raise DataError(f"{path}: mask has negative value {int(raw.min())}; {start}")
+
+
 def _lookup(
-    raw: np.ndarray, table: np.ndarray, invalid: int, path: Path, what: str, fix: str
+    raw: np.ndarray,
+    size: int,
+    classes: tuple[Sequence[int], Sequence[int]],
+    void: Sequence[int],
+    ignore_index: int,
+    invalid: int,
+    path: Path,
+    what: str,
+    fix: str,
 ) -> np.ndarray:
-    """Map ``raw`` through ``table``; entries equal to ``invalid`` are an error naming the values."""
+    """Map ``raw`` through a table of ``size`` entries: ``classes`` (raw values, class ids), then
+    ``void`` → ``ignore_index``, the rest ``invalid``; a raw value left invalid is an error naming it."""
+    table = np.full(size, invalid, dtype=np.int64)
+    table[list(classes[0])] = list(classes[1])
+    table[[v for v in void if v < size]] = ignore_index
     out = table[raw]
     bad = out == invalid
     if bad.any():
@@ -110,34 +136,28 @@ class IndexMask(MaskDecoder):
         return f"IndexMask(void={self.void})"
 
     def decode(self, raw: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
-        if raw.ndim != 2:
-            raise DataError(
-                f"{path}: mask has {raw.shape[2]} channels but IndexMask needs one channel of class ids; "
-                "use PaletteMask for colour-coded masks, or save the mask as 8-bit grey"
-            )
-        if raw.dtype.kind not in "ui":
-            raise DataError(f"{path}: mask has {raw.dtype} pixels but class ids must be integers; save it as 8 or 16-bit")
-        dtype = mask_dtype(num_classes, ignore_index)
+        _check_one_channel(
+            raw, path, "IndexMask needs one channel of class ids",
+            "use PaletteMask for colour-coded masks, or save the mask as 8-bit grey",
+        )  # fmt: skip
+        _check_integers(raw, path, "class ids must be integers", "class ids start at 0")
         # A table over every possible raw value: one gather maps classes, void and invalid at once.
         size = max(int(raw.max()) + 1, num_classes, 1)
-        if raw.min() < 0:
-            raise DataError(f"{path}: mask has negative value {int(raw.min())}; class ids start at 0")
         invalid = num_classes if num_classes != ignore_index else num_classes + 1
-        table = np.full(size, invalid, dtype=np.int64)
-        table[:num_classes] = np.arange(num_classes)
-        for v in self.void:
-            if v < size:
-                table[v] = ignore_index
+        ids = range(num_classes)
         out = _lookup(
             raw,
-            table,
+            size,
+            (ids, ids),
+            self.void,
+            ignore_index,
             invalid,
             path,
             f"mask value(s) ≥ num_classes={num_classes} and not void:",
             f"each is a class missing from class_names (add names so num_classes covers them) or a void "
             f"label (add it to void, now {self.void})",
         )
-        return out.astype(dtype, copy=False)
+        return out.astype(mask_dtype(num_classes, ignore_index), copy=False)
 
 
 class TableMask(MaskDecoder):
@@ -182,23 +202,16 @@ class TableMask(MaskDecoder):
         return problems
 
     def decode(self, raw: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
-        if raw.ndim != 2:
-            raise DataError(
-                f"{path}: mask has {raw.shape[2]} channels but TableMask needs one channel of raw values; "
-                "use PaletteMask for colour-coded masks"
-            )
-        if raw.dtype.kind not in "ui":
-            raise DataError(f"{path}: mask has {raw.dtype} pixels but TableMask needs integers; save it as 8 or 16-bit")
-        if raw.size and raw.min() < 0:
-            raise DataError(f"{path}: mask has negative value {int(raw.min())}; mask values start at 0")
+        _check_one_channel(raw, path, "TableMask needs one channel of raw values", "use PaletteMask for colour-coded masks")
+        _check_integers(raw, path, "TableMask needs integers", "mask values start at 0")
         invalid = -1
         size = max(int(raw.max()) + 1 if raw.size else 1, *(v + 1 for v in [*self.table, *self.void, 0]))
-        lookup = np.full(size, invalid, dtype=np.int64)
-        lookup[list(self.table)] = list(self.table.values())
-        lookup[self.void] = ignore_index
         out = _lookup(
             raw,
-            lookup,
+            size,
+            (list(self.table), list(self.table.values())),
+            self.void,
+            ignore_index,
             invalid,
             path,
             "mask value(s) in neither TableMask.table nor void:",
@@ -235,11 +248,7 @@ class BinaryMask(MaskDecoder):
         return f"BinaryMask(threshold={self.threshold}, void={self.void})"
 
     def decode(self, raw: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
-        if raw.ndim != 2:
-            raise DataError(
-                f"{path}: mask has {raw.shape[2]} channels but BinaryMask needs one grey channel; "
-                "save the mask as 8-bit grey"
-            )
+        _check_one_channel(raw, path, "BinaryMask needs one grey channel", "save the mask as 8-bit grey")
         if self.threshold > 1 and raw.max() == 1:
             # 0/1 masks under a 0/255 threshold would silently become all background.
             raise DataError(
