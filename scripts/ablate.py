@@ -31,6 +31,12 @@ every run the report is rewritten from the JSONs found: ``--out``.md, .json and 
 mIoU, and per-class IoU). The final epoch is the headline: with OneCycle the last epoch is
 the one the schedule aims at, and picking the best epoch by val mIoU flatters each cell by
 its own noise. The logger must be a TensorBoardLogger (segopt/trainer_defaults.yaml's is).
+
+Unlike the other scripts, this one has no ``--overwrite``: its per-run JSONs are its resume
+state and its report is rebuilt from them, so running the same command again resumes the
+grid or refreshes the report without a flag. A per-run JSON is replaced only by the run of
+its own cell and seed (when the file was made with other arguments); ``--out`` is rewritten
+after every run, so give each grid a report stem of its own (the default is).
 """
 
 from __future__ import annotations

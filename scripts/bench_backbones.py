@@ -16,7 +16,17 @@ from pathlib import Path
 
 import torch
 import yaml
-from bench_common import hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
+from bench_common import (
+    add_overwrite_flag,
+    hardware,
+    make_train_step,
+    markdown_table,
+    refuse_to_overwrite,
+    result_files,
+    summary,
+    time_interleaved,
+    write_results,
+)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -48,7 +58,7 @@ def gflops(net: nn.Module, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="*", type=Path, default=default_configs())
     parser.add_argument("--size", type=int, default=256)
@@ -60,7 +70,9 @@ def main() -> None:
     parser.add_argument("--repeats", "--reps", dest="repeats", type=int, default=5, help="timed round-robin runs")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "backbones")
     parser.add_argument("--note", default="", help="a line about the conditions, e.g. a shared, loaded machine")
-    args = parser.parse_args()
+    add_overwrite_flag(parser)
+    args = parser.parse_args(argv)
+    refuse_to_overwrite(result_files(args.out), args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -18,7 +18,17 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
+from bench_common import (
+    add_overwrite_flag,
+    hardware,
+    make_train_step,
+    markdown_table,
+    refuse_to_overwrite,
+    result_files,
+    summary,
+    time_interleaved,
+    write_results,
+)
 
 from segopt.compiling import compile_backbone
 from segopt.models import UNet
@@ -27,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=128)
@@ -41,7 +51,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--note", default="", help="the conditions of the run, written into the results")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "compile_cpu")
-    args = parser.parse_args()
+    add_overwrite_flag(parser)
+    args = parser.parse_args(argv)
+    refuse_to_overwrite(result_files(args.out), args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
 

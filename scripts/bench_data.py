@@ -39,7 +39,12 @@ from pathlib import Path
 import albumentations
 import cv2
 import torch
-from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
+from bench_common import (  # scripts/ is on sys.path when a script runs
+    add_overwrite_flag,
+    cpu_name,
+    refuse_to_overwrite,
+    result_files,
+)
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
@@ -127,7 +132,7 @@ def loader_rate(samples: Dataset, fmt: str, workers: int) -> dict[str, float]:
 
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=64, help="CamVid training images per epoch")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of every setting")
@@ -135,7 +140,9 @@ def main() -> None:
     parser.add_argument("--no-cache", action="store_true", help="leave out the in-memory cache settings")
     parser.add_argument("--note", default="", help="the conditions of the run, written into the results")
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench_data")
-    args = parser.parse_args()
+    add_overwrite_flag(parser)
+    args = parser.parse_args(argv)
+    refuse_to_overwrite(result_files(args.out), args.overwrite)
     if not CAMVID.is_dir():
         raise SystemExit(
             f"CamVid not found at {CAMVID}; put the SegNet copy there "

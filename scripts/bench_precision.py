@@ -32,7 +32,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from bench_common import hardware, markdown_table  # scripts/ is on sys.path when a script runs
+from bench_common import (  # scripts/ is on sys.path when a script runs
+    add_overwrite_flag,
+    hardware,
+    markdown_table,
+    refuse_to_overwrite,
+    result_files,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs pass their arguments to LightningCLI explicitly; the script's own argv is not for it.
@@ -234,6 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, help="torch threads per run (default: torch's own); 1 avoids OpenMP stalls on cores other jobs share"
     )
     parser.add_argument("--out", help="output stem (default results/precision_<cpu|cuda>)")
+    add_overwrite_flag(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: train once, write figures to this JSON
     parser.add_argument("extra", nargs="*", help="extra segopt.cli flags, after --")
     return parser.parse_args(argv)
@@ -279,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     precisions = args.precisions or list(default_precisions(device))
     check_precisions(precisions, device)
     out = Path(args.out or f"results/precision_{device}")
+    refuse_to_overwrite(result_files(out, (".json", ".md", ".png")), args.overwrite)
     scratch = Path("runs/bench_precision")
     scratch.mkdir(parents=True, exist_ok=True)
 

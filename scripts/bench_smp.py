@@ -14,7 +14,18 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from bench_common import autocast, hardware, make_train_step, markdown_table, summary, time_interleaved, write_results
+from bench_common import (
+    add_overwrite_flag,
+    autocast,
+    hardware,
+    make_train_step,
+    markdown_table,
+    refuse_to_overwrite,
+    result_files,
+    summary,
+    time_interleaved,
+    write_results,
+)
 from torch.profiler import ProfilerActivity, profile
 
 from segopt.models import ResNetUNet
@@ -34,7 +45,7 @@ def op_counts(net: torch.nn.Module, precision: str) -> Counter[str]:
     return Counter({e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")})
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
@@ -46,7 +57,9 @@ def main() -> None:
     parser.add_argument("--repeats", "--reps", dest="repeats", type=int, default=8, help="timed round-robin runs")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "resnet_vs_smp")
     parser.add_argument("--note", default="", help="a line about the conditions, e.g. a shared, loaded machine")
-    args = parser.parse_args()
+    add_overwrite_flag(parser)
+    args = parser.parse_args(argv)
+    refuse_to_overwrite(result_files(args.out), args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

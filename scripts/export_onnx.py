@@ -7,6 +7,7 @@ The model is built from the same config files as training (any other ``--model.*
 ``--data.*`` flag is passed on), the checkpoint's weights are loaded, and the export is
 run in onnxruntime on random inputs of the ``--check_sizes``; the max abs logit
 difference is printed and the script exits with status 1 when it exceeds ``--atol``.
+An existing ``--out`` file is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
 
 from segopt.export import export_onnx, onnx_parity
 from segopt.from_config import build_from_config, load_weights
@@ -40,7 +43,9 @@ def main(argv: list[str] | None = None) -> float:
         help="HEIGHTxWIDTH inputs for the parity check (default: 256x256 301x197)",
     )
     parser.add_argument("--atol", type=float, default=1e-3, help="largest allowed max abs logit difference")
+    add_overwrite_flag(parser)
     args, cli_args = parser.parse_known_args(argv)
+    refuse_to_overwrite([args.out], args.overwrite)
 
     try:
         model = load_weights(build_from_config(cli_args).model, args.ckpt_path).eval()

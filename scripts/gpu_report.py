@@ -21,7 +21,8 @@ Then ``gpu_report.md/.json`` gathers them with the card's name and each step's t
 ``--dry-run`` (automatic without a CUDA GPU) runs every step on the CPU at toy sizes
 (bf16-mixed for 16-mixed, a 1-level UNet at 64x80, a few batches) and writes
 ``gpu_dryrun_*`` files under ``runs/gpu_report_dryrun/`` instead, so the command is known to
-work before a GPU is lent.
+work before a GPU is lent. Files of an earlier report under ``--out`` are replaced only with
+``--overwrite`` (the step scripts' own files in ``<prefix>work/`` are scratch, replaced freely).
 CamVid is read from ``data/camvid`` (or under ``SEGOPT_DATA_ROOT``).
 """
 
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -50,10 +52,12 @@ TOY = [
     "--model.backbone.init_args.base_channels=4", "--model.backbone.init_args.depth=1", "--trainer.limit_val_batches=2",
 ]  # fmt: skip
 LAYOUTS = [(cl, comp) for comp in (False, True) for cl in (False, True)]
+STEPS = ("precision", "layout", "resnet_vs_smp", "loader", "tests")
 
 
 def _python(script: str, *args: str) -> list[str]:
-    return [sys.executable, str(SCRIPTS / script), *args]
+    # The steps write into the report's scratch folder, which every report run refills.
+    return [sys.executable, str(SCRIPTS / script), "--overwrite", *args]
 
 
 def steps(out: Path, dry: bool) -> dict[str, list[list[str]]]:
@@ -156,7 +160,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", type=Path, help="folder for the gpu_*.md/.json files (default results/, dry run: runs/gpu_report_dryrun/)"
     )
     parser.add_argument("--budget", type=float, help="seconds for all steps (default 450 on a GPU, 110 dry)")
+    add_overwrite_flag(parser)
     return parser.parse_args(argv)
+
+
+def report_files(out: Path, prefix: str) -> list[Path]:
+    """The files a report may write under ``out`` (the scratch folder aside)."""
+    files = [out / f"{prefix}{step}{suffix}" for step in STEPS[:-1] for suffix in (".json", ".md", ".png")]
+    return files + [out / f"{prefix}report.json", out / f"{prefix}report.md"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -165,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prefix = "gpu_dryrun_" if dry else "gpu_"
     # A dry run measures nothing worth keeping: its files stay out of results/ unless asked.
     args.out = args.out or (ROOT / "runs" / "gpu_report_dryrun" if dry else ROOT / "results")
+    refuse_to_overwrite(report_files(args.out, prefix), args.overwrite)
     args.out.mkdir(parents=True, exist_ok=True)
     budget = args.budget or (110.0 if dry else 450.0)
     # Step outputs go to <out>/<prefix><step>.*; the scratch (logs, per-run files) beside them.

@@ -1,10 +1,11 @@
 """Time README's main command and report what it reached, from the run it wrote.
 
-    python scripts/measure_main_job.py                    # runs: python -m segopt.cli fit --config configs/amp.yaml
-    python scripts/measure_main_job.py -- --trainer.max_epochs 5   # extra CLI flags after --
+    python scripts/measure_main_job.py --overwrite        # runs: python -m segopt.cli fit --config configs/amp.yaml
+    python scripts/measure_main_job.py --out results/main_job_5 -- --trainer.max_epochs 5   # extra CLI flags after --
 
-Writes results/main_job.json and results/main_job.md: wall time, final and best val/mIoU,
-epochs, and the checkpoints and event files the run left.
+Writes results/main_job.json and results/main_job.md (``--out``): wall time, final and best
+val/mIoU, epochs, and the checkpoints and event files the run left. Files that exist are
+replaced only with ``--overwrite``; without it the script stops before training.
 """
 
 from __future__ import annotations
@@ -17,18 +18,26 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
+from bench_common import (  # scripts/ is on sys.path when a script runs
+    add_overwrite_flag,
+    cpu_name,
+    refuse_to_overwrite,
+    result_files,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/amp.yaml")
     parser.add_argument("--out", default="results/main_job")
     parser.add_argument("extra", nargs="*", help="extra flags for the CLI (after --)")
-    args = parser.parse_args()
+    add_overwrite_flag(parser)
+    args = parser.parse_args(argv)
+    out = ROOT / args.out
+    refuse_to_overwrite(result_files(out), args.overwrite)
 
     runs = ROOT / "runs"
     before = set(runs.glob("*/version_*")) if runs.exists() else set()
@@ -52,7 +61,6 @@ def main() -> None:
         "event_files": len(list(run.glob("events.out.tfevents.*"))),
         "hardware": _cuda() or f"{cpu_name()}, {os.cpu_count()} CPU cores, no GPU",
     }
-    out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(

@@ -3,7 +3,8 @@
     python scripts/screenshot_dashboards.py runs/ablation/<run> --out docs/img
 
 Starts `tensorboard --logdir RUN` on 127.0.0.1, opens the scalar and image dashboards in
-headless Chromium (Debian package `chromium`), and writes scalars.png and images.png.
+headless Chromium (Debian package `chromium`), and writes scalars.png and images.png
+(replacing ones already in ``--out`` only with ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
+
 VIEWS = {
     "scalars": "#scalars&tagFilter=val%2F(mIoU%7Cdice%7Cacc%7Ciou)%7Closs",
     "images": "#images",
@@ -30,13 +33,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logdir")
     parser.add_argument("--out", default="docs/img")
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--height", type=int, default=1100)
-    args = parser.parse_args()
+    add_overwrite_flag(parser)
+    args = parser.parse_args(argv)
+    refuse_to_overwrite([Path(args.out) / f"{name}.png" for name in VIEWS], args.overwrite)
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         sys.exit("error: no Chromium found; install it (Debian: apt-get install chromium)")

@@ -30,6 +30,10 @@ on different hardware are never pooled) and arm the mean, sample standard deviat
 over seeds of the final val mIoU, and segopt's lead over the peer, which counts as resolved
 when it exceeds both arms' seed range (max − min). A segopt run records its recipe's sha256;
 runs of an earlier recipe on the same machine are listed as superseded, not pooled.
+
+Unlike the other scripts, this one has no ``--overwrite``: the per-run JSONs are its resume
+state (a finished one is never replaced) and the summary is rebuilt from them, so running
+the same command again resumes the series or refreshes the summary without a flag.
 """
 
 from __future__ import annotations

@@ -76,6 +76,23 @@ def test_script_exports_a_checkpoint_built_from_the_training_config(
     assert "parity 67x45: max abs logit difference" in printed
 
 
+def test_script_replaces_an_existing_file_only_with_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier export")
+    missing = tmp_path / "missing.ckpt"  # never read: the refusal comes first
+    with pytest.raises(SystemExit) as err:
+        _script().main([*TINY, f"--ckpt_path={missing}", f"--out={out}"])
+    assert str(err.value) == (
+        f"error: {out} already exists; nothing was written. Pass --overwrite to replace it, or give another --out"
+    )
+    assert out.read_bytes() == b"an earlier export" and sorted(tmp_path.iterdir()) == [out]
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": _model().state_dict()}, ckpt)
+    assert _script().main([*TINY, f"--ckpt_path={ckpt}", f"--out={out}", "--check_sizes", "32x32", "--overwrite"]) < 1e-3
+    assert ort.InferenceSession(str(out)).get_inputs()[0].name == "image"
+
+
 def test_script_refuses_a_checkpoint_that_does_not_fit_the_config(tmp_path: Path) -> None:
     ckpt = tmp_path / "wide.ckpt"
     torch.save({"state_dict": _model(base_channels=8).state_dict()}, ckpt)

@@ -19,9 +19,11 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     if not (SHARED_DATA / "camvid").is_dir():
         pytest.skip("CamVid is not present")
     pytest.importorskip("segmentation_models_pytorch")
+    (tmp_path / "gpu_dryrun_report.md").write_text("an earlier report\n")  # replaced: --overwrite
     # The budget is generous: a test makes no timing claim (the dry run takes under 2 minutes on 2 free cores).
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_report.py"), "--dry-run", "--out", str(tmp_path), "--budget", "1500"],
+        [sys.executable, str(ROOT / "scripts" / "gpu_report.py"), "--dry-run", "--out", str(tmp_path), "--budget", "1500",
+         "--overwrite"],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

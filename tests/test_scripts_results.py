@@ -199,3 +199,58 @@ def test_bench_precision_refuses_fp16_without_a_gpu() -> None:
         bench.check_precisions(["32-true", "16-mixed"], "cpu")
     with pytest.raises(SystemExit, match="--precisions has 'fp16'; choose from 32-true, 16-mixed, bf16-mixed"):
         bench.check_precisions(["fp16"], "cuda")
+
+
+# -- outputs never replace files silently -----------------------------------------------------
+
+# Per script: its arguments (OUT is the output stem or folder) and the output files that exist already.
+WRITERS = {
+    "bench_backbones": (["--out", "OUT"], ["OUT.md"]),
+    "bench_compile": (["--out", "OUT"], ["OUT.json"]),
+    "bench_smp": (["--out", "OUT"], ["OUT.json", "OUT.md"]),
+    "bench_data": (["--out", "OUT"], ["OUT.md"]),
+    "bench_precision": (["--precisions", "32-true", "--out", "OUT"], ["OUT.png"]),
+    "measure_main_job": (["--out", "OUT"], ["OUT.json"]),
+    "gpu_report": (["--dry-run", "--out", "OUT"], ["OUT/gpu_dryrun_report.md"]),
+    "screenshot_dashboards": (["runs/none", "--out", "OUT"], ["OUT/scalars.png"]),
+}
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_script_refuses_to_replace_an_existing_output_before_any_work(name: str, tmp_path: Path) -> None:
+    argv, existing = WRITERS[name]
+    out = tmp_path / "out"
+    files = [Path(f.replace("OUT", str(out))) for f in existing]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"earlier results \x00\xff\n")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as err:
+        _script(name).main([a.replace("OUT", str(out)) for a in argv])
+    named = ", ".join(map(str, files))
+    it = "it" if len(files) == 1 else "them"
+    assert str(err.value) == (
+        f"error: {named} already exist{'s' if len(files) == 1 else ''}; nothing was written. "
+        f"Pass --overwrite to replace {it}, or give another --out"
+    )
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made, not even a folder
+    assert all(p.read_bytes() == b"earlier results \x00\xff\n" for p in files)
+
+
+def test_bench_result_files_are_replaced_with_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "backbones"
+    out.with_suffix(".md").write_text("earlier results\n")
+    out.with_suffix(".json").write_text("{}\n")
+    _script("bench_backbones").main(
+        ["--configs", str(CONFIGS / "model" / "unet.yaml"), "--size", "32", "--batch", "1", "--precision", "32-true",
+         "--threads", "1", "--warmup", "0", "--repeats", "1", "--out", str(out), "--overwrite"]
+    )  # fmt: skip
+    assert "| unet | UNet |" in out.with_suffix(".md").read_text()
+    assert [row["backbone"] for row in json.loads(out.with_suffix(".json").read_text())["rows"]] == ["unet"]
+
+
+def test_gpu_report_steps_refill_their_scratch_folder(tmp_path: Path) -> None:
+    """The step scripts write into the report's own scratch folder, so every step passes --overwrite (before any --)."""
+    plan = _script("gpu_report").steps(tmp_path, dry=True)
+    commands = [cmd for step, cmds in plan.items() if step != "tests" for cmd in cmds]
+    assert len(commands) == 7 and all(cmd[2] == "--overwrite" for cmd in commands)
