@@ -12,9 +12,11 @@ wall time per setting to a Markdown table (and the same rows as JSON beside it).
 With ``--folder``: images per second of ``predict`` on that folder (decode, normalise,
 network, argmax at the original size, write the mask PNG; no overlays) through segopt's
 Trainer and PredictionWriter, against a bare loop doing the same work with OpenCV and the
-same network, run alternately ``--repeats`` times so that other load hits both alike; then
+same network (images read with segopt's reader, as displayed, as ``predict`` reads them), run alternately ``--repeats`` times so that other load hits both alike; then
 the exported ONNX graph in ONNX Runtime against the same torch network on the same inputs
 (network only). ``--ckpt_path`` is optional there: throughput does not depend on weights.
+
+An existing ``--out`` (or the JSON beside it) is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import cv2
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
 
 from segopt.from_config import build_from_config, load_weights
 from segopt.inference import TTA, SlidingWindow
@@ -65,7 +68,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tile", type=int, default=256, help="sliding-window tile side in pixels")
     parser.add_argument("--out", "--output", dest="out", type=Path, required=True, help="Markdown file to write (.json beside it)")
     parser.add_argument("--note", default="", help="how the checkpoint was trained, copied into the report")
+    add_overwrite_flag(parser)
     args, cli_args = parser.parse_known_args(argv)
+    refuse_to_overwrite([args.out, args.out.with_suffix(".json")], args.overwrite)
     if args.folder is not None:
         return throughput(args, cli_args)
     if args.ckpt_path is None:
@@ -128,12 +133,12 @@ def _bare_predict(net: torch.nn.Module, paths: list[Path], out: Path, in_channel
     """Read, normalise, pad, run the network, argmax, crop, write: the per-image work of predict, by hand."""
     from bench_common import autocast
 
+    from segopt.data.files import read_image
+
     mean = np.asarray(normalize.mean[:in_channels], np.float32) * 255
     std = np.asarray(normalize.std[:in_channels], np.float32) * 255
     for path in paths:
-        flag = cv2.IMREAD_GRAYSCALE if in_channels == 1 else cv2.IMREAD_COLOR_RGB
-        image = cv2.imread(str(path), flag)
-        image = image[..., None] if image.ndim == 2 else image
+        image = read_image(path, in_channels)  # [H,W,C] as displayed (EXIF orientation applied), as predict reads it
         x = torch.from_numpy(((image.astype(np.float32) - mean) / std).transpose(2, 0, 1))[None]
         h, w = x.shape[-2:]
         x = torch.nn.functional.pad(x, (0, (-w) % 32, 0, (-h) % 32), mode="replicate")
@@ -161,7 +166,7 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
 
     from bench_common import cpu_name
 
-    from segopt.data.files import EXTENSIONS
+    from segopt.data.files import EXTENSIONS, read_header
     from segopt.data.roots import resolve_data_path
     from segopt.export import export_onnx
     from segopt.precision import resolve_precision
@@ -174,6 +179,10 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
     precision, _ = resolve_precision(str(cli.trainer.precision), cuda=False)
     paths = sorted(p for p in resolve_data_path(args.folder).iterdir() if p.suffix.lower() in EXTENSIONS)
     paths = paths[: args.images] if args.images else paths
+    if not paths:
+        sys.exit(f"error: --folder {args.folder} holds no images ({', '.join(EXTENSIONS)}); give a folder of images")
+    header = read_header(paths[0])
+    image_size = (header.height, header.width)  # as displayed, the size the network sees
     scratch = Path(tempfile.mkdtemp(prefix="bench_inference_"))
     folder = scratch / "in"
     folder.mkdir()
@@ -213,7 +222,7 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
         onnx_path = export_onnx(model, scratch / "model.onnx", cli.datamodule.in_channels)
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         c = cli.datamodule.in_channels
-        h, w = cv2.imread(str(paths[0]), cv2.IMREAD_UNCHANGED).shape[:2]
+        h, w = image_size
         x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))
         engines = {
             "torch (float32)": lambda: model(x),
@@ -249,7 +258,7 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
         "torch_threads": torch.get_num_threads(),
         "precision": precision,
         "images": len(paths),
-        "image_size": list(cv2.imread(str(paths[0]), cv2.IMREAD_UNCHANGED).shape[:2]),
+        "image_size": list(image_size),
         "data_num_workers": cli.datamodule.num_workers,
         "load_average_1min": [round(v, 2) for v in load],
         "seconds": {k: [round(v, 3) for v in s] for k, s in seconds.items()},

@@ -187,16 +187,61 @@ def test_bad_tta_scales_name_the_key(scales: tuple[float, ...]) -> None:
         TTA(scales=scales)
 
 
-@pytest.mark.slow
-def test_bench_script_writes_one_row_per_setting(tmp_path: Path) -> None:
+def _bench_inference():
     spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "scripts" / "bench_inference.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_bench_script_refuses_to_replace_a_report_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "inference.md"
+    out.write_text("earlier results\n")
+    with pytest.raises(SystemExit) as err:
+        _bench_inference().main([f"--config={CONFIGS / 'amp.yaml'}", f"--ckpt_path={tmp_path / 'missing.ckpt'}", f"--out={out}"])
+    assert str(err.value) == (
+        f"error: {out} already exists; nothing was written. Pass --overwrite to replace it, or give another --out"
+    )
+    assert out.read_text() == "earlier results\n" and sorted(tmp_path.iterdir()) == [out]
+
+
+def test_bench_bare_loop_reads_images_as_displayed(tmp_path: Path) -> None:
+    """The throughput benchmark's bare loop reads an EXIF-turned photo as segopt's predict does."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from segopt.data.files import ORIENTATION_TAG
+
+    stored = np.zeros((8, 16, 3), np.uint8)
+    stored[:, :8] = 255  # left half bright in the stored pixels
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6  # displayed turned 90° clockwise: 16 high, 8 wide, bright half on top
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    net = torch.nn.Conv2d(3, 2, 1)  # class 1 where bright
+    with torch.no_grad():
+        net.weight.zero_()
+        net.weight[1] = 1.0
+        net.bias.zero_()
+    normalize = SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    out = tmp_path / "masks"
+    out.mkdir()
+    _bench_inference()._bare_predict(net, [tmp_path / "photo.jpg"], out, 3, normalize, "32-true")
+    mask = np.asarray(Image.open(out / "photo.png"))
+    assert mask.shape == (16, 8)
+    assert (mask[:6] == 1).all() and (mask[10:] == 0).all()
+
+
+@pytest.mark.slow
+def test_bench_script_writes_one_row_per_setting(tmp_path: Path) -> None:
+    script = _bench_inference()
     torch.manual_seed(0)
     model = SegModule(partial(UNet, base_channels=4, depth=2), num_classes=5, in_channels=3)
     ckpt = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     out = tmp_path / "results" / "inference.md"
+    out.parent.mkdir()
+    out.write_text("earlier results\n")  # replaced: --overwrite
     rows = script.main(
         [
             f"--config={CONFIGS / 'amp.yaml'}",
@@ -209,6 +254,7 @@ def test_bench_script_writes_one_row_per_setting(tmp_path: Path) -> None:
             f"--ckpt_path={ckpt}",
             "--tile=32",
             f"--out={out}",
+            "--overwrite",
         ]
     )
     names = [r["setting"] for r in rows]
