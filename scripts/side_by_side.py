@@ -23,8 +23,9 @@ Two arms, each trained once per seed on the same machine:
 
 ``--data`` follows ``$SEGOPT_DATA_ROOT`` as segopt does, so both arms read the same folder.
 Both arms use ``--threads`` torch threads (default: all cores) and one persistent loader worker.
-Each (arm, seed) writes ``--out``/<arm>_seed<seed>.json atomically when it finishes; a run
-whose JSON exists is skipped, so the same command resumes across sessions. After every run
+Each (arm, seed) writes ``--out``/<arm>_seed<seed>_<machine>[_<recipe sha256[:8]>].json
+atomically when it finishes; a run whose JSON exists is skipped, so the same command resumes
+across sessions, while another machine or an edited recipe runs the seed afresh beside it. After every run
 the summary ``--out``.md and .json is rewritten from the JSONs found: per machine (seeds run
 on different hardware are never pooled) and arm the mean, sample standard deviation and range
 over seeds of the final val mIoU, and segopt's lead over the peer, which counts as resolved
@@ -44,6 +45,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -283,7 +285,7 @@ def read_tensorboard(log_dir: Path, t0: float) -> dict[str, Any]:
 
 def run_segopt(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """Fit segopt's recipe in a subprocess; read its final epoch from TensorBoard."""
-    run_dir = args.out / "runs" / f"segopt_seed{seed}"
+    run_dir = args.out / "runs" / run_stem(args, "segopt", seed)
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts again from scratch
     cmd = segopt_command(args, seed, run_dir)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -309,13 +311,29 @@ def hardware(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run_stem(args: argparse.Namespace, arm: str, seed: int) -> str:
+    """The name of one run's JSON (and run folder): arm, seed, machine and, for segopt, the recipe's hash.
+
+    A seed already run on another machine or with an earlier recipe is not a finished run of this
+    one: it keeps its file, and the summary pools or leaves it out by what that file records.
+    """
+    hw = hardware(args)
+    machine = re.sub(r"[^a-z0-9]+", "-", (hw["gpu"] or hw["cpu"]).lower()).strip("-")
+    stem = f"{arm}_seed{seed}_{machine}-{hw['cores']}c-{hw['torch_threads']}t"
+    return f"{stem}_{recipe_sha256(args)[:8]}" if arm == "segopt" else stem
+
+
+def recipe_sha256(args: argparse.Namespace) -> str:
+    return hashlib.sha256(args.config.read_bytes()).hexdigest()
+
+
 def settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     common = {"minutes": args.minutes, "data": str(args.data_given), "max_epochs": args.max_epochs}
     if arm == "segopt":
         return {
             **common,
             "config": str(args.config),
-            "config_sha256": hashlib.sha256(args.config.read_bytes()).hexdigest(),
+            "config_sha256": recipe_sha256(args),
             "extra_args": list(args.segopt_arg),
         }
     return {
@@ -520,7 +538,7 @@ def main(argv: list[str] | None = None) -> Path:
     torch.set_num_threads(args.threads)
     summary = None
     for seed in args.seeds:
-        path = args.out / f"{args.arm}_seed{seed}.json"
+        path = args.out / f"{run_stem(args, args.arm, seed)}.json"
         if path.is_file():
             print(f"{path} exists: skipping {args.arm} seed {seed}")
             continue

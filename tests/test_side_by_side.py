@@ -38,7 +38,8 @@ def test_peer_arm_writes_its_json_and_the_summary_and_skips_it_on_rerun(sbs: Mod
             "--val-every", "1", "--size", "36", "48", "--batch-size", "2", "--threads", "1"]  # fmt: skip
     summary_md = sbs.main(argv)
 
-    run = json.loads((out / "peer_seed0.json").read_text())
+    (path,) = out.glob("peer_seed0_*-1t.json")  # named after the machine: 1 torch thread
+    run = json.loads(path.read_text())
     assert (run["arm"], run["seed"], run["epochs"]) == ("peer", 0, 2)
     assert [p["epoch"] for p in run["curve"]] == [1, 2]
     assert all("val_mIoU" in p for p in run["curve"])  # --val-every 1
@@ -57,9 +58,28 @@ def test_peer_arm_writes_its_json_and_the_summary_and_skips_it_on_rerun(sbs: Mod
     assert "segopt_minus_peer" not in machine  # one arm only
     assert "| peer | 0 |" in summary_md.read_text()
 
-    before = (out / "peer_seed0.json").read_text()
+    before = path.read_text()
     sbs.main(argv)  # finished: skipped, not retrained
-    assert (out / "peer_seed0.json").read_text() == before
+    assert path.read_text() == before
+    assert list(out.glob("*.json")) == [path]
+
+
+def test_a_seed_runs_afresh_on_another_machine_or_recipe_keeping_the_earlier_run(sbs: ModuleType, tmp_path: Path) -> None:
+    data = _camvid(tmp_path / "camvid")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("trainer: {max_epochs: 1}\n")
+    argv = ["--arm", "segopt", "--data", str(data), "--config", str(recipe)]
+
+    def stem(arm: str, *extra: str) -> str:
+        return sbs.run_stem(sbs.parse_args([*argv, *extra]), arm, 3)
+
+    first = stem("segopt", "--threads", "2")
+    sha = sbs.recipe_sha256(sbs.parse_args(argv))
+    assert first.startswith("segopt_seed3_") and first.endswith(f"-{sbs.os.cpu_count()}c-2t_{sha[:8]}")
+    assert stem("segopt", "--threads", "1") != first  # another machine setting
+    assert stem("peer", "--threads", "2") == first.replace("segopt", "peer", 1).rsplit("_", 1)[0]  # the peer has no recipe
+    recipe.write_text("trainer: {max_epochs: 2}\n")
+    assert stem("segopt", "--threads", "2") != first  # an edited recipe
 
 
 def test_validation_scores_probabilities_resized_to_the_label(sbs: ModuleType) -> None:
