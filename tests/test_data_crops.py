@@ -134,6 +134,7 @@ def _source() -> SyntheticShapes:
         (dict(train_size=(32, 32), augment=Augment(random_scale=(2.0, 0.5))), r"random_scale is \[2.0, 0.5\]; give"),
         (dict(train_size=(32, 32), augment=Augment(random_scale=(0.0, 2.0))), r"0 < low <= high, e.g. \[0.5, 2.0\]"),
         (dict(augment=Augment(random_scale=(0.5, 2.0))), r"data.train_size is null; .*set it"),
+        (dict(train_size=(32, 32), augment=Augment(random_scale=None)), r"random_scale is null; give \[1.0, 1.0\] to turn"),
     ],
 )
 def test_bad_scale_jitter_settings_are_refused_naming_the_key(kwargs, message):

@@ -168,6 +168,16 @@ def test_grid_cells_are_the_product_less_exclusions_with_arguments_in_order(abla
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("grid", sorted(p.name for p in (CONFIGS / "ablation").glob("*.yaml")))
+def test_shipped_grids_build_every_cell(ablate: ModuleType, grid: str, shared_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(ROOT)  # grids name their configs from the project root, as README runs them
+    loaded = ablate.load_grid(CONFIGS / "ablation" / grid)
+    cells = ablate.cells_of(loaded)
+    assert len(cells) >= 2
+    for cell in cells:  # raises GridError naming the cell on a bad flag or config
+        ablate.check_cell(ablate.run_args(loaded, cell, loaded.seeds[0]) + ablate.output_args(tmp_path / "runs"), cell.label, loaded.path)
+
+
 def test_bench_precision_writes_one_row_per_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bench = _script("bench_precision")
     monkeypatch.chdir(tmp_path)  # the runs' logs go to ./runs/bench_precision

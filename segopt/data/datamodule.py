@@ -199,6 +199,8 @@ class SegDataModule(pl.LightningDataModule):
             load_pipeline(self.train_pipeline)
 
     def _validate_scale(self) -> None:
+        if self.augment.random_scale is None:
+            raise ValueError("data.augment.random_scale is null; give [1.0, 1.0] to turn the scale jitter off, or [low, high]")
         scale = tuple(self.augment.random_scale)
         if scale == (1.0, 1.0):
             return
