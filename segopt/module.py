@@ -28,6 +28,7 @@ from segopt.checkpoints import warm_start
 from segopt.class_weights import DataWeighted, compute_class_weights
 from segopt.compiling import CompileMode, compile_backbone
 from segopt.data.datamodule import SegDataModule
+from segopt.data.resumable import loader_state, restore_random_states
 from segopt.inference import TTA, SlidingWindow, masks_at_size, predict_probs
 from segopt.losses import CombinedLoss
 from segopt.models import FinetunableEncoder, UNet
@@ -117,6 +118,8 @@ class SegModule(pl.LightningModule):
         self.compile_net = compile
         self.compile_mode = compile_mode
         self._compile_done = False
+        # The training processes' random states of the checkpoint a fit resumes from, until training starts.
+        self._resumed_random_states: list[dict[str, Any]] | None = None
         self.criterion = loss(num_classes, ignore_index)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -221,6 +224,10 @@ class SegModule(pl.LightningModule):
         # The sanity check ran validation; its numbers must not count as an epoch. The best
         # mIoU is left alone: the sanity check never updates it, and on resume it is restored.
         self.val_metrics.reset()
+        # Here, not as the checkpoint is loaded: setting up and the sanity check come in between.
+        if self._resumed_random_states is not None:
+            restore_random_states(self._resumed_random_states)
+            self._resumed_random_states = None
 
     def infer(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``[B,K,H,W]`` with this module's TTA and sliding window."""
@@ -342,7 +349,8 @@ class SegModule(pl.LightningModule):
         return None if self.scheduler_factory is None else self.scheduler_factory(optimizer, total_steps)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """When resuming a fit, refuse a schedule whose planned length changed.
+        """When resuming a fit, continue the training loader where the checkpoint left it
+        (:mod:`segopt.data.resumable`) and refuse a schedule whose planned length changed.
 
         A schedule sized to the whole run (OneCycle, Cosine, Poly) restores the length it
         was planned with; resumed into a longer run it would end early (OneCycle raises
@@ -352,7 +360,14 @@ class SegModule(pl.LightningModule):
         # Private Lightning attribute: the public self.trainer raises when no Trainer is attached
         # (a checkpoint loaded outside a fit), where this hook has nothing to check.
         trainer = self._trainer
-        if trainer is None or trainer.state.fn != TrainerFn.FITTING or self.scheduler_factory is None:
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        # Before anything below builds the training loader (estimated_stepping_batches does).
+        state = loader_state(checkpoint)
+        if state is not None and isinstance(trainer.datamodule, SegDataModule):
+            trainer.datamodule.resume_from(state)
+            self._resumed_random_states = state["random_states"]
+        if self.scheduler_factory is None:
             return
         if any(isinstance(cb, TimeBudget) for cb in trainer.callbacks):
             return  # the budget restores the length it planned (and the schedule its state)

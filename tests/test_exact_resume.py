@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -24,6 +26,33 @@ from tests.conftest import CONFIGS, ROOT
 STEPS_PER_EPOCH = 32 // 8
 
 
+class DrawPerRank(pl.Callback):
+    """After every batch, draws from Python's, NumPy's and torch's global generators, ``rank + 1``
+    times (as dropout or a custom augmentation might): a resume that restored no random states,
+    restored them at the wrong point, or gave a process another's would end with other states."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        for _ in range(trainer.global_rank + 1):
+            random.random()
+            np.random.random()
+            torch.rand(())
+
+
+def random_states(run: Path) -> list[dict]:
+    """The random states of each training process, as last.ckpt's training loader saved them."""
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    (loader,) = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    return loader["random_states"]
+
+
+def assert_same_random_states(got: list[dict], expected: list[dict]) -> None:
+    assert len(got) == len(expected)
+    for rank, (a, b) in enumerate(zip(got, expected)):
+        assert a["python"] == b["python"], rank
+        assert torch.equal(a["numpy"][1], b["numpy"][1]) and a["numpy"][2:] == b["numpy"][2:], rank
+        assert torch.equal(a["torch"], b["torch"]), rank
+
+
 class KillAtEpochStart(pl.Callback):
     """SIGKILLs its own process as epoch ``epoch`` starts, after the previous epoch's checkpoints."""
 
@@ -36,9 +65,11 @@ class KillAtEpochStart(pl.Callback):
 
 
 def _config(tmp_path: Path) -> Path:
-    """amp.yaml, tiny, 32-bit, a step checkpoint every 3 steps (mid-epoch with 4 steps per epoch)."""
+    """amp.yaml, tiny, 32-bit, a step checkpoint every 3 steps (mid-epoch with 4 steps per epoch),
+    global random numbers drawn every batch."""
     cfg = yaml.safe_load((CONFIGS / "amp.yaml").read_text())
     cfg["trainer"]["callbacks"] = yaml.safe_load(TRAINER_DEFAULTS.read_text())["trainer"]["callbacks"]
+    cfg["trainer"]["callbacks"].append({"class_path": "tests.test_exact_resume.DrawPerRank"})
     for callback in cfg["trainer"]["callbacks"]:
         if "every_n_train_steps" in callback.get("init_args", {}):
             callback["init_args"]["every_n_train_steps"] = 3
@@ -77,30 +108,34 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, list]:
     root = tmp_path_factory.mktemp("whole")
     with pytest.MonkeyPatch.context() as mp:
         run = _fit(root, mp)
-    return _weights(run), _curves(run)
+    return _weights(run), _curves(run), random_states(run)
 
 
 @pytest.mark.parametrize(
-    "kill",
+    ("kill", "saved_step"),
     [
-        # killed two steps after the step-3 checkpoint, which is one batch before epoch 0 ends
-        ["--trainer.callbacks+=tests.test_crash_resume.KillAtStep", "--trainer.callbacks.step=5"],
+        # killed as the last batch of epoch 0 ends (before epoch 0's checkpoints): the newest
+        # checkpoint is the step-3 one, one batch before the epoch's end
+        (["--trainer.callbacks+=tests.test_crash_resume.KillAtStep", "--trainer.callbacks.step=4"], 3),
         # killed as epoch 1 starts: the newest checkpoint is epoch 0's end
-        ["--trainer.callbacks+=tests.test_exact_resume.KillAtEpochStart", "--trainer.callbacks.epoch=1"],
+        (["--trainer.callbacks+=tests.test_exact_resume.KillAtEpochStart", "--trainer.callbacks.epoch=1"], 4),
     ],
     ids=["mid-epoch", "epoch-end"],
 )
 def test_killed_and_resumed_run_ends_bit_identical(
-    uninterrupted: tuple[dict, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill: list[str], recwarn
-) -> None:  # noqa: ANN001
+    uninterrupted: tuple[dict, dict, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill: list[str],
+    saved_step: int, recwarn,  # noqa: ANN001
+) -> None:
     _killed(tmp_path, *kill)
+    newest = tmp_path / "runs" / "amp" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(newest, map_location="cpu", weights_only=False)["global_step"] == saved_step
     run = _fit(tmp_path, monkeypatch, "--ckpt_path=last")
     assert not any("not resumable" in str(w.message) for w in recwarn.list)
-    weights, curves = uninterrupted
+    weights, curves, states = uninterrupted
     resumed = _weights(run)
     assert resumed.keys() == weights.keys()
     assert all(torch.equal(resumed[k], weights[k]) for k in weights), [k for k in weights if not torch.equal(resumed[k], weights[k])][:3]
@@ -108,6 +143,7 @@ def test_killed_and_resumed_run_ends_bit_identical(
     for tag in ("train/loss", "val/mIoU", "val/loss", "lr-AdamW"):
         # TensorBoard keeps the last event per step; the killed run's steps past its checkpoint were purged.
         assert dict(got[tag]) == dict(curves[tag]), tag
+    assert_same_random_states(random_states(run), states)
 
 
 def test_augmentation_does_not_depend_on_the_number_of_workers() -> None:

@@ -160,6 +160,7 @@ class SegDataModule(pl.LightningDataModule):
         self.predict_batch_size = predict_batch_size
         self._splits: dict[str, TransformedDataset] = {}
         self._norm_stats: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._resume_from: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -356,6 +357,10 @@ class SegDataModule(pl.LightningDataModule):
                 batch["mask"] = batch["mask"].long()
         return batch
 
+    def resume_from(self, state: dict[str, Any]) -> None:
+        """Build the next training loader at the place of a checkpoint's (its :func:`~segopt.data.resumable.loader_state`)."""
+        self._resume_from = state
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # Pinned batches let Lightning's host→GPU copy run asynchronously (non_blocking).
         pin = self._on_cuda() if self.pin_memory is None else self.pin_memory
@@ -378,7 +383,8 @@ class SegDataModule(pl.LightningDataModule):
         sampler = ResumableSampler(
             dataset, torch.initial_seed() % 2**31, self.batch_size, trainer.world_size, trainer.global_rank
         )
-        return ResumableLoader(dataset, sampler, _trained_batches(trainer), **options)
+        resume, self._resume_from = self._resume_from, None
+        return ResumableLoader(dataset, sampler, _trained_batches(trainer), resume, **options)
 
     def _prefetch(self) -> int | None:
         if self.num_workers == 0:

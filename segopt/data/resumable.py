@@ -4,9 +4,16 @@ Each epoch's order is a permutation drawn from ``(seed, epoch)``, and each sampl
 augmentation is seeded from ``(seed, epoch, position in that order)``: a sample is
 augmented the same whichever worker loads it, however many workers there are, and
 whether or not the run was interrupted before it. The loader is stateful in Lightning's
-sense (``state_dict``/``load_state_dict``), so checkpoints keep the epoch, the batches
-already trained and the random states of the training processes (Python, NumPy, torch,
-CUDA); a resumed loader skips exactly the batches already trained.
+sense (``state_dict``), so checkpoints keep the epoch, the batches already trained and the
+random states of the training processes (Python, NumPy, torch, CUDA); a resumed loader
+skips exactly the batches already trained.
+
+Lightning would hand the state back through ``load_state_dict`` only to a loader built after
+the checkpoint's loops are restored, but a learning-rate schedule sized to the run builds
+the loader (and its first iterator) before that. So the state is read from the checkpoint
+(:func:`loader_state`) and given to the loader as it is built (``resume_from``), and the
+random states are put back as training starts (:func:`restore_random_states`), both by
+:class:`segopt.module.SegModule`.
 """
 
 from __future__ import annotations
@@ -78,6 +85,26 @@ def _set_random_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def loader_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The :class:`ResumableLoader` state in a fit checkpoint; None if it has none."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+    for state in loop.get("combined_loader", []):
+        if isinstance(state, dict) and "random_states" in state:
+            return state
+    return None
+
+
+def restore_random_states(saved: list[dict[str, Any]]) -> bool:
+    """Set this process's random states to its own in ``saved`` (one per process); False (nothing
+    set) when ``saved`` comes from another number of processes."""
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if len(saved) != world:
+        return False
+    _set_random_states(saved[rank])
+    return True
+
+
 class ResumableLoader(DataLoader):
     """The training DataLoader over a :class:`ResumableSampler`, with a state Lightning checkpoints.
 
@@ -85,12 +112,25 @@ class ResumableLoader(DataLoader):
         dataset: the training set (items are fetched with :class:`SeededIndex`).
         sampler: its :class:`ResumableSampler`.
         progress: batches of the current epoch already trained (from the Trainer's loop).
+        resume_from: the state of the checkpoint a fit resumes from (:func:`loader_state`), if any.
         **kwargs: the other DataLoader arguments.
     """
 
-    def __init__(self, dataset: Dataset, sampler: ResumableSampler, progress: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        sampler: ResumableSampler,
+        progress: Callable[[], int],
+        resume_from: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Each iterator draws its workers' base seed from this generator, not the global one: a
+        # resumed run makes its first iterator at another point than a run that never stopped.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(sampler.seed))
         super().__init__(dataset, sampler=sampler, **kwargs)
         self.progress = progress
+        if resume_from is not None:
+            self.load_state_dict(resume_from)
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, batches trained in it, and the random states of every training process."""
@@ -103,15 +143,11 @@ class ResumableLoader(DataLoader):
         return {"epoch": self.sampler.epoch, "batches": int(self.progress()), "random_states": gathered}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue after the batches the checkpoint had trained, with each process's random states."""
+        """Continue after the batches the checkpoint had trained (random states: :func:`restore_random_states`)."""
         sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
         if state["batches"] >= len(self):
             sampler.set_epoch(state["epoch"] + 1)
+            sampler.skip = 0
         else:
             sampler.set_epoch(state["epoch"])
             sampler.skip = state["batches"]
-        distributed = dist.is_available() and dist.is_initialized()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        saved = state.get("random_states") or []
-        if len(saved) == world:  # a run resumed on as many processes as it was saved from
-            _set_random_states(saved[rank])
