@@ -1,19 +1,24 @@
-"""configs/ddp.yaml with two processes on CPU (DDP over gloo): metrics over all the data, files once.
+"""configs/ddp.yaml with two processes on CPU (DDP over gloo): metrics over all the data, files once,
+exact resume.
 
 One real two-process ``fit`` runs in a subprocess (as a user would launch it); its
 validation mIoU must equal what a single process computes for the same checkpoint on the
 same data, and its run folder must hold one run, one event file and each checkpoint
-written once, by rank 0.
+written once, by rank 0. A two-process fit killed (every process) after its first epoch's
+checkpoints and resumed with ``--ckpt_path last`` on two processes must end with the
+weights, curves and each process's random states of one that never stopped.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -22,6 +27,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from segopt.callbacks import AtomicCheckpointIO
 from segopt.cli import main
 from tests.conftest import CONFIGS, ROOT
+from tests.test_exact_resume import assert_same_random_states, random_states
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -54,25 +60,32 @@ class RecordingCheckpointIO(AtomicCheckpointIO):
             f.write(f"rank {rank} {Path(path).name}\n")
 
 
-@pytest.fixture(scope="module")
-def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The working directory of one two-process fit (tests only read what it wrote)."""
-    root = tmp_path_factory.mktemp("ddp")
+def _ddp(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """``segopt.cli fit`` of amp.yaml + ddp.yaml on DATA with two processes, run in ``root``."""
     command = [
         sys.executable, "-m", "segopt.cli", "fit",
         f"--config={CONFIGS / 'amp.yaml'}", f"--config={CONFIGS / 'ddp.yaml'}",
         *DATA,
         "--trainer.devices=2",
         "--trainer.sync_batchnorm=false",  # SyncBatchNorm needs CUDA
-        "--trainer.plugins=[{class_path: tests.test_ddp.RecordingCheckpointIO}]",
+        *args,
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _ok(done: subprocess.CompletedProcess) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "Starting with 2 processes" in done.stdout + done.stderr
     assert "distributed_backend=gloo" in done.stdout + done.stderr
-    return root
 
+
+@pytest.fixture(scope="module")
+def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working directory of one two-process fit (tests only read what it wrote)."""
+    root = tmp_path_factory.mktemp("ddp")
+    _ok(_ddp(root, "--trainer.plugins=[{class_path: tests.test_ddp.RecordingCheckpointIO}]"))
+    return root
 
 
 def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -127,3 +140,51 @@ def test_two_process_val_miou_equals_one_process_on_the_same_checkpoint(
     # The sampler interleaves: rank 0 sees images 0, 2, 4, 6 and rank 1 the others.
     assert abs(miou(slice(0, None, 2)) - logged["val/mIoU"]) > 1e-4
     assert abs(miou(slice(1, None, 2)) - logged["val/mIoU"]) > 1e-4
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+class KillAllAtEpochStart(pl.Callback):
+    """Every process SIGKILLs itself as epoch ``epoch`` starts, as a crash of the machine would.
+
+    The barrier first: no process dies while another is still writing or gathering for the
+    previous epoch's checkpoints (a dead peer would turn the kill into a gloo error).
+    """
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.strategy.barrier("kill")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_two_processes_killed_after_an_epoch_and_resumed_on_two_end_bit_identical(tmp_path: Path) -> None:
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    whole.mkdir()
+    crashed.mkdir()
+    fit = ["--trainer.max_epochs=2", "--trainer.callbacks+=tests.test_exact_resume.DrawPerRank"]
+    _ok(_ddp(whole, *fit))
+    killed = _ddp(crashed, *fit, "--trainer.callbacks+=tests.test_ddp.KillAllAtEpochStart", "--trainer.callbacks.epoch=1")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-4000:]
+    run = crashed / "runs" / "amp" / "version_0"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2  # epoch 0's end
+    resumed = _ddp(crashed, *fit, "--ckpt_path=last")
+    _ok(resumed)
+    assert "not resumable" not in resumed.stdout + resumed.stderr
+    assert not (run.parent / "version_1").exists()
+    expected, got = _weights(whole / "runs" / "amp" / "version_0"), _weights(run)
+    assert got.keys() == expected.keys()
+    assert [k for k in expected if not torch.equal(got[k], expected[k])] == []
+    curves, resumed_curves = _scalars(whole / "runs" / "amp" / "version_0"), _scalars(run)
+    assert [step for step, _ in curves["val/mIoU"]] == [1, 3]
+    for tag in ("train/loss", "val/mIoU", "val/loss", "lr-AdamW"):
+        assert dict(resumed_curves[tag]) == dict(curves[tag]), tag
+
+    # Each process ends with its own random states of the run that never stopped (they differ).
+    states = random_states(whole / "runs" / "amp" / "version_0")
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
+    assert_same_random_states(random_states(run), states)
