@@ -90,6 +90,8 @@ class SegCLI(LightningCLI):
         rank_zero_info(f"segopt: running precision {self.trainer.precision} on {device}{self._precision_note}")
 
     def _run_subcommand(self, subcommand: str) -> None:
+        # Private LightningCLI method, overridden because it is the one place that wraps a
+        # subcommand's whole run (the public before_/after_ hooks miss a failure in between).
         # A failure that the user fixes takes back what the failed run wrote (see RunFolderGuard).
         guard = RunFolderGuard(self._written_folders()) if self.trainer.is_global_zero else None
         try:
