@@ -442,14 +442,13 @@ def markdown(summary: dict[str, Any]) -> list[str]:
             seeds = ", ".join(map(str, entry["superseded_segopt_seeds"]))
             lines += ["", f"Left out: segopt seed(s) {seeds}, run with an earlier version of the recipe."]
         if "segopt_minus_peer" in entry:
-            verdict = "exceeds" if entry["exceeds_spread"] else "does not exceed"
-            lines += [
-                "",
-                (
-                    f"segopt − peer: {entry['segopt_minus_peer']:+.3f} mIoU; this {verdict} the larger seed range "
-                    f"of the two arms ({entry['spread']:.3f})."
-                ),
-            ]
+            lead = f"segopt − peer: {entry['segopt_minus_peer']:+.3f} mIoU; "
+            few = [arm for arm, a in entry["arms"].items() if a["val_mIoU"]["n"] < 2]
+            if few:
+                verdict = f"not resolved yet: {' and '.join(few)} {'has' if len(few) == 1 else 'have'} one seed, and the seed range needs two per arm."
+            else:
+                verdict = f"this {'exceeds' if entry['exceeds_spread'] else 'does not exceed'} the larger seed range of the two arms ({entry['spread']:.3f})."
+            lines += ["", lead + verdict]
         arms = entry["arms"]
         lines += ["", "Per-class IoU (mean over seeds):", "", "| class | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
         for name in CLASS_NAMES:

@@ -176,7 +176,9 @@ def test_summary_pools_seeds_per_machine_and_leaves_out_an_earlier_recipe(sbs: M
     assert b["arms"]["segopt"]["per_seed"] == {"1": 0.66}
     assert b["superseded_segopt_seeds"] == [0]
     assert b["segopt_minus_peer"] == pytest.approx(0.11)
-    assert "Left out: segopt seed(s) 0, run with an earlier version of the recipe." in (tmp_path / "side_by_side.md").read_text()
+    md = (tmp_path / "side_by_side.md").read_text()
+    assert "Left out: segopt seed(s) 0, run with an earlier version of the recipe." in md
+    assert "segopt − peer: +0.110 mIoU; not resolved yet: peer and segopt have one seed, and the seed range needs two per arm." in md
 
 
 def test_bad_data_folder_is_a_clear_error(sbs: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
