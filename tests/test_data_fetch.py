@@ -616,6 +616,7 @@ def _fetched(name: str, tmp_path: Path, server: Server, monkeypatch, capsys) -> 
         assert _run(capsys, name)[0] == 0
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("name", sorted(ARCHIVES))
 def test_fit_runs_with_each_shipped_data_config_on_fetched_data(name: str, tmp_path: Path, server: Server, root: Path,
                                                                 monkeypatch, capsys):

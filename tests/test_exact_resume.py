@@ -115,6 +115,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict,
     return _weights(run), _curves(run), random_states(run)
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize(
     ("kill", "saved_step"),
     [

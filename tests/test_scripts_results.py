@@ -178,6 +178,7 @@ def test_shipped_grids_build_every_cell(ablate: ModuleType, grid: str, shared_da
         ablate.check_cell(ablate.run_args(loaded, cell, loaded.seeds[0]) + ablate.output_args(tmp_path / "runs"), cell.label, loaded.path)
 
 
+@pytest.mark.slow  # trains
 def test_bench_precision_writes_one_row_per_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bench = _script("bench_precision")
     monkeypatch.chdir(tmp_path)  # the runs' logs go to ./runs/bench_precision
