@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": command,
         "conditions": args.note or "not stated",
         "hardware": hw,
-        "settings": vars(args) | {"out": str(args.out)},
+        # The project-relative path: a results file names no folder of the machine it ran on.
+        "settings": vars(args) | {"out": os.path.relpath(args.out, ROOT)},
         "first_compiled_step_s": round(first_step_s, 2),
         "rows": rows,
         "compiled_speedup_median": round(speedup, 3),
