@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -27,7 +26,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from segopt.callbacks import AtomicCheckpointIO
 from segopt.cli import main
 from tests.conftest import CONFIGS, ROOT
-from tests.test_exact_resume import assert_same_random_states, random_states
+from tests.test_exact_resume import assert_same_random_states, random_states, weights_of
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -142,33 +141,13 @@ def test_two_process_val_miou_equals_one_process_on_the_same_checkpoint(
     assert abs(miou(slice(1, None, 2)) - logged["val/mIoU"]) > 1e-4
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-
-
-class KillAllAtEpochStart(pl.Callback):
-    """Every process SIGKILLs itself as epoch ``epoch`` starts, as a crash of the machine would.
-
-    The barrier first: no process dies while another is still writing or gathering for the
-    previous epoch's checkpoints (a dead peer would turn the kill into a gloo error).
-    """
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.current_epoch == self.epoch:
-            trainer.strategy.barrier("kill")
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def test_two_processes_killed_after_an_epoch_and_resumed_on_two_end_bit_identical(tmp_path: Path) -> None:
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     whole.mkdir()
     crashed.mkdir()
     fit = ["--trainer.max_epochs=2", "--trainer.callbacks+=tests.test_exact_resume.DrawPerRank"]
     _ok(_ddp(whole, *fit))
-    killed = _ddp(crashed, *fit, "--trainer.callbacks+=tests.test_ddp.KillAllAtEpochStart", "--trainer.callbacks.epoch=1")
+    killed = _ddp(crashed, *fit, "--trainer.callbacks+=tests.test_exact_resume.KillAtEpochStart", "--trainer.callbacks.epoch=1")
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-4000:]
     run = crashed / "runs" / "amp" / "version_0"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2  # epoch 0's end
@@ -176,7 +155,7 @@ def test_two_processes_killed_after_an_epoch_and_resumed_on_two_end_bit_identica
     _ok(resumed)
     assert "not resumable" not in resumed.stdout + resumed.stderr
     assert not (run.parent / "version_1").exists()
-    expected, got = _weights(whole / "runs" / "amp" / "version_0"), _weights(run)
+    expected, got = weights_of(whole / "runs" / "amp" / "version_0"), weights_of(run)
     assert got.keys() == expected.keys()
     assert [k for k in expected if not torch.equal(got[k], expected[k])] == []
     curves, resumed_curves = _scalars(whole / "runs" / "amp" / "version_0"), _scalars(run)

@@ -54,13 +54,18 @@ def assert_same_random_states(got: list[dict], expected: list[dict]) -> None:
 
 
 class KillAtEpochStart(pl.Callback):
-    """SIGKILLs its own process as epoch ``epoch`` starts, after the previous epoch's checkpoints."""
+    """Every process SIGKILLs itself as epoch ``epoch`` starts, after the previous epoch's checkpoints.
+
+    The barrier first (a no-op in one process): no process of a DDP run dies while another is
+    still writing or gathering for those checkpoints (a dead peer would turn the kill into a gloo error).
+    """
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.current_epoch == self.epoch:
+            trainer.strategy.barrier("kill")
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -103,7 +108,7 @@ def _curves(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
+def weights_of(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
@@ -112,7 +117,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict,
     root = tmp_path_factory.mktemp("whole")
     with pytest.MonkeyPatch.context() as mp:
         run = _fit(root, mp)
-    return _weights(run), _curves(run), random_states(run)
+    return weights_of(run), _curves(run), random_states(run)
 
 
 @pytest.mark.slow  # trains
@@ -137,7 +142,7 @@ def test_killed_and_resumed_run_ends_bit_identical(
     run = _fit(tmp_path, monkeypatch, "--ckpt_path=last")
     assert not any("not resumable" in str(w.message) for w in recwarn.list)
     weights, curves, states = uninterrupted
-    resumed = _weights(run)
+    resumed = weights_of(run)
     assert resumed.keys() == weights.keys()
     assert all(torch.equal(resumed[k], weights[k]) for k in weights), [k for k in weights if not torch.equal(resumed[k], weights[k])][:3]
     got = _curves(run)
