@@ -324,6 +324,7 @@ def run_stem(args: argparse.Namespace, arm: str, seed: int) -> str:
 
 
 def recipe_sha256(args: argparse.Namespace) -> str:
+    """The sha256 of the recipe file the segopt arm trains (``--config``), in hex."""
     return hashlib.sha256(args.config.read_bytes()).hexdigest()
 
 
