@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import itertools
 import math
 from functools import partial
@@ -11,8 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from jsonargparse import ArgumentParser
 
 from segopt.class_weights import (
+    DataWeighted,
     class_pixel_counts,
     compute_class_weights,
     effective_number_weights,
@@ -31,7 +36,7 @@ from segopt.losses import (
     ohem_cross_entropy_loss,
 )
 from segopt.models import UNet
-from segopt.module import SegModule
+from segopt.module import LossFactory, SegModule
 from tests.conftest import CONFIGS, quiet_trainer
 
 IGNORE = 255
@@ -481,3 +486,99 @@ def test_class_weight_configs_overlay_any_loss_config(mode: str, capsys) -> None
     init_args = yaml.safe_load(capsys.readouterr().out)["model"]["loss"]["init_args"]
     assert (init_args["class_weights"], init_args["focal_alpha"]) == (mode, mode)
     assert (init_args["ce"], init_args["lovasz"]) == (0.5, 0.5)  # the loss config's terms stay
+
+
+# --- Shipped loss configs keep their meaning ---------------------------------------------------
+
+#: Each shipped way of choosing the loss: config files and flags as given to ``segopt.cli fit``.
+SHIPPED_LOSSES: dict[str, list[str]] = {
+    "amp": ["configs/amp.yaml"],
+    "recipes/camvid": ["configs/recipes/camvid.yaml"],
+    **{f"loss/{p.stem}": ["configs/amp.yaml", f"configs/loss/{p.name}"] for p in sorted((CONFIGS / "loss").glob("*.yaml"))},
+    # Each class-weight overlay on a loss config whose terms it weighs.
+    "weights/median_frequency": ["configs/amp.yaml", "configs/loss/focal_ce.yaml", "configs/loss/weights/median_frequency.yaml"],
+    "weights/inverse_sqrt_frequency": [
+        "configs/amp.yaml", "configs/loss/ohem_ce.yaml", "configs/loss/weights/inverse_sqrt_frequency.yaml"
+    ],
+    "weights/effective_number": ["configs/amp.yaml", "configs/loss/dice_ce.yaml", "configs/loss/weights/effective_number.yaml"],
+}  # fmt: skip
+
+
+def _ablation_loss_cells() -> dict[str, list[str]]:
+    """The cells of the shipped ablation grids that change the loss by flag, on their grid's base."""
+    cells = {}
+    for grid_path in sorted((CONFIGS / "ablation").glob("*.yaml")):
+        grid = yaml.safe_load(grid_path.read_text())
+        for values in grid["axes"].values():
+            for value, args in values.items():
+                flags = [a for a in args if a.startswith("--model.loss")]
+                if flags:
+                    cells[f"ablation/{grid_path.stem}/{value}"] = [*grid["base"], *flags]
+    return cells
+
+
+SHIPPED_LOSSES.update(_ablation_loss_cells())
+
+#: The fixed batch: 5 classes, a tenth of the pixels ignored; weights for a loss that asks for a mode.
+SHIPPED_CLASSES = 5
+SHIPPED_CLASS_WEIGHTS = torch.tensor([0.5, 0.875, 1.25, 1.625, 2.0])
+
+
+def shipped_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(23)
+    logits = 3 * torch.randn(2, SHIPPED_CLASSES, 12, 12, generator=gen)
+    target = torch.randint(0, SHIPPED_CLASSES, (2, 12, 12), generator=gen)
+    target[torch.rand(2, 12, 12, generator=gen) < 0.1] = IGNORE
+    return logits, target
+
+
+@functools.cache
+def shipped_loss_spec(name: str) -> dict:
+    """``model.loss`` of the shipped case ``name`` as the CLI resolves it."""
+    args = ["fit", *(f"--config={CONFIGS.parent / a}" if a.endswith(".yaml") else a for a in SHIPPED_LOSSES[name])]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    return yaml.safe_load(out.getvalue())["model"]["loss"]
+
+
+def build_shipped_loss(name: str) -> torch.nn.Module:
+    """The loss of the shipped case ``name``, built as the CLI builds it, class weights filled in."""
+    parser = ArgumentParser()
+    parser.add_argument("--loss", type=LossFactory)
+    loss = parser.instantiate(parser.parse_object({"loss": shipped_loss_spec(name)})).loss(SHIPPED_CLASSES, IGNORE)
+    if isinstance(loss, DataWeighted) and loss.class_weight_mode is not None:
+        loss.set_class_weights(SHIPPED_CLASS_WEIGHTS)
+    return loss
+
+
+#: Each shipped case's loss on :func:`shipped_batch`, computed once with segopt/losses.py as it was
+#: before it became a package (a single ``CombinedLoss``).
+SHIPPED_LOSS_VALUES = {
+    "amp": 2.1530308723449707,
+    "recipes/camvid": 2.1216821670532227,
+    "loss/ce": 3.534480571746826,
+    "loss/dice_ce": 2.1530308723449707,
+    "loss/focal_ce": 3.4127252101898193,
+    "loss/lovasz_ce": 2.1884994506835938,
+    "loss/ohem_ce": 4.068863868713379,
+    "weights/median_frequency": 3.8130149841308594,
+    "weights/inverse_sqrt_frequency": 3.981344699859619,
+    "weights/effective_number": 2.1216821670532227,
+    "ablation/camvid_recipe/no class weights": 2.1530308723449707,
+    "ablation/camvid_recipe/median-frequency weights": 2.1216821670532227,
+    "ablation/camvid_recipe/CE only (no Dice)": 3.471782922744751,
+    "ablation/camvid_recipe/+ Lovász": 2.1571507453918457,
+}
+
+
+def test_every_shipped_loss_config_is_a_case() -> None:
+    assert set(SHIPPED_LOSSES) == set(SHIPPED_LOSS_VALUES)
+    named = {a for args in SHIPPED_LOSSES.values() for a in args}
+    shipped = {str(p.relative_to(CONFIGS.parent)) for p in CONFIGS.rglob("*.yaml") if "loss" in yaml.safe_load(p.read_text()).get("model", {})}
+    assert shipped <= named
+
+
+@pytest.mark.parametrize("name", list(SHIPPED_LOSS_VALUES))
+def test_shipped_loss_configs_keep_their_values(name: str) -> None:
+    assert build_shipped_loss(name)(*shipped_batch()).item() == pytest.approx(SHIPPED_LOSS_VALUES[name], abs=1e-6)
