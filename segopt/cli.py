@@ -68,6 +68,8 @@ class SegCLI(LightningCLI):
         if ran != requested:
             config.trainer.precision = ran
             self._precision_note = f" (requested {requested}; {self._precision_note})"
+        if self.subcommand == "predict":
+            _save_config_with_predictions(config.trainer)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: nothing will run, nothing to report
@@ -124,6 +126,20 @@ class SegCLI(LightningCLI):
             if trainer is None or subcommand is None or not is_out_of_memory(error):
                 raise
             raise SystemExit("error: " + out_of_memory_message(error, trainer, subcommand)) from error
+
+
+def _save_config_with_predictions(trainer_config) -> None:  # noqa: ANN001 (jsonargparse Namespace)
+    """Point ``trainer.default_root_dir`` at a callback's ``output_dir`` (PredictionWriter's).
+
+    LightningCLI saves the run's ``config.yaml`` there (with logging off, as in configs/predict.yaml),
+    so the config that made a folder of masks lands in that folder, not in a shared one that every
+    such run replaces.
+    """
+    callbacks = trainer_config.get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        output_dir = (callback.get("init_args") or {}).get("output_dir") if hasattr(callback, "get") else None
+        if output_dir is not None:
+            trainer_config.default_root_dir = output_dir
 
 
 def _cuda_requested(trainer_config) -> bool:  # noqa: ANN001 (jsonargparse Namespace)

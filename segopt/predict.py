@@ -16,9 +16,8 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from segopt.data.files import EXTENSIONS
 from segopt.data.masks import label_image_dtype
-from segopt.data.roots import resolve_data_path
+from segopt.data.predict_folder import PredictFolder
 from segopt.palette import overlay
 
 log = logging.getLogger(__name__)
@@ -61,25 +60,36 @@ class PredictionWriter(BasePredictionWriter):
         self.skipped: list[tuple[str, str]] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Before anything is written: refuse to write into the input folder or over existing files."""
+        """Before anything is written, refuse an output folder that is a file, is or holds the input
+        folder, or holds files this run would write; and images whose output names would collide.
+
+        The names are those of the data module's predict loader (a folder or a data split); a
+        run given plain dataloaders instead of a data module is not checked.
+        """
         if stage != "predict":
             return
         directory = (self.output_dir or Path(trainer.default_root_dir)).resolve()
-        source = getattr(trainer.datamodule, "predict_dir", None)
-        if source is None:
-            return
-        source = resolve_data_path(source).resolve()
         key = "trainer.callbacks.output_dir" if self.output_dir else "trainer.default_root_dir"
-        if directory == source or directory in source.parents:
+        blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
             raise ValueError(
-                f"{key} {directory} is or holds the input folder data.predict_dir {source}; masks named after the "
-                "images would land beside or over them. Write to a folder of its own, e.g. "
-                f"--{key} {source.parent / (source.name + '_masks')}"
+                f"{key} {directory}: {blocker} is a file, not a folder; nothing was written. Give a folder path, "
+                f"e.g. --{key} {blocker.with_name(blocker.name + '_predictions')}"
             )
+        if trainer.datamodule is None:
+            return
+        dataset = trainer.datamodule.predict_dataloader().dataset
+        if isinstance(dataset, PredictFolder):
+            source = dataset.folder.resolve()
+            if directory == source or directory in source.parents:
+                raise ValueError(
+                    f"{key} {directory} is or holds the input folder data.predict_dir {source}; masks named after the "
+                    "images would land beside or over them. Write to a folder of its own, e.g. "
+                    f"--{key} {source.parent / (source.name + '_masks')}"
+                )
+        names = self._output_names(dataset)
         if self.overwrite or not directory.is_dir():
             return
-        stems = sorted(p.stem for p in source.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
-        names = [f"{stem}.png" for stem in stems] + ([f"{stem}_overlay.png" for stem in stems] if self.overlay else [])
         if trainer.log_dir and Path(trainer.log_dir).resolve() == directory:
             names.append("config.yaml")  # LightningCLI saves the run's config there
         existing = [name for name in names if (directory / name).exists()]
@@ -90,6 +100,28 @@ class PredictionWriter(BasePredictionWriter):
                 "nothing was written. Pick an empty folder, or pass --trainer.callbacks.overwrite true "
                 "(PredictionWriter's overwrite) to replace them"
             )
+
+    def _output_names(self, dataset: Any) -> list[str]:
+        """The file names this run writes for ``dataset``; two images whose outputs share a name are refused.
+
+        Names are compared ignoring case: on Windows and macOS such names are one file.
+        """
+        folder = isinstance(dataset, PredictFolder)
+        inputs = [(path.name, output_stem(path, i)) for i, path in enumerate(dataset.paths)] if folder else [
+            (f"sample {i}", output_stem(None, i)) for i in range(len(dataset))
+        ]
+        outputs = [(f"{stem}.png", f"the mask of {label}") for label, stem in inputs]
+        if folder and self.overlay:  # a data split carries no original pixels to draw over
+            outputs += [(f"{stem}_overlay.png", f"the overlay of {label}") for label, stem in inputs]
+        planned: dict[str, str] = {}
+        for name, what in outputs:
+            earlier = planned.setdefault(name.casefold(), what)
+            if earlier != what:
+                raise ValueError(
+                    f"data.predict_dir {dataset.folder}: {earlier} and {what} would both be written as {name}; "
+                    "nothing was written. Rename one of the images, or pass --trainer.callbacks.overlay false"
+                )
+        return [name for name, _ in outputs]
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.directory = self.output_dir or Path(trainer.default_root_dir)
@@ -114,7 +146,7 @@ class PredictionWriter(BasePredictionWriter):
         paths = batch.get("path")
         raws = batch.get("raw")
         for i, mask in enumerate(prediction["mask"]):
-            stem = Path(paths[i]).stem if paths else f"{int(prediction['index'][i]):05d}"
+            stem = output_stem(paths[i] if paths else None, int(prediction["index"][i]))
             ids = mask.cpu().numpy()
             self.written.append(_write(self.directory / f"{stem}.png", ids.astype(dtype)))
             if self.overlay and raws:
@@ -128,6 +160,11 @@ class PredictionWriter(BasePredictionWriter):
             f"segopt: wrote {len(self.written)} masks and {len(self.overlays)} overlays to {self.directory}/"
             + (note if self.skipped else "")
         )
+
+
+def output_stem(path: str | Path | None, index: int) -> str:
+    """The name of an image's outputs: its file's stem, or its index in the data split (``00007``)."""
+    return Path(path).stem if path is not None else f"{index:05d}"
 
 
 def _write(path: Path, array: np.ndarray) -> Path:

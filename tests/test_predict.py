@@ -211,3 +211,93 @@ def test_cli_predicts_a_folder_with_a_checkpoint_and_the_training_config(
     main([*again, f"--trainer.default_root_dir={out}", "--trainer.callbacks.overwrite=true"])
     assert sorted(p.name for p in out.iterdir()) == names
     assert "hflip: true" not in (out / "config.yaml").read_text()  # the new run's config replaced the old
+
+
+# -- outputs never replace files, collide or land in the wrong folder ------------------------
+
+
+def _untrained_predict(tmp_path: Path, *extra: str) -> None:
+    """``predict`` of configs/amp.yaml's synthetic val split (4 images) with untrained weights: no training."""
+    main(
+        [
+            "predict",
+            f"--config={CONFIGS / 'amp.yaml'}",
+            "--data.source.init_args.size=32",
+            "--data.source.init_args.num_train=8",
+            "--data.source.init_args.num_val=4",
+            "--data.num_workers=0",
+            "--model.backbone.init_args.base_channels=4",
+            "--model.backbone.init_args.depth=2",
+            f"--config={CONFIGS / 'predict.yaml'}",
+            "--ckpt_path=untrained",
+            "--trainer.enable_progress_bar=false",
+            *extra,
+        ]
+    )
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_predicting_a_split_refuses_to_replace_an_earlier_runs_masks_and_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "predictions"
+    _untrained_predict(tmp_path)
+    assert sorted(_files(out)) == ["00000.png", "00001.png", "00002.png", "00003.png", "config.yaml"]
+    before = _files(out)
+    with pytest.raises(SystemExit) as exit_info:
+        _untrained_predict(tmp_path, "--model.tta.hflip=true")
+    assert str(exit_info.value.code) == (
+        f"error: trainer.default_root_dir {out} already holds 5 of the files this run would write "
+        "(00000.png, 00001.png, 00002.png and 2 more); nothing was written. Pick an empty folder, or pass "
+        "--trainer.callbacks.overwrite true (PredictionWriter's overwrite) to replace them"
+    )
+    assert _files(out) == before
+    _untrained_predict(tmp_path, "--model.tta.hflip=true", "--trainer.callbacks.overwrite=true")
+    assert "hflip: true" in (out / "config.yaml").read_text()
+
+
+def test_the_config_goes_into_the_output_dir_with_the_masks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("first", "second"):
+        _untrained_predict(tmp_path, f"--trainer.callbacks.output_dir={name}")
+        assert sorted(_files(tmp_path / name)) == ["00000.png", "00001.png", "00002.png", "00003.png", "config.yaml"]
+        assert f"output_dir: {name}" in (tmp_path / name / "config.yaml").read_text()
+    assert not (tmp_path / "predictions").exists()
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["file", "under-a-file"])
+def test_an_output_dir_that_is_a_file_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inside: bool) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "masks").write_text("not a folder")
+    target = tmp_path / "masks" / "run" if inside else tmp_path / "masks"
+    with pytest.raises(SystemExit) as exit_info:
+        _untrained_predict(tmp_path, f"--trainer.callbacks.output_dir={target}")
+    assert str(exit_info.value.code) == (
+        f"error: trainer.callbacks.output_dir {target}: {tmp_path / 'masks'} is a file, not a folder; nothing was "
+        f"written. Give a folder path, e.g. --trainer.callbacks.output_dir {tmp_path / 'masks_predictions'}"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks"]
+    assert (tmp_path / "masks").read_text() == "not a folder"
+
+
+def test_an_image_named_like_another_images_overlay_is_refused(folder: Path, tmp_path: Path) -> None:
+    assert cv2.imwrite(str(folder / "a_overlay.png"), np.zeros((8, 8, 3), np.uint8))
+    datamodule = SegDataModule(SyntheticShapes(), num_workers=0, predict_dir=str(folder))
+    with pytest.raises(ValueError) as error:
+        _predict(_model(), datamodule, tmp_path / "out")
+    assert str(error.value) == (
+        f"data.predict_dir {folder}: the mask of a_overlay.png and the overlay of a.png would both be written as "
+        "a_overlay.png; nothing was written. Rename one of the images, or pass --trainer.callbacks.overlay false"
+    )
+    assert not (tmp_path / "out").exists()
+
+    # Without overlays the names are distinct, and the count line is what is on disk.
+    writer = PredictionWriter(str(tmp_path / "out"), overlay=False)
+    quiet_trainer(callbacks=[writer]).predict(_model(), datamodule=datamodule, return_predictions=False)
+    on_disk = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert on_disk == ["a.png", "a_overlay.png", "b.png", "c.png"]
+    assert sorted(p.name for p in writer.written) == on_disk and writer.overlays == []
