@@ -1,0 +1,191 @@
+"""The data fingerprint: what a data set holds, measured once, for the planning rules.
+
+Read through the data check's own path (:func:`segopt.data.check.check_source`): a problem the
+check reports stops the plan with the check's message. On top of the check's statistics
+(images per split, sizes, channels, class pixels, channel mean/std) the fingerprint measures,
+on the decoded training masks at full resolution, the share of images each class appears in
+and each class's structure width: the median of its local thickness along the ridge of the
+distance transform (a pole 3 px wide measures 3, and so does a network of 3 px membranes).
+"""
+
+from __future__ import annotations
+
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from segopt.data.check import CheckResult, check_source
+from segopt.data.datasets import SegSource
+from segopt.data.files import DataError, decode_threads, read_mask
+from segopt.data.folder import PairedFolder, decode_mask
+
+
+class PlanError(ValueError):
+    """Input the planner cannot plan for; the message names the file or key, the value and the fix."""
+
+
+@dataclass
+class ClassFingerprint:
+    """One class of the training masks."""
+
+    name: str
+    pixel_share: float  # of the labelled training pixels
+    image_share: float  # of the training images it appears in
+    images: int  # training images it appears in
+    width_px: float | None  # median local thickness at full resolution (px); None when absent
+
+
+@dataclass
+class Fingerprint:
+    """What the planning rules read about a data set."""
+
+    images: dict[str, int]  # per split
+    min_size: tuple[int, int]  # (height, width) of the smallest training image (by area)
+    median_size: tuple[int, int]
+    max_size: tuple[int, int]
+    sizes_vary: bool
+    channels: int
+    void_share: float  # of all training mask pixels
+    mean: list[float]  # per channel, of the training images scaled to [0, 1]
+    std: list[float]
+    classes: list[ClassFingerprint] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Thickness histogram bins: half a pixel wide, up to this many pixels (wider counts in the last bin).
+_WIDTH_BINS = 2048
+_BIN_PX = 0.5
+
+
+def thickness_histograms(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per class, a histogram (``[K, bins]``, half-pixel bins) of its local thickness in one decoded
+    mask, each ridge pixel weighted by its thickness (about the pixels of its cross-section).
+
+    The local thickness is read on the ridge of the distance transform (the pixels at least as
+    far from the class's boundary as their 8 neighbours): ``2 d - 1`` for a ridge pixel at L2
+    distance ``d``, so a one-pixel line measures 1 and a three-pixel bar 3, for every stretch of
+    a network of lines (membranes) as for an isolated pole. The image border is not a boundary.
+    """
+    hist = np.zeros((num_classes, _WIDTH_BINS), np.int64)
+    present = np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]
+    kernel = np.ones((3, 3), np.uint8)
+    for c in np.flatnonzero(present):
+        region = (mask == c).astype(np.uint8)
+        # padded by replication so that the image border is not a boundary
+        dist = cv2.distanceTransform(cv2.copyMakeBorder(region, 1, 1, 1, 1, cv2.BORDER_REPLICATE), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        ridge = (dist > 0) & (dist >= cv2.dilate(dist, kernel) - 1e-3)
+        widths = 2.0 * dist[ridge] - 1.0
+        # each ridge pixel stands for the cross-section through it: weighted by its width, the
+        # one-pixel ridges that every jagged boundary grows count for what they cover
+        bins = np.minimum((widths / _BIN_PX).astype(np.int64), _WIDTH_BINS - 1)
+        hist[c] = np.rint(np.bincount(bins, weights=widths, minlength=_WIDTH_BINS)).astype(np.int64)
+    return hist
+
+
+def histogram_median(hist: np.ndarray) -> float | None:
+    """The median thickness (px) of one class's histogram, None when it is empty."""
+    total = int(hist.sum())
+    if total == 0:
+        return None
+    return float(np.searchsorted(np.cumsum(hist), total / 2.0) * _BIN_PX)
+
+
+def _train_masks(source: SegSource, ignore_index: int) -> tuple[int, Any]:
+    """The number of training masks and a function decoding the i-th one (mask only where possible)."""
+    if isinstance(source, PairedFolder):
+        pairs = source.index.pairs["train"]
+
+        def folder_mask(i: int) -> np.ndarray:
+            pair = pairs[i]
+            return decode_mask(pair, read_mask(pair.mask, source.masks.colour), source.masks, source.num_classes, ignore_index)
+
+        return len(pairs), folder_mask
+    samples = source.split("train", ignore_index)
+    return len(samples), lambda i: np.asarray(samples[i][1])  # type: ignore[arg-type]
+
+
+def _sizes(result: CheckResult, split: str) -> list[tuple[int, int]]:
+    sizes = []
+    for size, count in result.splits[split].sizes.items():
+        width, height = (int(v) for v in str(size).split("x"))
+        sizes += [(height, width)] * count
+    return sizes
+
+
+def check_problems(result: CheckResult) -> str | None:
+    """The data check's problems as one message, or None when the check passes."""
+    problems = result.problems + result.file_problems
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 3} more: run python -m segopt.data.check with the same --config)" if len(problems) > 3 else ""
+    return "the data check fails: " + "; ".join(problems[:3]) + more
+
+
+def fingerprint(source: SegSource, ignore_index: int) -> Fingerprint:
+    """Measure ``source``'s fingerprint; raise :class:`PlanError` with the data check's message on bad data."""
+    import time
+
+    start = time.perf_counter()
+    result = check_source(source, ignore_index)
+    problem = check_problems(result)
+    if problem:
+        raise PlanError(problem)
+    for split in ("train", "val"):
+        if split not in result.splits or result.splits[split].pairs == 0:
+            raise PlanError(f"the {split} split is empty; the plan needs training and validation images (fix the data config's {split} folders or lists)")
+    if source.num_classes < 2:
+        raise PlanError(
+            f"class_names has {source.num_classes} class ({source.class_names}); segmentation needs at least two "
+            "(e.g. background and the object)"
+        )
+    count, read = _train_masks(source, ignore_index)
+    k = source.num_classes
+    hist = np.zeros((k, _WIDTH_BINS), np.int64)
+    images = np.zeros(k, np.int64)
+
+    def one(i: int) -> np.ndarray:
+        try:
+            return thickness_histograms(read(i), k)
+        except DataError as err:  # the check decoded it already; a file changed since
+            raise PlanError("; ".join(err.problems)) from None
+
+    with ThreadPoolExecutor(decode_threads()) as pool:
+        for per_mask in pool.map(one, range(count)):
+            hist += per_mask
+            images += per_mask.sum(1) > 0
+    train = result.splits["train"]
+    pixels = train.pixels if train.pixels is not None else np.zeros(k, np.int64)
+    labelled = max(int(pixels.sum()), 1)
+    classes = []
+    for c in range(k):
+        width = histogram_median(hist[c])
+        classes.append(ClassFingerprint(source.class_names[c], float(pixels[c]) / labelled, float(images[c]) / max(count, 1), int(images[c]), width))
+    sizes = sorted(_sizes(result, "train"), key=lambda hw: (hw[0] * hw[1], hw))
+    channels = train.channel_sum.size if train.channel_sum is not None else (1 if getattr(source, "in_channels", 3) == 1 else 3)
+    n = max(train.channel_n, 1)
+    mean = (train.channel_sum / n) if train.channel_sum is not None else np.zeros(channels)
+    var = (train.channel_sq / n - mean**2) if train.channel_sq is not None else np.ones(channels)
+    return Fingerprint(
+        images={name: s.pairs for name, s in result.splits.items()},
+        min_size=sizes[0],
+        median_size=(int(statistics.median_low(h for h, _ in sizes)), int(statistics.median_low(w for _, w in sizes))),
+        max_size=sizes[-1],
+        sizes_vary=len(set(sizes)) > 1,
+        channels=int(channels),
+        void_share=train.ignored / max(train.ignored + labelled, 1),
+        mean=[round(float(v), 4) for v in mean],
+        std=[round(float(v), 4) for v in np.sqrt(np.maximum(var, 1e-12))],
+        classes=classes,
+        seconds=round(time.perf_counter() - start, 2),
+    )
