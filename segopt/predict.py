@@ -34,13 +34,14 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         output_dir: folder the PNG files go to (created if missing); None uses the
-            trainer's ``default_root_dir``, where LightningCLI also saves the run's
-            ``config.yaml``, so one flag places both.
+            trainer's ``default_root_dir``. The segopt CLI saves the run's ``config.yaml``
+            in the same folder either way.
         overlay: also write the colour overlays.
         alpha: opacity of the class colours in the overlays.
         overwrite: replace files already in the output folder; without it a run that
             would replace any stops before writing (an output folder that is, or holds,
-            the input folder is refused either way).
+            the input folder is refused either way, and so are two images whose outputs
+            would share a name).
     """
 
     def __init__(
