@@ -1,7 +1,8 @@
-"""scripts/side_by_side.py: the peer arm's run and JSON, the segopt arm's TensorBoard reading, the summary."""
+"""scripts/side_by_side.py: both arms on any data config, the budget added to a recipe, the summary's verdicts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from types import ModuleType
@@ -9,8 +10,12 @@ from types import ModuleType
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from tests.test_scripts_results import _script
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
 
 
 @pytest.fixture(scope="module")
@@ -18,70 +23,153 @@ def sbs() -> ModuleType:
     return _script("side_by_side")
 
 
-def _camvid(root: Path, train: int = 4, val: int = 2) -> Path:
-    """A tiny folder in CamVid's layout: 36x48 RGB PNGs and index masks 0..11 (11 void)."""
+def _paired_folder(root: Path, grey: bool, train: int = 4, val: int = 2) -> Path:
+    """A tiny PairedFolder and its data config: 3 classes; grey images with index masks (3 = void,
+    validation images of two sizes), or RGB images with colour masks (white = void)."""
     rng = np.random.default_rng(0)
     for split, n in (("train", train), ("val", val)):
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir()
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
         for i in range(n):
-            cv2.imwrite(str(root / split / f"f{i}.png"), rng.integers(0, 256, (36, 48, 3), dtype=np.uint8))
-            cv2.imwrite(str(root / f"{split}annot" / f"f{i}.png"), rng.integers(0, 12, (36, 48), dtype=np.uint8))
-    return root
+            h, w = (40, 56) if split == "train" or i % 2 == 0 or not grey else (48, 64)
+            image = rng.integers(0, 256, (h, w) if grey else (h, w, 3), dtype=np.uint8)
+            ids = rng.integers(0, 4, (h, w), dtype=np.uint8)
+            mask = ids if grey else np.array([*COLOURS, [255, 255, 255]], dtype=np.uint8)[ids][..., ::-1]
+            cv2.imwrite(str(root / "images" / split / f"f{i}.png"), image)
+            cv2.imwrite(str(root / "labels" / split / f"f{i}.png"), mask)
+    masks = (
+        {"class_path": "segopt.data.IndexMask", "init_args": {"void": [3]}}
+        if grey
+        else {"class_path": "segopt.data.PaletteMask", "init_args": {"colours": COLOURS, "void_colours": [[255, 255, 255]]}}
+    )
+    source = {
+        "class_path": "segopt.data.PairedFolder",
+        "init_args": {"root": str(root), "class_names": ["bg", "a", "b"], "image_dirs": {"train": "images/train", "val": "images/val"},
+                      "mask_dirs": {"train": "labels/train", "val": "labels/val"}, "masks": masks, "in_channels": 1 if grey else 3},
+    }  # fmt: skip
+    config = root / "data.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": source, "ignore_index": 255, "train_size": [32, 32], "resize_mode": "crop",
+                                               "eval_size": None, "eval_batch_size": 1}}))  # fmt: skip
+    return config
 
 
+# ----------------------------------------------------------------------------- both arms, end to end
 @pytest.mark.slow
-def test_peer_arm_writes_its_json_and_the_summary_and_skips_it_on_rerun(sbs: ModuleType, tmp_path: Path) -> None:
-    data = _camvid(tmp_path / "camvid")
-    out = tmp_path / "results" / "side_by_side"
-    argv = ["--arm", "peer", "--seeds", "0", "--data", str(data), "--out", str(out), "--max-epochs", "2",
-            "--val-every", "1", "--size", "36", "48", "--batch-size", "2", "--threads", "1"]  # fmt: skip
-    summary_md = sbs.main(argv)
+@pytest.mark.parametrize("grey", [True, False], ids=["grey", "rgb"])
+def test_both_arms_train_on_a_paired_folder_and_the_summary_compares_them(sbs: ModuleType, tmp_path: Path, grey: bool) -> None:
+    data = _paired_folder(tmp_path / "data", grey)
+    out = tmp_path / "results" / "sbs"
+    common = ["--data-config", str(data), "--out", str(out), "--seeds", "0", "--threads", "1"]
+    peer_argv = [*common, "--arm", "peer", "--max-epochs", "1", "--batch-size", "2"]
+    sbs.main(peer_argv)
+    (peer_path,) = out.glob("peer_seed0_*-1t_*.json")
+    peer = json.loads(peer_path.read_text())
+    assert (peer["arm"], peer["seed"], peer["epochs"]) == ("peer", 0, 1)
+    assert list(peer["val_iou"]) == ["bg", "a", "b"] == peer["settings"]["class_names"]
+    assert 0.0 <= peer["val_mIoU"] <= 1.0 and peer["curve"][-1]["val_mIoU"] == round(peer["val_mIoU"], 4)
+    s = peer["settings"]
+    assert s["model"] == f'smp.Unet("resnet34", encoder_weights=None, in_channels={1 if grey else 3}, classes=3)'
+    assert s["size"] == [32, 64]  # the median 40x56 scaled by 1, rounded to multiples of 32
+    assert s["size_rule"] == "median training image 40x56 (HxW) scaled to fit 256 a side, rounded to multiples of 32"
+    assert s["val_batch_size"] == (1 if grey else 2)  # grey validation images differ in size
+    assert s["data_config"] == str(data) and s["data_config_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert peer_path.stem.endswith(s["run_sha256"][:8])
+    assert s["repeat"].startswith("python scripts/side_by_side.py --arm peer --label peer --seeds 0 --data-config")
 
-    (path,) = out.glob("peer_seed0_*-1t.json")  # named after the machine: 1 torch thread
-    run = json.loads(path.read_text())
-    assert (run["arm"], run["seed"], run["epochs"]) == ("peer", 0, 2)
-    assert [p["epoch"] for p in run["curve"]] == [1, 2]
-    assert all("val_mIoU" in p for p in run["curve"])  # --val-every 1
-    assert run["curve"][-1]["val_mIoU"] == round(run["val_mIoU"], 4)
-    assert 0.0 <= run["val_mIoU"] <= 1.0
-    assert list(run["val_iou"]) == sbs.CLASS_NAMES
-    assert run["settings"]["size"] == [36, 48] and run["settings"]["batch_size"] == 2
-    assert run["hardware"]["torch_threads"] == 1 and run["hardware"]["loader_workers"] == 1
-    assert run["hardware"]["cpu"] and run["hardware"]["cores"] >= 1
-    assert run["wall_s"] >= run["curve"][-1]["elapsed_s"] > 0
+    tiny = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--data.batch_size=2", "--data.cache=false",
+            "--model.backbone.init_args.base_channels=4", "--model.backbone.init_args.depth=2", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    summary_md = sbs.main([*common, "--arm", "segopt", "--label", "amp", "--config", "configs/amp.yaml",
+                           *(f"--segopt-arg={a}" for a in tiny)])  # fmt: skip
+    (amp_path,) = out.glob("amp_seed0_*.json")
+    amp = json.loads(amp_path.read_text())
+    assert amp["arm"] == "segopt" and amp["epochs"] == 1 and list(amp["val_iou"]) == ["bg", "a", "b"]
+    assert amp["settings"]["data_config_stacked"] is True and amp["command"][3:6] == ["--config", "configs/amp.yaml", "--config"]
 
-    assert summary_md == tmp_path / "results" / "side_by_side.md"
     summary = json.loads(summary_md.with_suffix(".json").read_text())
     (machine,) = summary["machines"].values()
-    assert machine["arms"]["peer"]["per_seed"] == {"0": run["val_mIoU"]}
-    assert "segopt_minus_peer" not in machine  # one arm only
-    assert "| peer | 0 |" in summary_md.read_text()
+    assert list(machine["arms"]) == ["peer", "amp"]
+    (pair,) = machine["pairs"]
+    assert (pair["a"], pair["b"], pair["few_seeds"], pair["resolved"]) == ("amp", "peer", ["peer", "amp"], False)
+    assert "| class | peer | amp |" in summary_md.read_text()
 
-    before = path.read_text()
-    sbs.main(argv)  # finished: skipped, not retrained
-    assert path.read_text() == before
-    assert list(out.glob("*.json")) == [path]
-
-
-def test_a_seed_runs_afresh_on_another_machine_or_recipe_keeping_the_earlier_run(sbs: ModuleType, tmp_path: Path) -> None:
-    data = _camvid(tmp_path / "camvid")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("trainer: {max_epochs: 1}\n")
-    argv = ["--arm", "segopt", "--data", str(data), "--config", str(recipe)]
-
-    def stem(arm: str, *extra: str) -> str:
-        return sbs.run_stem(sbs.parse_args([*argv, *extra]), arm, 3)
-
-    first = stem("segopt", "--threads", "2")
-    sha = sbs.recipe_sha256(sbs.parse_args(argv))
-    assert first.startswith("segopt_seed3_") and first.endswith(f"-{sbs.os.cpu_count()}c-2t_{sha[:8]}")
-    assert stem("segopt", "--threads", "1") != first  # another machine setting
-    assert stem("peer", "--threads", "2") == first.replace("segopt", "peer", 1).rsplit("_", 1)[0]  # the peer has no recipe
-    recipe.write_text("trainer: {max_epochs: 2}\n")
-    assert stem("segopt", "--threads", "2") != first  # an edited recipe
+    before = peer_path.read_text()
+    sbs.main(peer_argv)  # finished: skipped, not retrained
+    assert peer_path.read_text() == before
 
 
+# ----------------------------------------------------------------------------- the segopt arm's command
+def test_a_recipe_without_data_or_budget_gets_both_added(sbs: ModuleType, tmp_path: Path) -> None:
+    data = _paired_folder(tmp_path / "data", grey=True)
+    args = sbs.parse_args(["--arm", "segopt", "--label", "amp", "--config", "configs/amp.yaml", "--minutes", "7.5", "--data-config", str(data)])
+    recipe = sbs.plan_recipe(args, sbs.load_data_config(data))
+    cmd = sbs.segopt_command(args, recipe, 1, tmp_path / "runs" / "amp_seed1")
+    assert cmd[1:8] == ["-m", "segopt.cli", "fit", "--config", "configs/amp.yaml", "--config", str(data)]
+    assert cmd[-2:] == [
+        "--trainer.max_epochs=100000",
+        '--trainer.callbacks+={"class_path": "segopt.time_budget.TimeBudget", "init_args": {"minutes": 7.5}}',
+    ]
+    recipe_sha = hashlib.sha256(Path("configs/amp.yaml").read_bytes()).hexdigest()
+    assert sbs.run_sha256(args, sbs.load_data_config(data), recipe) != recipe_sha  # what was added is part of the run
+
+
+def test_a_recipe_with_its_own_budget_and_data_runs_as_it_is_under_its_earlier_name(sbs: ModuleType, tmp_path: Path) -> None:
+    recipe_path = Path("configs/recipes/camvid.yaml")
+    args = sbs.parse_args(["--arm", "segopt", "--config", str(recipe_path), "--minutes", "10", "--threads", "2"])
+    data = sbs.load_data_config(args.data_config)  # configs/data/camvid.yaml, the recipe's own source
+    recipe = sbs.plan_recipe(args, data)
+    assert (recipe.data_config, recipe.budget_minutes) == (None, None)
+    cmd = sbs.segopt_command(args, recipe, 2, tmp_path / "segopt_seed2")
+    assert cmd[4:7] == ["--config", str(recipe_path), "--seed_everything=2"]
+    assert not [a for a in cmd if "TimeBudget" in a or "max_epochs" in a]
+    sha = hashlib.sha256(recipe_path.read_bytes()).hexdigest()
+    stem = sbs.run_stem(args, 2, sbs.run_sha256(args, data, recipe))
+    assert stem == f"segopt_seed2_{sbs.machine_name(args)}_{sha[:8]}"  # today's segopt_... names stay valid
+
+
+def test_a_recipe_on_other_data_than_the_data_config_is_one_error_line(sbs: ModuleType, tmp_path: Path) -> None:
+    data = _paired_folder(tmp_path / "data", grey=True)
+    args = sbs.parse_args(["--arm", "segopt", "--data-config", str(data), "--config", "configs/recipes/camvid.yaml"])
+    with pytest.raises(SystemExit) as exc:
+        sbs.plan_recipe(args, sbs.load_data_config(data))
+    assert str(exc.value) == (
+        f"error: configs/recipes/camvid.yaml trains on its own data.source (root data/camvid), not the one of --data-config "
+        f"{data} (root {tmp_path / 'data'}); give the data config the recipe was written for, or a recipe without data "
+        "of its own (e.g. configs/amp.yaml)"
+    )
+
+
+def test_a_seed_runs_afresh_on_another_machine_or_settings(sbs: ModuleType, tmp_path: Path) -> None:
+    data_path = _paired_folder(tmp_path / "data", grey=False)
+    data = sbs.load_data_config(data_path)
+
+    def stem(*extra: str) -> str:
+        args = sbs.parse_args(["--arm", "peer", "--data-config", str(data_path), "--size", "32", "32", *extra])
+        return sbs.run_stem(args, 3, sbs.run_sha256(args, data, None))
+
+    first = stem("--threads", "2")
+    assert first.startswith("peer_seed3_") and f"-{sbs.os.cpu_count()}c-2t_" in first
+    assert stem("--threads", "1") != first  # another machine setting
+    assert stem("--threads", "2", "--size", "64", "64") != first  # other settings
+    assert stem("--threads", "2", "--label", "peer2").replace("peer2", "peer", 1) == first
+
+
+def test_default_size_is_the_median_image_fit_to_256_a_side_in_multiples_of_32(sbs: ModuleType) -> None:
+    class Sizes:
+        def __init__(self, *sizes: str) -> None:
+            self._sizes = [(f"f{i}", s) for i, s in enumerate(sizes)]
+
+        def sizes(self, split: str) -> list[tuple[str, str]]:
+            return self._sizes
+
+    assert sbs.default_size(Sizes("480x360", "480x360", "960x720"))[0] == (192, 256)  # CamVid
+    assert sbs.default_size(Sizes("512x512"))[0] == (256, 256)  # membranes
+    assert sbs.default_size(Sizes("2000x1000", "1200x400", "100x100")) == (
+        (96, 256),  # 400 x 256/1200 = 85 → 96
+        "median training image 400x1200 (HxW) scaled to fit 256 a side, rounded to multiples of 32",
+    )
+
+
+# ----------------------------------------------------------------------------- scoring
 def test_validation_scores_probabilities_resized_to_the_label(sbs: ModuleType) -> None:
     import torch
 
@@ -89,7 +177,7 @@ def test_validation_scores_probabilities_resized_to_the_label(sbs: ModuleType) -
         """Predicts class 0 on the left half and class 1 on the right half of its input."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            logits = torch.zeros(x.shape[0], 11, *x.shape[-2:])
+            logits = torch.zeros(x.shape[0], 3, *x.shape[-2:])
             w = x.shape[-1]
             logits[:, 0, :, : w // 2] = 5
             logits[:, 1, :, w // 2 :] = 5
@@ -97,11 +185,11 @@ def test_validation_scores_probabilities_resized_to_the_label(sbs: ModuleType) -
 
     mask = torch.zeros(1, 8, 8, dtype=torch.long)
     mask[..., 4:] = 1
-    mask[0, 0, 0] = 11  # void: ignored
-    loader = [(torch.zeros(1, 3, 4, 4), mask)]  # network at 4x4, label at 8x8
-    miou, iou = sbs.validate(Half(), loader, "cpu", lambda: torch.autocast("cpu", enabled=False))
+    mask[0, 0, 0] = 255  # void: ignored
+    loader = [(torch.zeros(1, 1, 4, 4), mask)]  # network at 4x4, label at 8x8
+    miou, iou = sbs.validate(Half(), loader, "cpu", lambda: torch.autocast("cpu", enabled=False), 3, 255)
     assert iou[:2] == [1.0, 1.0]
-    assert all(np.isnan(v) for v in iou[2:])  # absent classes stay out of the mean
+    assert np.isnan(iou[2])  # an absent class stays out of the mean
     assert miou == 1.0
 
 
@@ -115,7 +203,7 @@ def test_segopt_arm_reads_the_final_epoch_not_the_best(sbs: ModuleType, tmp_path
         writer.add_scalar("val/mIoU", miou, step)
         writer.add_scalar("val/iou/Pole", pole, step)
     writer.close()
-    result = sbs.read_tensorboard(tmp_path, t0=0.0)
+    result = sbs.read_tensorboard(tmp_path, 0.0, ["Sky", "Pole"])
     assert result["epochs"] == 3
     assert result["val_mIoU"] == pytest.approx(0.45)
     assert result["val_iou"]["Pole"] == pytest.approx(0.3)
@@ -131,39 +219,65 @@ def test_segopt_arm_without_val_mIoU_is_a_clear_error(sbs: ModuleType, tmp_path:
     writer.add_scalar("train/loss", 1.0, 1)
     writer.close()
     with pytest.raises(RuntimeError, match=r"no val/mIoU scalar .*train/loss"):
-        sbs.read_tensorboard(tmp_path, t0=0.0)
+        sbs.read_tensorboard(tmp_path, 0.0, ["Sky"])
 
 
-def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recipe: str = "r1", finished: str = "1") -> None:
+# ----------------------------------------------------------------------------- the summary
+def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recipe: str = "r1", finished: str = "1",
+              label: str | None = None) -> None:  # fmt: skip
+    """A per-run JSON as the script writes it; without ``label``, as it wrote them before labels (CamVid only)."""
     hw = {"cpu": cpu, "cores": 2, "torch_threads": 2, "loader_workers": 1, "gpu": None}
-    iou = dict.fromkeys(["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"], miou)
+    iou = dict.fromkeys(["Sky", "Building", "Pole"], miou)
     curve = [{"epoch": 5, "elapsed_s": 1800.0, "val_mIoU": miou / 2}, {"epoch": 10, "elapsed_s": 3600.0, "val_mIoU": miou}]
     settings = {"config_sha256": recipe} if arm == "segopt" else {}
+    if label is not None:
+        settings.update(label=label, run_sha256=recipe)
     run = {"arm": arm, "seed": seed, "epochs": 10, "wall_s": 3600.0, "val_mIoU": miou, "val_iou": iou, "hardware": hw,
-           "curve": curve, "settings": settings, "finished": finished}
-    (out / f"{arm}_seed{seed}_{cpu}.json").write_text(json.dumps(run))
+           "curve": curve, "settings": {"data": "data/x", **settings}, "finished": finished}  # fmt: skip
+    (out / f"{label or arm}_seed{seed}_{cpu}_{recipe}.json").write_text(json.dumps(run))
 
 
-@pytest.mark.parametrize(("segopt", "exceeds"), [((0.60, 0.62), True), ((0.50, 0.56), False)])
-def test_summary_says_whether_the_lead_exceeds_the_seed_spread(sbs: ModuleType, tmp_path: Path, segopt: tuple, exceeds: bool) -> None:
-    out = tmp_path / "side_by_side"
+def test_summary_gives_every_pair_of_arms_a_verdict(sbs: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "sbs"
     out.mkdir()
-    _fake_run(out, "peer", 0, 0.45)
-    _fake_run(out, "peer", 1, 0.49)
-    for seed, miou in enumerate(segopt):
-        _fake_run(out, "segopt", seed, miou)
-    sbs.write_summary(out)
-    summary = json.loads((tmp_path / "side_by_side.json").read_text())["machines"]["X, 2 cores, 2 torch threads, 1 loader worker"]
-    assert summary["segopt_minus_peer"] == pytest.approx(sum(segopt) / 2 - 0.47)
-    assert summary["spread"] == pytest.approx(max(0.04, segopt[1] - segopt[0]))
-    assert summary["exceeds_spread"] is exceeds
-    assert ("does not exceed" in (tmp_path / "side_by_side.md").read_text()) is not exceeds
-    assert (tmp_path / "side_by_side.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the learning curves
+    for label, arm, mious in [("peer", "peer", (0.45, 0.49)), ("amp", "segopt", (0.47, 0.50)),
+                              ("planned", "segopt", (0.60, 0.62)), ("one", "segopt", (0.70,))]:  # fmt: skip
+        for seed, miou in enumerate(mious):
+            _fake_run(out, arm, seed, miou, label=label)
+    md = sbs.write_summary(out).read_text()
+    (machine,) = json.loads((tmp_path / "sbs.json").read_text())["machines"].values()
+    assert list(machine["arms"]) == ["peer", "amp", "one", "planned"]
+    assert [(p["a"], p["b"], p["resolved"]) for p in machine["pairs"]] == [
+        ("amp", "peer", False), ("one", "peer", False), ("planned", "peer", True),
+        ("one", "amp", False), ("planned", "amp", True), ("planned", "one", False),
+    ]  # fmt: skip
+    lines = [line for line in md.splitlines() if " mIoU; " in line]
+    assert lines == [
+        "amp − peer: +0.015 mIoU; not resolved yet: this does not exceed the larger seed range of the two arms (0.040).",
+        "one − peer: +0.230 mIoU; not resolved yet: one has one seed, and the seed range needs two per arm.",
+        "planned − peer: +0.140 mIoU; resolved: this exceeds the larger seed range of the two arms (0.040).",
+        "one − amp: +0.215 mIoU; not resolved yet: one has one seed, and the seed range needs two per arm.",
+        "planned − amp: +0.125 mIoU; resolved: this exceeds the larger seed range of the two arms (0.030).",
+        "planned − one: -0.090 mIoU; not resolved yet: one has one seed, and the seed range needs two per arm.",
+    ]
+    assert "| class | peer | amp | one | planned |" in md and "| Pole | 0.470 | 0.485 | 0.700 | 0.610 |" in md
+    assert (tmp_path / "sbs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the learning curves
+
+
+def test_a_lead_equal_to_the_seed_range_or_with_one_seed_is_not_resolved(sbs: ModuleType) -> None:
+    def arm(*values: float) -> dict:
+        return {"val_mIoU": sbs._stats(list(values))}
+
+    arms = {"p": arm(0.5, 0.75), "q": arm(1.0, 1.25), "r": arm(2.0)}
+    assert sbs.compare("q", "p", arms) == {"a": "q", "b": "p", "lead": 0.5, "spread": 0.25, "few_seeds": [], "resolved": True}
+    arms["q"] = arm(0.75, 1.25)
+    assert sbs.compare("q", "p", arms)["resolved"] is False  # lead 0.375 < range 0.5
+    assert sbs.compare("r", "p", arms)["few_seeds"] == ["r"] and sbs.compare("r", "p", arms)["resolved"] is False
 
 
 def test_summary_pools_seeds_per_machine_and_leaves_out_an_earlier_recipe(sbs: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "side_by_side"
-    out.mkdir()
+    out.mkdir()  # files as written before labels and data configs: they summarise as they did
     _fake_run(out, "peer", 0, 0.40, cpu="A")
     _fake_run(out, "segopt", 0, 0.50, cpu="A")
     _fake_run(out, "peer", 1, 0.55, cpu="B")
@@ -172,40 +286,47 @@ def test_summary_pools_seeds_per_machine_and_leaves_out_an_earlier_recipe(sbs: M
     sbs.write_summary(out)
     machines = json.loads((tmp_path / "side_by_side.json").read_text())["machines"]
     a, b = machines["A, 2 cores, 2 torch threads, 1 loader worker"], machines["B, 2 cores, 2 torch threads, 1 loader worker"]
-    assert a["segopt_minus_peer"] == pytest.approx(0.10)
+    assert a["pairs"][0]["lead"] == pytest.approx(0.10)
     assert b["arms"]["segopt"]["per_seed"] == {"1": 0.66}
-    assert b["superseded_segopt_seeds"] == [0]
-    assert b["segopt_minus_peer"] == pytest.approx(0.11)
+    assert b["superseded"] == {"segopt": [0]}
+    assert b["pairs"][0]["lead"] == pytest.approx(0.11)
     md = (tmp_path / "side_by_side.md").read_text()
     assert "Left out: segopt seed(s) 0, run with an earlier version of the recipe." in md
     assert "segopt − peer: +0.110 mIoU; not resolved yet: peer and segopt have one seed, and the seed range needs two per arm." in md
 
 
-def test_bad_data_folder_is_a_clear_error(sbs: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit):
-        sbs.parse_args(["--arm", "peer", "--data", str(tmp_path / "nope")])
-    err = capsys.readouterr().err
-    assert "--data" in err and "nope is not a folder" in err
+# ----------------------------------------------------------------------------- bad input
+def test_a_missing_data_config_is_one_error_line(sbs: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        sbs.main(["--arm", "peer", "--data-config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out")])
+    assert str(exc.value) == f"error: --data-config {tmp_path / 'nope.yaml'} does not exist; give a data config such as configs/data/camvid.yaml"
+    assert not (tmp_path / "out").exists()
 
 
-def test_data_folder_without_images_names_the_folder(sbs: ModuleType, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"no PNG images in .*train"):
-        sbs.CamVidFolder(tmp_path, "train", None)
+def test_a_data_config_without_a_source_is_one_error_line(sbs: ModuleType, tmp_path: Path) -> None:
+    config = tmp_path / "data.yaml"
+    config.write_text("data: {batch_size: 4}\n")
+    with pytest.raises(SystemExit) as exc:
+        sbs.load_data_config(config)
+    assert str(exc.value) == (
+        f"error: {config} has no data.source; give a data config whose data.source names the data set (see configs/data/camvid.yaml)"
+    )
 
 
-def test_data_follows_segopt_data_root_and_both_arms_name_it_as_given(
-    sbs: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "camvid").mkdir()
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("{}\n")
-    monkeypatch.setenv("SEGOPT_DATA_ROOT", str(tmp_path))
-    args = sbs.parse_args(["--arm", "segopt", "--config", str(recipe), "--seeds", "3", "--segopt-arg=--trainer.max_epochs=2"])
-    assert args.data == tmp_path / "camvid"  # the peer reads here ...
-    assert sbs.settings(args, "peer")["data"] == "data/camvid"  # ... and results name it as given
-    cmd = sbs.segopt_command(args, 3, tmp_path / "runs" / "segopt_seed3")
-    assert cmd[1:6] == ["-m", "segopt.cli", "fit", "--config", str(recipe)]
-    assert "--seed_everything=3" in cmd and "--data.source.init_args.root=data/camvid" in cmd
-    assert f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}" in cmd
-    assert "--trainer.logger.init_args.name=segopt_seed3" in cmd and "--trainer.logger.init_args.version=0" in cmd
-    assert cmd[-1] == "--trainer.max_epochs=2"
+def test_an_out_folder_of_another_data_set_is_one_error_line(sbs: ModuleType, tmp_path: Path) -> None:
+    data = _paired_folder(tmp_path / "data", grey=True)
+    out = tmp_path / "side_by_side"
+    out.mkdir()
+    _fake_run(out, "peer", 0, 0.4)  # on data/x
+    with pytest.raises(SystemExit) as exc:
+        sbs.main(["--arm", "peer", "--data-config", str(data), "--out", str(out)])
+    assert str(exc.value) == (
+        f"error: --out {out} holds runs on data/x (e.g. peer_seed0_X_r1.json), not on {tmp_path / 'data'}; "
+        f"give another --out for this data set, e.g. --out {out}_data"
+    )
+
+
+def test_a_label_that_cannot_name_a_file_is_one_error_line(sbs: ModuleType) -> None:
+    with pytest.raises(SystemExit) as exc:
+        sbs.parse_args(["--arm", "peer", "--label", "a b"])
+    assert str(exc.value) == "error: --label 'a b' must be letters, digits, '.' or '-' (it names files), e.g. --label amp-10min"
