@@ -15,6 +15,7 @@ Exits 1 when there is a problem, 0 otherwise. Reads files only; writes nothing u
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -308,6 +309,7 @@ def _source_from_config(
             super().add_arguments_to_parser(parser)
             parser.add_argument("--limit", type=int | None, default=None, help="decode at most this many pairs per split")
             parser.add_argument("--json", type=str | None, default=None, help="also write the report as JSON here")
+            parser.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
 
         def instantiate_classes(self) -> None:
             pass  # the check builds the source alone; the model and trainer are not needed
@@ -318,6 +320,10 @@ def _source_from_config(
         source: SegSource = SyntheticShapes()
     else:
         source = source_from_mapping(data.source.as_dict() if hasattr(data.source, "as_dict") else data.source)
+    if cli.config.json:
+        defaults = cli.config.get("__default_config__") or []
+        configs = [*(cli.config.get("config") or []), *(defaults if isinstance(defaults, list) else [defaults])]
+        refuse_json_target(Path(cli.config.json), cli.config.overwrite, source, [Path(os.fspath(c)) for c in configs])
     batching = Batching(
         data.batch_size,
         data.eval_batch_size,
@@ -329,6 +335,36 @@ def _source_from_config(
     on = augment is not None and augment.enabled and augment.rare_crop_share > 0
     rare = (augment.rare_crop_share, augment.rare_class_below) if on else None
     return source, data.ignore_index, cli.config.limit, cli.config.json, batching, rare
+
+
+def refuse_json_target(path: Path, overwrite: bool, source: SegSource, configs: list[Path]) -> None:
+    """Stop before any work when ``--json`` would replace a file it must not.
+
+    A config being read and anything inside the data set's folders are refused always; any
+    other existing file unless ``--overwrite`` is given.
+    """
+    target = path.resolve()
+    for config in configs:
+        if target == config.resolve():
+            raise SystemExit(
+                f"error: --json {path} is the config {config} that this check reads; nothing was written. "
+                f"Give the report a path of its own, e.g. --json {path.with_name(path.stem + '_check.json')}"
+            )
+    if isinstance(source, PairedFolder):
+        dirs = [*source.image_dirs.values(), *source.mask_dirs.values()]
+        for folder in dict.fromkeys(p.resolve() for p in [source.root, *(source.root / d for d in dirs)]):
+            if target == folder or folder in target.parents:
+                raise SystemExit(
+                    f"error: --json {path} is inside the data set's folder {folder}; nothing was written. "
+                    f"Write the report outside the data set, e.g. --json {folder.name}_check.json"
+                )
+    if path.is_dir():
+        raise SystemExit(f"error: --json {path} is a folder; nothing was written. Give a file path, e.g. --json {path / 'check.json'}")
+    if path.exists() and not overwrite:
+        raise SystemExit(
+            f"error: --json {path} already exists; nothing was written. Pass --overwrite to replace it, "
+            "or give another --json path"
+        )
 
 
 def source_from_mapping(source: dict[str, Any]) -> SegSource:
