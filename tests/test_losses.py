@@ -29,8 +29,10 @@ from segopt.data import SegDataModule
 from segopt.data.synthetic import SyntheticShapes
 from segopt.losses import (
     CombinedLoss,
+    CrossEntropyLoss,
     DiceLoss,
     FocalLoss,
+    WeightedSum,
     cross_entropy_loss,
     lovasz_softmax_loss,
     ohem_cross_entropy_loss,
@@ -361,12 +363,12 @@ def test_losses_under_autocast_equal_float32(big_batch, name: str, dtype: torch.
         ({"class_weights": [1.0, 2.0]}, "class_weights has 2 values but num_classes is 3"),
         ({"class_weights": [1.0, -2.0, 1.0]}, r"must be finite, >= 0"),
         ({"class_weights": "inverse"}, r"'inverse' is not a known mode.*median_frequency"),
-        ({"focal_alpha": [1.0]}, "alpha has 1 values but num_classes is 3"),
+        ({"focal": 0.5, "focal_alpha": [1.0]}, "alpha has 1 values but num_classes is 3"),
         ({"ce": 0.0, "dice": 0.0}, "at least one above 0"),
         ({"dice_mode": "binary"}, "needs num_classes 2"),
         ({"dice_mode": "soft"}, "'soft' is unknown"),
         ({"label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\)"),
-        ({"ohem_fraction": 1.5}, r"ohem_fraction 1.5 must be in \[0, 1\]"),
+        ({"ohem": 1.0, "ohem_fraction": 1.5}, r"ohem_fraction 1.5 must be in \[0, 1\]"),
         ({"ohem": 1.0, "ohem_fraction": 0.0}, "ohem keeps no pixel"),
         ({"class_weights": "median_frequency", "focal_alpha": "effective_number"}, "name different modes"),
         ({"class_weight_beta": 1.0}, r"class_weight_beta must be in \[0, 1\), got 1.0"),
@@ -440,8 +442,10 @@ def test_module_computes_class_weights_from_training_masks(mode: str, tmp_path) 
     samples = SyntheticShapes(size=32, num_train=8).split("train", IGNORE)
     expected = compute_class_weights(mode, samples, 5, IGNORE, beta=beta)
     assert model.criterion.class_weight_mode is None
-    assert model.criterion.ce_weight.tolist() == pytest.approx(expected.tolist())
-    assert model.criterion.focal.alpha.tolist() == pytest.approx(expected.tolist())
+    terms = model.criterion.terms
+    assert terms["ce"].class_weight.tolist() == pytest.approx(expected.tolist())
+    assert terms["ohem"].class_weight.tolist() == pytest.approx(expected.tolist())
+    assert terms["focal"].alpha.tolist() == pytest.approx(expected.tolist())
     assert len(set(expected.tolist())) > 1  # really computed, not the placeholder ones
 
 
@@ -542,11 +546,16 @@ def shipped_loss_spec(name: str) -> dict:
     return yaml.safe_load(out.getvalue())["model"]["loss"]
 
 
-def build_shipped_loss(name: str) -> torch.nn.Module:
-    """The loss of the shipped case ``name``, built as the CLI builds it, class weights filled in."""
+def loss_from_spec(spec: dict, num_classes: int = SHIPPED_CLASSES) -> torch.nn.Module:
+    """The loss of a ``model.loss`` config section, built as the CLI builds it."""
     parser = ArgumentParser()
     parser.add_argument("--loss", type=LossFactory)
-    loss = parser.instantiate(parser.parse_object({"loss": shipped_loss_spec(name)})).loss(SHIPPED_CLASSES, IGNORE)
+    return parser.instantiate(parser.parse_object({"loss": spec})).loss(num_classes, IGNORE)
+
+
+def build_shipped_loss(name: str) -> torch.nn.Module:
+    """The loss of the shipped case ``name``, built as the CLI builds it, class weights filled in."""
+    loss = loss_from_spec(shipped_loss_spec(name))
     if isinstance(loss, DataWeighted) and loss.class_weight_mode is not None:
         loss.set_class_weights(SHIPPED_CLASS_WEIGHTS)
     return loss
@@ -575,10 +584,65 @@ SHIPPED_LOSS_VALUES = {
 def test_every_shipped_loss_config_is_a_case() -> None:
     assert set(SHIPPED_LOSSES) == set(SHIPPED_LOSS_VALUES)
     named = {a for args in SHIPPED_LOSSES.values() for a in args}
-    shipped = {str(p.relative_to(CONFIGS.parent)) for p in CONFIGS.rglob("*.yaml") if "loss" in yaml.safe_load(p.read_text()).get("model", {})}
+    configs = CONFIGS.rglob("*.yaml")
+    shipped = {str(p.relative_to(CONFIGS.parent)) for p in configs if "loss" in yaml.safe_load(p.read_text()).get("model", {})}
     assert shipped <= named
 
 
 @pytest.mark.parametrize("name", list(SHIPPED_LOSS_VALUES))
 def test_shipped_loss_configs_keep_their_values(name: str) -> None:
     assert build_shipped_loss(name)(*shipped_batch()).item() == pytest.approx(SHIPPED_LOSS_VALUES[name], abs=1e-6)
+
+
+def test_a_checkpoint_of_the_single_file_combined_loss_loads() -> None:
+    # Its buffers were ce_weight (CE and OHEM) and focal.alpha; the value was computed by that code.
+    loss = CombinedLoss(5, IGNORE, ce=0.5, dice=0.0, focal=0.5, ohem=0.5, class_weights="median_frequency", focal_alpha="median_frequency")
+    loss.load_state_dict({"ce_weight": SHIPPED_CLASS_WEIGHTS, "focal.alpha": SHIPPED_CLASS_WEIGHTS.flip(0)})
+    assert loss(*shipped_batch()).item() == pytest.approx(7.644937515258789, abs=1e-6)
+    assert sorted(loss.state_dict()) == ["terms.ce.class_weight", "terms.focal.alpha", "terms.ohem.class_weight"]
+
+
+class HalfCE(torch.nn.Module):
+    """A term defined outside segopt: half the cross-entropy."""
+
+    def __init__(self, num_classes: int, ignore_index: int, scale: float = 0.5) -> None:
+        super().__init__()
+        self.ignore_index, self.scale = ignore_index, scale
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+
+
+def test_a_new_term_is_a_class_path_in_a_weighted_sum() -> None:
+    spec = yaml.safe_load("""
+        class_path: segopt.losses.WeightedSum
+        init_args:
+          terms:
+            dice: segopt.losses.DiceLoss
+            half_ce: {class_path: tests.test_losses.HalfCE, init_args: {scale: 0.25}}
+            lovasz: segopt.losses.LovaszSoftmaxLoss
+          weights: {dice: 2.0, lovasz: 0.0}
+    """)
+    loss = loss_from_spec(spec)
+    logits, target = shipped_batch()
+    assert list(loss.terms) == ["dice", "half_ce"]  # weight 0 leaves lovasz out; half_ce weighs 1
+    expected = 2 * DiceLoss(SHIPPED_CLASSES, IGNORE)(logits, target) + 0.25 * F.cross_entropy(logits, target, ignore_index=IGNORE)
+    assert loss(logits, target).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "weights,message",
+    [
+        ({"dice": 1.0, "tversky": 1.0}, r"loss weights name \['tversky'\], which are not among the terms \['ce', 'dice'\]"),
+        ({"ce": 0.0, "dice": 0.0}, "at least one above 0"),
+    ],
+)
+def test_bad_weighted_sum_weights_are_clear_errors(weights: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WeightedSum(3, IGNORE, {"ce": CrossEntropyLoss, "dice": DiceLoss}, weights)
+
+
+def test_weighted_sum_terms_must_ask_for_one_class_weight_mode() -> None:
+    terms = {"ce": partial(CrossEntropyLoss, class_weights="median_frequency"), "focal": partial(FocalLoss, alpha="effective_number")}
+    with pytest.raises(ValueError, match=r"different class_weight_mode \{'ce': 'median_frequency', 'focal': 'effective_number'\}"):
+        WeightedSum(3, IGNORE, terms)

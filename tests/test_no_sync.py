@@ -29,6 +29,7 @@ from segopt.cli import main
 from segopt.data import SegDataModule
 from segopt.module import SegModule
 from tests.conftest import CONFIGS
+from tests.test_losses import SHIPPED_LOSSES, build_shipped_loss, shipped_batch
 
 #: Tensor methods that copy a value to the host (on a GPU: wait for the device).
 SYNCING_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu", "nonzero", "unique")
@@ -134,6 +135,17 @@ def test_the_trap_catches_each_kind_of_host_read(trap: SyncTrap) -> None:
     trap.calls.clear()
     t.sum().item()  # not watched: not recorded
     assert trap.calls == []
+
+
+@pytest.mark.parametrize("name", list(SHIPPED_LOSSES))
+def test_every_shipped_loss_reads_nothing_back_from_the_device(trap: SyncTrap, name: str) -> None:
+    loss = build_shipped_loss(name)  # each config as the CLI resolves it; class weights filled in
+    logits, target = shipped_batch()
+    logits.requires_grad_()
+    with trap.watching():
+        loss(logits, target).backward()
+    assert trap.calls == []
+    assert logits.grad.abs().sum() > 0
 
 
 @pytest.mark.slow
