@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from segopt.data import BinaryMask, DataError, IndexMask, PairedFolder, PaletteMask, SegDataModule
+from segopt.data.files import read_image
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared" / "data"
@@ -72,6 +74,57 @@ def test_split_lists_select_pairs_from_a_shared_folder(tmp_path: Path):
     assert [p.image.stem for p in source.index.pairs["val"]] == ["c", "d"]
 
 
+def test_split_list_names_with_dots_match_exactly(tmp_path: Path):
+    # "scan.s00" is a stem, not "scan" with an extension ".s00"; "scan.s01.png" is a file name.
+    _make(tmp_path, stems=("scan", "scan.s00", "scan.s01", "scan.s02"), split="all")
+    (tmp_path / "train.txt").write_text("scan.s00\nimages/scan.s01.png\n")
+    (tmp_path / "val.txt").write_text("scan\n")
+    source = _folder(
+        tmp_path,
+        image_dirs={"train": "all", "val": "all"},
+        mask_dirs={"train": "allannot", "val": "allannot"},
+        split_lists={"train": "train.txt", "val": "val.txt"},
+    )
+    source.validate()
+    assert [p.image.name for p in source.index.pairs["train"]] == ["scan.s00.png", "scan.s01.png"]
+    assert [p.image.name for p in source.index.pairs["val"]] == ["scan.png"]
+
+
+def test_split_list_name_with_a_dot_and_no_image_is_named_as_written(tmp_path: Path):
+    _make(tmp_path, stems=("scan", "b"), split="all")
+    (tmp_path / "train.txt").write_text("scan.s00\nb\n")
+    (tmp_path / "val.txt").write_text("b\n")
+    source = _folder(
+        tmp_path,
+        image_dirs={"train": "all", "val": "all"},
+        mask_dirs={"train": "allannot", "val": "allannot"},
+        split_lists={"train": "train.txt", "val": "val.txt"},
+    )
+    assert _problems(source) == (
+        f"data set {tmp_path}: split list {tmp_path / 'train.txt'} names 1 stem(s) with no image in "
+        f"{tmp_path / 'all'}: ['scan.s00']; fix the list or add the images"
+    )
+
+
+def test_nfc_image_pairs_with_its_nfd_mask_and_a_note_says_so(tmp_path: Path, caplog):
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    _save(tmp_path / "train" / f"{nfc}.png", _rgb())
+    _save(tmp_path / "trainannot" / f"{nfd}.png", np.zeros((8, 10), np.uint8))
+    _make(tmp_path, stems=("v",), split="val")
+    source = _folder(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="segopt.data.folder"):
+        source.validate()
+    [pair] = source.index.pairs["train"]
+    assert (pair.image.name, pair.mask.name) == (f"{nfc}.png", f"{nfd}.png")
+    assert caplog.messages == [
+        f"segopt: 1 pair(s) of split 'train' were paired after Unicode NFC normalisation of their names, e.g. image "
+        f"{tmp_path / 'train' / f'{nfc}.png'} with mask {tmp_path / 'trainannot' / f'{nfd}.png'}: the names look "
+        "alike but are encoded differently (one composed, one decomposed, as macOS writes them); rename them alike "
+        "to silence this"
+    ]
+
+
 def test_seeded_val_fraction_is_reproducible_and_disjoint(tmp_path: Path):
     _make(tmp_path, stems=[str(i) for i in range(10)])
     kw = dict(image_dirs={"train": "train"}, mask_dirs={"train": "trainannot"}, val_fraction=0.3, val_seed=7)
@@ -120,6 +173,21 @@ def test_truncated_image_is_found_at_decode_with_its_name(good: Path):
     source.validate()
     with pytest.raises(DataError, match=f"{path}: image cannot be decoded .*re-export it or remove it"):
         source.split("train", 255)[1]
+
+
+def test_float32_tiff_image_is_valid_but_its_sample_type_is_named_unsupported(good: Path):
+    path = good / "train" / "b.tif"
+    (good / "train" / "b.png").unlink()
+    Image.fromarray(np.random.default_rng(0).random((8, 10)).astype(np.float32)).save(path)
+    expected = (
+        f"{path}: image decodes as a valid TIFF (10x8), not a corrupt file, but its sample type, 32-bit floating "
+        "point (mode F), is not supported; supported: 8-bit or 16-bit unsigned integers (grey, grey+alpha, RGB, "
+        "RGBA or palette): save it with one of those (scaling the values to 0..255 or 0..65535)"
+    )
+    assert _problems(_folder(good)) == f"data set {good}: {expected}"  # from the header, at setup
+    with pytest.raises(DataError) as err:
+        read_image(path, 3)  # and when decoded on its own (prediction folders)
+    assert err.value.problems == [expected]
 
 
 def test_image_and_mask_of_different_size(good: Path):

@@ -42,6 +42,13 @@ _LOSSY_FORMATS = {"JPEG", "MPO"}
 # Pillow modes with one channel; everything else ("RGB", "RGBA", "P", "CMYK", ...) is colour.
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "LA"}
 
+#: The image sample types OpenCV decodes (16-bit ones are scaled to 8 bits).
+SUPPORTED_SAMPLES = "8-bit or 16-bit unsigned integers (grey, grey+alpha, RGB, RGBA or palette)"
+
+# Pillow (mode, format) of valid files whose samples OpenCV cannot decode. A 32-bit integer
+# mode "I" is only refused from a TIFF: older Pillows open 16-bit PNGs as "I" too.
+_UNSUPPORTED_SAMPLES = {"F": "32-bit floating point", "I": "32-bit integer"}
+
 
 class DataError(ValueError):
     """Bad data: every problem found, each naming the file, the value found and the fix."""
@@ -76,6 +83,25 @@ class Header:
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+    @property
+    def unsupported_samples(self) -> str | None:
+        """The sample type when images of it cannot be decoded (32-bit float or integer), else None."""
+        if self.mode == "F" or (self.mode == "I" and self.format == "TIFF"):
+            return _UNSUPPORTED_SAMPLES[self.mode]
+        return None
+
+
+def unsupported_samples_problem(path: Path, header: Header) -> str | None:
+    """The problem of an image file that is valid but whose sample type cannot be decoded, else None."""
+    samples = header.unsupported_samples
+    if samples is None:
+        return None
+    return (
+        f"{path}: image decodes as a valid {header.format} ({header.size}), not a corrupt file, but its sample "
+        f"type, {samples} (mode {header.mode}), is not supported; supported: {SUPPORTED_SAMPLES}: save it with one of "
+        "those (scaling the values to 0..255 or 0..65535)"
+    )
 
 
 def read_header(path: Path) -> Header:
@@ -129,7 +155,7 @@ def read_image(path: Path, channels: int, orientation: int | None = None) -> np.
     flag = (_READ_RGB if channels == 3 else cv2.IMREAD_GRAYSCALE) | _IGNORE_ORIENTATION
     image = cv2.imdecode(data, flag) if data.size else None
     if image is None:
-        raise DataError(f"{path}: image cannot be decoded (corrupt or truncated file); re-export it or remove it")
+        raise DataError(_undecodable(path))
     if orientation is None:
         orientation = read_header(path).orientation
     if channels == 1:
@@ -137,6 +163,15 @@ def read_image(path: Path, channels: int, orientation: int | None = None) -> np.
     elif _READ_RGB == cv2.IMREAD_COLOR:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return orient(image, orientation)
+
+
+def _undecodable(path: Path) -> str:
+    """Why OpenCV could not decode ``path``: a sample type it lacks, or a damaged file."""
+    try:
+        problem = unsupported_samples_problem(path, read_header(path))
+    except DataError:
+        problem = None
+    return problem or f"{path}: image cannot be decoded (corrupt or truncated file); re-export it or remove it"
 
 
 def read_mask(path: Path, colour: bool) -> np.ndarray:

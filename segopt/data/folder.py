@@ -2,7 +2,8 @@
 
 Covers the common layouts with config alone: CamVid/SegNet (``train/`` + ``trainannot/``),
 ISBI membranes (``train/image`` + ``train/label``, validation held out by a seeded
-fraction), and any data set with split-list files. Indexing reads names and file headers
+fraction), any data set with split-list files, and splits by group (several folders pooled,
+whole sequences held out for validation, see :mod:`segopt.data.groups`). Indexing reads names and file headers
 only, so every pairing, path, size and channel problem is reported at once, before a
 run writes anything; pixel values are checked as each mask is decoded.
 """
@@ -10,6 +11,7 @@ run writes anything; pixel values are checked as each mask is decoded.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,16 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from segopt.data.datasets import Sample, SegSource
-from segopt.data.files import EXTENSIONS, DataError, Header, read_header, read_image, read_mask
+from segopt.data.files import (
+    EXTENSIONS,
+    DataError,
+    Header,
+    read_header,
+    read_image,
+    read_mask,
+    unsupported_samples_problem,
+)
+from segopt.data.groups import group_of, pattern_problem
 from segopt.data.masks import IndexMask, MaskDecoder
 from segopt.data.roots import DATA_ROOT_ENV, describe, resolve_data_path
 
@@ -82,6 +93,35 @@ class FolderSplit(Dataset):
             )
         return image, decode_mask(pair, raw, self.decoder, self.num_classes, self.ignore_index)
 
+    def masks_only(self) -> FolderMasks:
+        """The same split with its masks decoded and its images left unread, for counting classes."""
+        return FolderMasks(self)
+
+
+class FolderMasks(Dataset):
+    """Items ``(None, mask)`` of a :class:`FolderSplit`: its class ids without decoding the images."""
+
+    def __init__(self, split: FolderSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[None, np.ndarray]:
+        s = self.split
+        pair = s.pairs[index]
+        return None, decode_mask(pair, read_mask(pair.mask, s.decoder.colour), s.decoder, s.num_classes, s.ignore_index)
+
+
+def _key(stem: str) -> str:
+    """The name a file is paired by: its stem in Unicode NFC, so that an NFC image (macOS writes
+    NFD names) pairs with its NFD mask although their bytes differ."""
+    return unicodedata.normalize("NFC", stem)
+
+
+def _folders(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
 
 def _files_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
     if not folder.is_dir():
@@ -96,13 +136,15 @@ def _files_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
         if path.suffix.lower() not in EXTENSIONS:
             others.append(path.name)
             continue
-        if path.stem in found:
+        key = _key(path.stem)
+        if key in found:
+            how = "" if found[key].stem == path.stem else " after Unicode NFC normalisation"
             problems.append(
-                f"{folder}: {found[path.stem].name} and {path.name} share the stem {path.stem!r}, so the pairing "
+                f"{folder}: {found[key].name} and {path.name} share the stem {key!r}{how}, so the pairing "
                 "is ambiguous; remove or rename one"
             )
             continue
-        found[path.stem] = path
+        found[key] = path
     if not found:
         extra = f" (it holds {len(others)} other entries, e.g. {others[:3]})" if others else " (it is empty)"
         problems.append(
@@ -111,19 +153,28 @@ def _files_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
     return found
 
 
+def _listed_stem(line: str) -> str:
+    """The stem a split-list line names: a name with an image extension is a file name, any other
+    name is a stem as it stands (``scan.s00`` is the stem of ``scan.s00.png``); a folder part is dropped."""
+    name = line.replace("\\", "/").rsplit("/", 1)[-1]
+    suffix = Path(name).suffix
+    return _key(name[: -len(suffix)] if suffix.lower() in EXTENSIONS else name)
+
+
 def _listed_stems(path: Path, problems: list[str]) -> list[str] | None:
     if not path.is_file():
         problems.append(f"split list {path} does not exist (resolved: {path.resolve()}); fix split_lists")
         return None
     lines = [line.strip() for line in path.read_text().splitlines()]
     # Entries may be bare stems, file names or paths: "a", "a.png", "images/a.png".
-    return [Path(line).stem for line in lines if line and not line.startswith("#")]
+    return [_listed_stem(line) for line in lines if line and not line.startswith("#")]
 
 
 class PairedFolder(SegSource):
     """A data set on disk: per split an image folder and a mask folder, paired by file stem.
 
-    Extensions may differ between an image and its mask (``a.jpg`` ↔ ``a.png``). Folder
+    Extensions may differ between an image and its mask (``a.jpg`` ↔ ``a.png``); names are
+    compared in Unicode NFC (a note says when that is what paired them). Folder
     and list paths are relative to ``root``; ``root`` is relative to the working directory,
     except that a leading ``data/`` is read from ``$SEGOPT_DATA_ROOT`` when that is set
     (see :mod:`segopt.data.roots`).
@@ -131,13 +182,23 @@ class PairedFolder(SegSource):
     Args:
         root: the data set's folder.
         class_names: one name per class, in class-id order (their count is num_classes).
-        image_dirs: split → image folder, e.g. ``{train: train, val: val}``.
-        mask_dirs: split → mask folder, with the same splits as ``image_dirs``.
-        split_lists: optional split → text file of stems (one per line) selecting that
-            split's pairs from its folders; lets several splits share one folder.
+        image_dirs: split → image folder, e.g. ``{train: train, val: val}``, or a list of
+            folders pooled into that split, e.g. ``{train: [train, val]}``.
+        mask_dirs: split → mask folder (or list, in the order of ``image_dirs``' list), with
+            the same splits as ``image_dirs``.
+        split_lists: optional split → text file of names (one per line) selecting that
+            split's pairs from its folders; lets several splits share one folder. A name
+            with an image extension is a file name, any other is a stem as written.
         val_fraction: when ``image_dirs`` has no ``val``, the fraction of training pairs
             held out for validation (chosen by ``val_seed``).
         val_seed: seed of that hold-out choice.
+        group_pattern: a regular expression whose first group, searched in an image's stem,
+            is its group (a sequence, volume or source image), e.g. ``^([^_]+)_`` for
+            CamVid's ``0006R0_f02130``. The data check uses it to warn when validation and
+            training share a group (without it, it guesses conservatively).
+        val_groups: when ``image_dirs`` has no ``val``, the groups (by ``group_pattern``)
+            whose training pairs are held out for validation, whole: related frames never
+            straddle the split.
         masks: how mask pixels become class ids (class ids by default; see segopt.data.masks).
         in_channels: 3 for RGB, 1 for grey. Grey files are converted to 3 channels when this
             is 3 (a note is logged); colour files are refused when it is 1.
@@ -154,11 +215,13 @@ class PairedFolder(SegSource):
         self,
         root: str,
         class_names: list[str],
-        image_dirs: dict[str, str] | None = None,
-        mask_dirs: dict[str, str] | None = None,
+        image_dirs: dict[str, str | list[str]] | None = None,
+        mask_dirs: dict[str, str | list[str]] | None = None,
         split_lists: dict[str, str] | None = None,
         val_fraction: float = 0.0,
         val_seed: int = 0,
+        group_pattern: str | None = None,
+        val_groups: list[str] | None = None,
         masks: MaskDecoder | None = None,
         in_channels: int = 3,
         num_classes: int | None = None,
@@ -172,6 +235,8 @@ class PairedFolder(SegSource):
         self.split_lists = dict(split_lists or {})
         self.val_fraction = val_fraction
         self.val_seed = val_seed
+        self.group_pattern = group_pattern
+        self.val_groups = [str(g) for g in val_groups or []]
         self.masks = masks if masks is not None else IndexMask()
         self.in_channels = in_channels
         self.declared_num_classes = num_classes
@@ -204,6 +269,13 @@ class PairedFolder(SegSource):
                 f"image_dirs has splits {sorted(self.image_dirs)} but mask_dirs has {sorted(self.mask_dirs)}; "
                 "give each split both an image and a mask folder"
             )
+        for split in sorted(set(self.image_dirs) & set(self.mask_dirs)):
+            images, masks = _folders(self.image_dirs[split]), _folders(self.mask_dirs[split])
+            if not images or len(images) != len(masks):
+                problems.append(
+                    f"image_dirs.{split} has {len(images)} folder(s) {images} but mask_dirs.{split} has "
+                    f"{len(masks)} {masks}; give one mask folder per image folder, in the same order"
+                )
         unknown = sorted(set(self.split_lists) - set(self.image_dirs))
         if unknown:
             problems.append(f"split_lists names split(s) {unknown} that image_dirs lacks ({sorted(self.image_dirs)})")
@@ -213,11 +285,31 @@ class PairedFolder(SegSource):
             problems.append(
                 f"val_fraction is {self.val_fraction} but image_dirs already has a val folder; use one or the other"
             )
-        elif "val" not in self.image_dirs and self.val_fraction == 0:
-            problems.append("no validation split: add image_dirs.val and mask_dirs.val, or set val_fraction (e.g. 0.2)")
+        elif "val" not in self.image_dirs and self.val_fraction == 0 and not self.val_groups:
+            problems.append(
+                "no validation split: add image_dirs.val and mask_dirs.val, or set val_fraction (e.g. 0.2), "
+                "or group_pattern and val_groups"
+            )
+        problems += self._group_problems()
         if "train" not in self.image_dirs:
             problems.append(f"image_dirs has no train split (splits: {sorted(self.image_dirs)}); add image_dirs.train")
         return problems + self.masks.config_problems(self.class_names)
+
+    def _group_problems(self) -> list[str]:
+        problem = pattern_problem(self.group_pattern) if self.group_pattern is not None else None
+        if problem:
+            return [problem]
+        if not self.val_groups:
+            return []
+        if self.group_pattern is None:
+            return [f"val_groups is {self.val_groups} but group_pattern is not set; give the regular expression "
+                    "whose first group is a file's group, e.g. '^([^_]+)_'"]  # fmt: skip
+        if "val" in self.image_dirs:
+            return [f"val_groups is {self.val_groups} but image_dirs already has a val folder; pool that folder "
+                    "into train (image_dirs: {train: [train, val]}) or drop val_groups"]  # fmt: skip
+        if self.val_fraction > 0:
+            return [f"val_groups is {self.val_groups} and val_fraction is {self.val_fraction}; use one or the other"]
+        return []
 
     def _build_index(self) -> FolderIndex:
         index = FolderIndex(problems=self._config_problems())
@@ -230,7 +322,7 @@ class PairedFolder(SegSource):
             return index
         grey_images: list[Path] = []
         for split in sorted(set(self.image_dirs) & set(self.mask_dirs)):
-            pairs = self._pair(split, index.problems)
+            pairs = self._pair(split, index)
             for pair in pairs:
                 self._check_headers(pair, index.problems, grey_images)
             index.pairs[split] = pairs
@@ -249,16 +341,41 @@ class PairedFolder(SegSource):
                 "every image and mask is read as it is displayed (the tag applied), so a mask must match its image "
                 "as an image viewer shows it"
             )
-        if "val" not in self.image_dirs and "train" in index.pairs and 0 < self.val_fraction < 1:
-            self._hold_out(index)
+        if "val" not in self.image_dirs and "train" in index.pairs:
+            if self.val_groups and self.group_pattern is not None and not self._group_problems():
+                self._hold_out_groups(index)
+            elif 0 < self.val_fraction < 1:
+                self._hold_out(index)
         return index
 
-    def _pair(self, split: str, problems: list[str]) -> list[Pair]:
-        image_dir = self.root / self.image_dirs[split]
-        mask_dir = self.root / self.mask_dirs[split]
-        images = _files_by_stem(image_dir, problems)
-        masks = _files_by_stem(mask_dir, problems)
-        if not images or not masks:
+    def _pair(self, split: str, index: FolderIndex) -> list[Pair]:
+        problems = index.problems
+        images: dict[str, Path] = {}
+        masks: dict[str, Path] = {}
+        mask_dir_of: dict[str, Path] = {}  # where each image's mask is looked for
+        image_dirs = [self.root / d for d in _folders(self.image_dirs[split])]
+        for image_dir, mask_dir in zip(image_dirs, [self.root / d for d in _folders(self.mask_dirs[split])]):
+            found_images = _files_by_stem(image_dir, problems)
+            found_masks = _files_by_stem(mask_dir, problems)
+            if not found_images or not found_masks:
+                continue
+            orphans = sorted(set(found_masks) - set(found_images))
+            if orphans and split not in self.split_lists:
+                problems.append(
+                    f"{len(orphans)} mask(s) without an image in {image_dir}, e.g. {found_masks[orphans[0]]}; "
+                    "add the images or remove the masks"
+                )
+            for key, path in found_images.items():
+                if key in images:
+                    problems.append(
+                        f"{images[key]} and {path} share the stem {key!r} in the folders pooled into split "
+                        f"{split!r}, so the pairing is ambiguous; rename or remove one"
+                    )
+                    continue
+                images[key], mask_dir_of[key] = path, mask_dir
+                if key in found_masks:
+                    masks[key] = found_masks[key]
+        if not images:
             return []
         stems = sorted(images)
         if split in self.split_lists:
@@ -269,21 +386,17 @@ class PairedFolder(SegSource):
             if missing:
                 problems.append(
                     f"split list {self.root / self.split_lists[split]} names {len(missing)} stem(s) with no image in "
-                    f"{image_dir}: {missing[:5]}; fix the list or add the images"
+                    f"{', '.join(map(str, image_dirs))}: {missing[:5]}; fix the list or add the images"
                 )
             stems = [s for s in dict.fromkeys(listed) if s in images]
-        else:
-            orphans = sorted(set(masks) - set(images))
-            if orphans:
-                problems.append(
-                    f"{len(orphans)} mask(s) without an image in {image_dir}, e.g. {masks[orphans[0]]}; "
-                    "add the images or remove the masks"
-                )
-        lonely = [s for s in stems if s not in masks]
-        if lonely:
+        lonely: dict[Path, list[str]] = {}
+        for stem in stems:
+            if stem not in masks:
+                lonely.setdefault(mask_dir_of[stem], []).append(stem)
+        for mask_dir, keys in lonely.items():
             problems.append(
-                f"{len(lonely)} image(s) without a mask in {mask_dir}, e.g. {images[lonely[0]]} (expected "
-                f"{mask_dir / lonely[0]}.png or another image extension); add the masks or remove the images"
+                f"{len(keys)} image(s) without a mask in {mask_dir}, e.g. {images[keys[0]]} (expected "
+                f"{mask_dir / images[keys[0]].stem}.png or another image extension); add the masks or remove the images"
             )
         pairs = []
         for stem in stems:
@@ -293,6 +406,14 @@ class PairedFolder(SegSource):
                 pairs.append(Pair(images[stem], masks[stem], read_header(images[stem]), read_header(masks[stem])))
             except DataError as err:
                 problems.extend(err.problems)
+        normalised = [pair for pair in pairs if pair.image.stem != pair.mask.stem]
+        if normalised:
+            first = normalised[0]
+            index.notes.append(
+                f"{len(normalised)} pair(s) of split {split!r} were paired after Unicode NFC normalisation of their "
+                f"names, e.g. image {first.image} with mask {first.mask}: the names look alike but are encoded "
+                "differently (one composed, one decomposed, as macOS writes them); rename them alike to silence this"
+            )
         return pairs
 
     def _check_lossy(self, pairs: list[Pair], index: FolderIndex) -> None:
@@ -330,7 +451,10 @@ class PairedFolder(SegSource):
                 f"{pair.mask}: mask is {msk.size} but its image {pair.image} is {img.size}; a mask must have "
                 "its image's size (re-export it, resizing with nearest neighbour if at all)"
             )
-        if img.grey and self.in_channels == 3:
+        samples = unsupported_samples_problem(pair.image, img)
+        if samples:
+            problems.append(samples)
+        elif img.grey and self.in_channels == 3:
             grey_images.append(pair.image)
         elif not img.grey and self.in_channels == 1:
             problems.append(
@@ -361,6 +485,35 @@ class PairedFolder(SegSource):
         index.pairs["val"] = [p for i, p in enumerate(train) if i in held]
         index.pairs["train"] = [p for i, p in enumerate(train) if i not in held]
 
+    def _hold_out_groups(self, index: FolderIndex) -> None:
+        pattern = str(self.group_pattern)
+        train = index.pairs["train"]
+        groups = [group_of(_key(pair.image.stem), pattern) for pair in train]
+        unmatched = [pair.image for pair, group in zip(train, groups) if group is None]
+        if unmatched:
+            index.problems.append(
+                f"{len(unmatched)} training image name(s) do not match group_pattern {pattern!r}, e.g. "
+                f"{unmatched[0]}, so their group is unknown; fix the pattern (its first group is the group's name) "
+                "or rename the files"
+            )
+            return
+        found = sorted(set(groups), key=str)
+        missing = [g for g in self.val_groups if g not in found]
+        if missing:
+            index.problems.append(
+                f"val_groups names {missing}, which no training image falls in; group_pattern {pattern!r} finds "
+                f"the groups {found[:20]}{' ...' if len(found) > 20 else ''}; fix val_groups or the pattern"
+            )
+            return
+        if set(found) <= set(self.val_groups):
+            index.problems.append(
+                f"val_groups {self.val_groups} hold out every group found ({found}); leave at least one for training"
+            )
+            return
+        held = set(self.val_groups)
+        index.pairs["val"] = [p for p, g in zip(train, groups) if g in held]
+        index.pairs["train"] = [p for p, g in zip(train, groups) if g not in held]
+
     # -- SegSource --------------------------------------------------------------------
 
     def validate(self) -> None:
@@ -375,6 +528,11 @@ class PairedFolder(SegSource):
 
     def has_split(self, name: str) -> bool:
         return name in self.index.pairs
+
+    def folders(self) -> list[Path]:
+        """The data root and every image and mask folder of every split (pooled ones included)."""
+        names = [d for dirs in (self.image_dirs, self.mask_dirs) for value in dirs.values() for d in _folders(value)]
+        return list(dict.fromkeys([self.root, *(self.root / name for name in names)]))
 
     def split(self, name: str, ignore_index: int) -> FolderSplit:
         self.validate()
