@@ -374,6 +374,7 @@ class Recipe:
 
     path: Path
     sha256: str  # of the recipe file
+    own_minutes: float | None  # the recipe's own TimeBudget
     data_config: Path | None  # stacked after the recipe when it has no data of its own
     budget_minutes: float | None  # the TimeBudget added when the recipe has none
 
@@ -383,11 +384,13 @@ def _recipe_yaml(path: Path) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def has_time_budget(config: dict[str, Any]) -> bool:
-    """Whether the recipe lists a ``TimeBudget`` callback (under ``trainer.callbacks`` or ``callbacks+``)."""
+def time_budget_minutes(config: dict[str, Any]) -> float | None:
+    """The minutes of the recipe's ``TimeBudget`` callback (under ``trainer.callbacks`` or ``callbacks+``), else None."""
     trainer = config.get("trainer") or {}
-    entries = [*(trainer.get("callbacks") or []), *(trainer.get("callbacks+") or [])]
-    return any(isinstance(e, dict) and str(e.get("class_path", "")).split(".")[-1] == TIME_BUDGET.split(".")[-1] for e in entries)
+    for entry in [*(trainer.get("callbacks") or []), *(trainer.get("callbacks+") or [])]:
+        if isinstance(entry, dict) and str(entry.get("class_path", "")).split(".")[-1] == TIME_BUDGET.split(".")[-1]:
+            return float((entry.get("init_args") or {}).get("minutes", math.nan))
+    return None
 
 
 def own_data_source(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -408,13 +411,13 @@ def plan_recipe(args: argparse.Namespace, data: DataConfig) -> Recipe:
             f"--data-config {data.path} (root {data.root}); give the data config the recipe was written for, "
             "or a recipe without data of its own (e.g. configs/amp.yaml)"
         )
-    budget = None
+    budget, own_minutes = None, time_budget_minutes(config)
     if args.minutes is not None:
-        if has_time_budget(config):
+        if own_minutes is not None:
             print(f"note: {args.config} has its own TimeBudget; --minutes {args.minutes:g} is not added", flush=True)
         else:
             budget = args.minutes
-    return Recipe(args.config, sha256_hex(args.config.read_bytes()), None if own is not None else data.path, budget)
+    return Recipe(args.config, sha256_hex(args.config.read_bytes()), own_minutes, None if own is not None else data.path, budget)
 
 
 def added_args(recipe: Recipe) -> list[str]:
@@ -555,7 +558,7 @@ def settings(args: argparse.Namespace, data: DataConfig, recipe: Recipe | None, 
     if recipe is not None:
         return {
             **common,
-            "minutes": recipe.budget_minutes,
+            "minutes": recipe.own_minutes if recipe.budget_minutes is None else recipe.budget_minutes,
             "config": str(recipe.path),
             "config_sha256": recipe.sha256,
             "data_config_stacked": recipe.data_config is not None,

@@ -102,6 +102,7 @@ def test_a_recipe_without_data_or_budget_gets_both_added(sbs: ModuleType, tmp_pa
     data = _paired_folder(tmp_path / "data", grey=True)
     args = sbs.parse_args(["--arm", "segopt", "--label", "amp", "--config", "configs/amp.yaml", "--minutes", "7.5", "--data-config", str(data)])
     recipe = sbs.plan_recipe(args, sbs.load_data_config(data))
+    assert (recipe.data_config, recipe.budget_minutes, recipe.own_minutes) == (data, 7.5, None)
     cmd = sbs.segopt_command(args, recipe, 1, tmp_path / "runs" / "amp_seed1")
     assert cmd[1:8] == ["-m", "segopt.cli", "fit", "--config", "configs/amp.yaml", "--config", str(data)]
     assert cmd[-2:] == [
@@ -117,7 +118,8 @@ def test_a_recipe_with_its_own_budget_and_data_runs_as_it_is_under_its_earlier_n
     args = sbs.parse_args(["--arm", "segopt", "--config", str(recipe_path), "--minutes", "10", "--threads", "2"])
     data = sbs.load_data_config(args.data_config)  # configs/data/camvid.yaml, the recipe's own source
     recipe = sbs.plan_recipe(args, data)
-    assert (recipe.data_config, recipe.budget_minutes) == (None, None)
+    assert (recipe.data_config, recipe.budget_minutes, recipe.own_minutes) == (None, None, 60.0)
+    assert sbs.settings(args, data, recipe, 2)["minutes"] == 60.0  # the budget it ran with: its own
     cmd = sbs.segopt_command(args, recipe, 2, tmp_path / "segopt_seed2")
     assert cmd[4:7] == ["--config", str(recipe_path), "--seed_everything=2"]
     assert not [a for a in cmd if "TimeBudget" in a or "max_epochs" in a]
