@@ -179,9 +179,61 @@ def ade_archive() -> dict[str, bytes]:
     return {"ADEChallengeData2016.zip": _zip(files)}
 
 
+#: The generated magnetic tiles: folder → (tile, photo stem, height, width); the tile numbers the groups of near
+#: running numbers in order, so nums 100 and 140 are one tile (0) in two folders.
+TILES = {"Blowhole": [(0, "exp1_num_100", 20, 24), (1, "exp1_num_5000", 22, 18)], "Break": [(0, "exp3_num_140", 20, 26)],
+         "Crack": [(2, "exp1_num_20000", 18, 20)], "Fray": [(3, "exp1_num_30000", 24, 24)],
+         "Uneven": [(4, "exp1_num_40000", 16, 30)],
+         "Free": [(5 + i, f"exp1_num_{n}", 20, 20) for i, n in enumerate((50000, 51000, 52000, 53000, 54000))]}
+#: Raw mask values and the class-index value each becomes in a defect folder of class id k (0 stays 0).
+TILE_VALUES = [0, 90, 127, 128, 200, 255]
+
+
+def _tile_photo(h: int, w: int, seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w), np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _tile_files() -> Iterator[tuple[str, str, bytes, np.ndarray]]:
+    """(folder, stem, photo JPEG, raw mask) of each generated photo; the stem is the archive's."""
+    seed = 0
+    for folder, tiles in TILES.items():
+        for _, stem, h, w in tiles:
+            raw = _ids(h, w, TILE_VALUES, seed) if folder != "Free" else _ids(h, w, [0, 90, 127], seed)
+            yield folder, stem, _tile_photo(h, w, seed), raw
+            seed += 1
+
+
+def tile_name(folder: str, stem: str) -> str:
+    """A generated photo's stem in the prepared data set: ``tile<T>_<folder>_<stem>``."""
+    tile = next(t for t, s, _, _ in TILES[folder] if s == stem)
+    return f"tile{tile:03d}_{folder}_{stem}"
+
+
+def tiles_pixels() -> dict[str, np.ndarray]:
+    """The prepared magnetic tiles' arrays: photos as decoded (Pillow), masks thresholded at > 127 to the folder's id."""
+    names = ["background", "Blowhole", "Break", "Crack", "Fray", "Uneven"]
+    arrays = {}
+    for folder, stem, photo, raw in _tile_files():
+        class_id = names.index(folder) if folder in names else 0
+        arrays[f"images/{tile_name(folder, stem)}.jpg"] = np.asarray(Image.open(io.BytesIO(photo)))
+        arrays[f"masks/{tile_name(folder, stem)}.png"] = np.where(raw > 127, class_id, 0).astype(np.uint8)
+    return arrays
+
+
+def tiles_archive() -> dict[str, bytes]:
+    top = "Magnetic-tile-defect-datasets.-master"
+    files = {f"{top}/README.md": b"tiles", f"{top}/dataset.jpg": _tile_photo(8, 8, 0)}
+    for folder, stem, photo, raw in _tile_files():
+        files[f"{top}/MT_{folder}/Imgs/{stem}.jpg"] = photo
+        files[f"{top}/MT_{folder}/Imgs/{stem}.png"] = _png(raw)
+    return {"Magnetic-tile-defect-datasets.-master.zip": _zip(files)}
+
+
 ARCHIVES = {"camvid": camvid_archive, "membrane": membrane_archive, "voc2012": voc_archive,
-            "cityscapes": cityscapes_archives, "ade20k": ade_archive}
-PIXELS = {"camvid": camvid_pixels, "membrane": membrane_pixels}
+            "cityscapes": cityscapes_archives, "ade20k": ade_archive, "magnetic_tiles": tiles_archive}
+PIXELS = {"camvid": camvid_pixels, "membrane": membrane_pixels, "magnetic_tiles": tiles_pixels}
 
 
 def generated_content(name: str) -> tuple[ContentPin, ...]:
@@ -202,6 +254,7 @@ LAYOUTS = {
     | {f"masks/{s}.png" for v in VOC_SPLITS.values() for s in v} | {"train.txt", "val.txt"},
     "cityscapes": {f"{kind}/{split}/{stem}.png" for split in ("train", "val") for _, stem in CITYSCAPES_FILES[split]
                    for kind in ("images", "masks")},
+    "magnetic_tiles": set(tiles_pixels()) | {"train.txt", "val.txt"},
     "ade20k": {f"images/{split}/{stem}.jpg" for split, folder in (("train", "training"), ("val", "validation"))
                for stem in ADE_FILES[folder]}
     | {f"masks/{split}/{stem}.png" for split, folder in (("train", "training"), ("val", "validation"))
@@ -315,7 +368,7 @@ def _source(name: str):
 # -- downloads ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["camvid", "membrane", "voc2012"])
+@pytest.mark.parametrize("name", ["camvid", "membrane", "voc2012", "magnetic_tiles"])
 def test_download_verifies_extracts_and_lays_out(name: str, server: Server, root: Path, monkeypatch, capsys):
     server.serve(name, monkeypatch)
     code, out, err = _run(capsys, name)  # no --root: SEGOPT_DATA_ROOT decides
@@ -328,7 +381,7 @@ def test_download_verifies_extracts_and_lays_out(name: str, server: Server, root
     assert f"data check: PairedFolder at {root / name}" in out and "OK: no problems found" in out
     content = {pin.folder: f"sha256:{pin.sha256}" for pin in DATA_SETS[name].content}
     assert json.loads((root / name / MARKER).read_text())["content"] == content
-    assert len(content) == {"camvid": 4, "membrane": 2, "voc2012": 0}[name]
+    assert len(content) == {"camvid": 4, "membrane": 2, "voc2012": 0, "magnetic_tiles": 2}[name]
 
 
 def test_voc_keeps_palette_indices_and_the_255_border(server: Server, root: Path, monkeypatch, capsys):
@@ -461,6 +514,9 @@ def test_malformed_checksum_flag_is_refused(root: Path, capsys):
 # -- content: the decoded pixels of the prepared data set -----------------------------------------
 
 REAL_CONTENT = {"camvid": ["train", "trainannot", "val", "valannot"], "membrane": ["train/image", "train/label"]}
+#: Every data set with recorded content (the magnetic tiles' pins are checked against their archive in
+#: tests/test_data_magnetic_tiles.py: the shared data sets hold the archive, not the laid-out folders).
+PINNED = [*sorted(REAL_CONTENT), "magnetic_tiles"]
 
 
 @pytest.mark.parametrize("name", sorted(REAL_CONTENT))
@@ -471,7 +527,7 @@ def test_recorded_content_is_the_real_data_sets_pixels(name: str, shared_data: P
     assert found == {pin.folder: pin.sha256 for pin in pins}
 
 
-@pytest.mark.parametrize("name", sorted(REAL_CONTENT))
+@pytest.mark.parametrize("name", PINNED)
 def test_content_pins_read_each_folder_as_its_config_does(name: str):
     source = yaml.safe_load((CONFIGS / "data" / f"{name}.yaml").read_text())["data"]["source"]["init_args"]
     images = "rgb" if source["in_channels"] == 3 else "grey"
@@ -480,7 +536,7 @@ def test_content_pins_read_each_folder_as_its_config_does(name: str):
     assert {pin.folder: pin.read_as for pin in DATA_SETS[name].content} == expected
 
 
-@pytest.mark.parametrize("name", sorted(REAL_CONTENT))
+@pytest.mark.parametrize("name", PINNED)
 def test_pixels_that_differ_from_the_recorded_leave_nothing_and_say_why(name: str, server: Server, root: Path,
                                                                         monkeypatch, capsys):
     server.serve(name, monkeypatch, content="real")  # generated files against the real data set's digests

@@ -3,7 +3,7 @@
     python -m segopt.data.fetch camvid                 # → data/camvid, read by configs/data/camvid.yaml
     python -m segopt.data.fetch cityscapes --from ~/Downloads   # archives a person downloaded
 
-Names: camvid, membrane, voc2012 (downloaded) and cityscapes, ade20k (``--from`` the archives
+Names: camvid, membrane, magnetic_tiles, voc2012 (downloaded) and cityscapes, ade20k (``--from`` the archives
 you downloaded: Cityscapes needs a login, ADE20K's terms are agreed to on its site). The
 data set lands in ``<root>/<name>`` (root: ``--root``, else ``$SEGOPT_DATA_ROOT``, else
 ``data``). It is unpacked into a hidden temporary folder beside it and renamed into place
@@ -12,7 +12,7 @@ interrupted download resumes on the next run. A complete data set is left alone.
 
 Two checks guard what is put in place. An archive is compared with its recorded checksum
 (or ``--checksum``); one without any is reported as unverified, with its sha256. A data set
-with recorded content (CamVid, membrane: their GitHub archives have no stable checksum) has
+with recorded content (CamVid, membrane, magnetic_tiles: their GitHub archives have no stable checksum) has
 the decoded pixels of each labelled folder compared with the digests in
 :mod:`segopt.data.public`; a difference stops the fetch, naming each folder with the digest
 expected and found, unless ``--trust-content`` accepts the new files. Both digests and any
