@@ -298,3 +298,30 @@ def test_bad_eval_batch_size_names_the_key():
     with pytest.raises(ValueError) as error:
         SegDataModule(SyntheticShapes(size=16, num_train=2, num_val=1), eval_batch_size=0, num_workers=0)
     assert str(error.value) == "data.eval_batch_size is 0; it must be 1 or more, or null (data.batch_size)"
+
+
+# -- a declared class the training masks never show: one rule, a warning in the check and in fit ----------------
+
+
+def test_a_class_absent_from_the_training_masks_is_the_same_warning_in_the_check_and_in_fit(
+    tmp_path: Path, monkeypatch, capsys, caplog
+):
+    root = tmp_path / "data"
+    _pairs(root, "train", [(16, 16), (16, 16)])
+    _pairs(root, "val", [(16, 16)])
+    for mask in (root / "trainannot").iterdir():  # class 2 'c' only in the validation mask
+        _save(mask, np.minimum(_mask(16, 16), 1))
+    expected = (
+        "class(es) 2 'c' of the 3 in class_names never appear in the training masks: a class absent from training "
+        "cannot be learned (it scores IoU 0 wherever it appears); add training masks that show it, drop the name, "
+        "or check the mask decoding (void values, threshold, palette)"
+    )
+    code, out = _check(tmp_path, root, monkeypatch, capsys)
+    assert code == 0  # not bad input
+    assert f"\nwarning: {expected}\n" in out and "OK: no problems found" in out
+    dm = SegDataModule(_folder(root), num_workers=0)
+    with caplog.at_level("WARNING", logger="segopt.data.datamodule"):
+        dm.setup("fit")
+    logged = [r.getMessage() for r in caplog.records if r.name == "segopt.data.datamodule"]
+    assert logged == [f"segopt: warning: {expected}"]
+    assert dm.train_class_pixels().tolist() == [256, 256, 0]

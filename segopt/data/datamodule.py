@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -14,13 +15,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from segopt.class_weights import class_pixel_counts
 from segopt.data.batching import Batching
+from segopt.data.classes import absent_classes, absent_classes_warning
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
 from segopt.data.files import DataError
+from segopt.data.folder import FolderSplit
 from segopt.data.predict_folder import PredictFolder, collate_predict
 from segopt.data.rare_crop import no_rare_class_problem, rare_classes
 from segopt.data.resumable import ResumableLoader, ResumableSampler
@@ -33,6 +36,8 @@ from segopt.data.transforms import (
     load_pipeline,
     train_transform,
 )
+
+log = logging.getLogger(__name__)
 
 
 def default_num_workers() -> int:
@@ -161,6 +166,7 @@ class SegDataModule(pl.LightningDataModule):
         self._splits: dict[str, TransformedDataset] = {}
         self._norm_stats: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._resume_from: dict[str, Any] | None = None
+        self._train_pixels: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -240,11 +246,27 @@ class SegDataModule(pl.LightningDataModule):
                 "data.augment; drop one of them"
             )
 
-    def _rare_classes(self, samples: Dataset) -> list[int]:
-        """The classes rare-class crops centre on, from one count of the training masks' pixels."""
+    def train_class_pixels(self) -> np.ndarray:
+        """Pixels of each class ``[K]`` in the decoded training masks (``ignore_index`` left out),
+        counted once as the training split is built."""
+        self.dataset("train")
+        return self._train_pixels  # type: ignore[return-value]
+
+    def _count_train(self, samples: Dataset) -> np.ndarray:
+        # A folder's masks are counted without decoding its images, unless the cache holds both.
+        counted = samples.masks_only() if isinstance(samples, FolderSplit) else samples
+        # In this process: a bad mask met here is one clean error, not a loader worker's traceback.
+        pixels, _ = class_pixel_counts(counted, self.num_classes, self.ignore_index)
+        absent = absent_classes(pixels)
+        if absent:
+            rank_zero_only(log.warning)("segopt: warning: %s", absent_classes_warning(absent, self.class_names))
+        self._train_pixels = pixels
+        return pixels
+
+    def _rare_classes(self, pixels: np.ndarray) -> list[int]:
+        """The classes rare-class crops centre on, from the training masks' pixel counts."""
         if not (self.augment.enabled and self.augment.rare_crop_share > 0):
             return []
-        pixels, _ = class_pixel_counts(samples, self.num_classes, self.ignore_index, self.num_workers)
         below = self.augment.rare_class_below
         problem = no_rare_class_problem(pixels, self.augment.rare_crop_share, below, self.class_names)
         if problem:
@@ -308,7 +330,7 @@ class SegDataModule(pl.LightningDataModule):
                     pipeline=self.train_pipeline,
                     seed=torch.initial_seed() % 2**32,
                     normalize=not on_device,
-                    rare_classes=self._rare_classes(samples),
+                    rare_classes=self._rare_classes(self._count_train(samples)),
                 )
                 if self.train_pipeline is not None:
                     hint["mask_hint"] = (
