@@ -64,3 +64,12 @@ def test_json_inside_the_data_set_is_refused_even_with_overwrite(data: tuple[Pat
         "Write the report outside the data set, e.g. --json data_check.json"
     )
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_json_in_a_missing_folder_is_refused_before_the_check(data: tuple[Path, Path], capsys) -> None:
+    _, config = data
+    assert _refused(config, "--json", "reports/check.json") == (
+        "error: --json reports/check.json: its folder reports does not exist; nothing was written. Create it, "
+        "or give a path in an existing folder"
+    )
+    assert capsys.readouterr().out == ""

@@ -5,17 +5,17 @@
 Reports the pairs found, image sizes and channels, the raw mask values present in each
 split, the class pixel histogram, suggested class weights (median frequency) and image
 mean/std, then every problem at once: pairing, paths, headers, lossy (JPEG) masks,
-undecodable files, mask values that are neither a class nor void, splits whose images differ
-in size where the config batches them unresized. What would make ``fit``, ``validate`` or
-``test`` fail on the data is reported here first. Warnings, which do not fail the check: classes
-the training masks never show (fit logs the same), and validation files whose names show a group
-(a video sequence) that training shares. Exits 1 when there is a problem, 0 otherwise. Reads
-files only; writes nothing unless ``--json`` is given.
+undecodable files, mask values that are neither a class nor void, classes the data never
+shows, splits whose images differ in size where the config batches them unresized. What
+would make ``fit``, ``validate`` or ``test`` fail on the data is reported here first.
+Exits 1 when there is a problem, 0 otherwise. Reads files only; writes nothing unless
+``--json`` is given.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +28,9 @@ from jsonargparse import ArgumentParser
 
 from segopt.class_weights import median_frequency_weights, pixel_counts
 from segopt.data.batching import Batching
-from segopt.data.classes import absent_classes, absent_classes_warning
 from segopt.data.datasets import SegSource
 from segopt.data.files import DataError, decode_threads, read_image, read_mask
 from segopt.data.folder import Pair, PairedFolder, decode_mask
-from segopt.data.groups import shared_groups, shared_groups_warning
 from segopt.data.masks import invalid_mask_values
 from segopt.data.rare_crop import no_rare_class_problem
 from segopt.data.synthetic import SyntheticShapes
@@ -60,14 +58,12 @@ class SplitStats:
 
 @dataclass
 class CheckResult:
-    """Per-split statistics plus every problem (failures), warning (worth acting on, not a
-    failure) and note (informational)."""
+    """Per-split statistics plus every problem (failures) and note (informational)."""
 
     splits: dict[str, SplitStats] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     file_problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -196,29 +192,22 @@ def check_source(
         if problem:
             result.problems.append(problem)
     _check_classes_seen(source, result, limit)
-    if isinstance(source, PairedFolder):
-        _check_groups(source, result)
     return result
 
 
 def _check_classes_seen(source: SegSource, result: CheckResult, limit: int | None) -> None:
-    train = result.splits.get("train")
-    if train is None or train.pixels is None or result.problems or result.file_problems:
+    totals = [s.pixels for s in result.splits.values() if s.pixels is not None]
+    if not totals or result.problems or result.file_problems:
         return  # with undecodable masks the histogram is incomplete: say nothing about absence
-    absent = absent_classes(train.pixels)
+    seen = np.sum(totals, axis=0)
+    absent = [f"{i} {source.class_names[i]!r}" for i in range(source.num_classes) if seen[i] == 0]
     if absent:
-        partial = limit is not None and train.checked < train.pairs
-        result.warnings.append(absent_classes_warning(absent, source.class_names, partial))
-
-
-def _check_groups(source: PairedFolder, result: CheckResult) -> None:
-    pairs = source.index.pairs
-    if "train" not in pairs or "val" not in pairs:
-        return
-    stems = {split: [p.image.stem for p in pairs[split]] for split in ("train", "val")}
-    shared = shared_groups(stems["train"], stems["val"], source.group_pattern)
-    if shared:
-        result.warnings.append(shared_groups_warning(shared, source.group_pattern))
+        message = (
+            f"num_classes is {source.num_classes} (class_names) but class(es) {', '.join(absent)} never appear in "
+            "any mask: the data has fewer classes than the config; drop those names, or check the mask "
+            "decoding (void values, threshold, palette)"
+        )
+        (result.notes if limit else result.problems).append(message + (" [only the first files were read]" if limit else ""))
 
 
 def class_weights(stats: SplitStats) -> list[float] | None:
@@ -269,8 +258,6 @@ def render(source: SegSource, ignore_index: int, result: CheckResult) -> str:
         )
     for note in result.notes:
         lines.append(f"\nnote: {note}")
-    for warning in result.warnings:
-        lines.append(f"\nwarning: {warning}")
     problems = result.problems + result.file_problems
     if not problems:
         lines.append("\nOK: no problems found")
@@ -305,7 +292,6 @@ def as_json(source: SegSource, ignore_index: int, result: CheckResult) -> dict[s
         },
         "class_weights": class_weights(train) if train is not None else None,
         "notes": result.notes,
-        "warnings": result.warnings,
         "problems": result.problems + result.file_problems,
     }
 
@@ -323,6 +309,7 @@ def _source_from_config(
             super().add_arguments_to_parser(parser)
             parser.add_argument("--limit", type=int | None, default=None, help="decode at most this many pairs per split")
             parser.add_argument("--json", type=str | None, default=None, help="also write the report as JSON here")
+            parser.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
 
         def instantiate_classes(self) -> None:
             pass  # the check builds the source alone; the model and trainer are not needed
@@ -333,6 +320,10 @@ def _source_from_config(
         source: SegSource = SyntheticShapes()
     else:
         source = source_from_mapping(data.source.as_dict() if hasattr(data.source, "as_dict") else data.source)
+    if cli.config.json:
+        defaults = cli.config.get("__default_config__") or []
+        configs = [*(cli.config.get("config") or []), *(defaults if isinstance(defaults, list) else [defaults])]
+        refuse_json_target(Path(cli.config.json), cli.config.overwrite, source, [Path(os.fspath(c)) for c in configs])
     batching = Batching(
         data.batch_size,
         data.eval_batch_size,
@@ -344,6 +335,41 @@ def _source_from_config(
     on = augment is not None and augment.enabled and augment.rare_crop_share > 0
     rare = (augment.rare_crop_share, augment.rare_class_below) if on else None
     return source, data.ignore_index, cli.config.limit, cli.config.json, batching, rare
+
+
+def refuse_json_target(path: Path, overwrite: bool, source: SegSource, configs: list[Path]) -> None:
+    """Stop before any work when ``--json`` would replace a file it must not.
+
+    A config being read and anything inside the data set's folders are refused always; any
+    other existing file unless ``--overwrite`` is given.
+    """
+    target = path.resolve()
+    for config in configs:
+        if target == config.resolve():
+            raise SystemExit(
+                f"error: --json {path} is the config {config} that this check reads; nothing was written. "
+                f"Give the report a path of its own, e.g. --json {path.with_name(path.stem + '_check.json')}"
+            )
+    if isinstance(source, PairedFolder):
+        dirs = [*source.image_dirs.values(), *source.mask_dirs.values()]
+        for folder in dict.fromkeys(p.resolve() for p in [source.root, *(source.root / d for d in dirs)]):
+            if target == folder or folder in target.parents:
+                raise SystemExit(
+                    f"error: --json {path} is inside the data set's folder {folder}; nothing was written. "
+                    f"Write the report outside the data set, e.g. --json {folder.name}_check.json"
+                )
+    if path.is_dir():
+        raise SystemExit(f"error: --json {path} is a folder; nothing was written. Give a file path, e.g. --json {path / 'check.json'}")
+    if not path.parent.is_dir():
+        raise SystemExit(
+            f"error: --json {path}: its folder {path.parent} does not exist; nothing was written. Create it, or give "
+            "a path in an existing folder"
+        )
+    if path.exists() and not overwrite:
+        raise SystemExit(
+            f"error: --json {path} already exists; nothing was written. Pass --overwrite to replace it, "
+            "or give another --json path"
+        )
 
 
 def source_from_mapping(source: dict[str, Any]) -> SegSource:
