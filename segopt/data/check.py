@@ -5,11 +5,12 @@
 Reports the pairs found, image sizes and channels, the raw mask values present in each
 split, the class pixel histogram, suggested class weights (median frequency) and image
 mean/std, then every problem at once: pairing, paths, headers, lossy (JPEG) masks,
-undecodable files, mask values that are neither a class nor void, classes the data never
-shows, splits whose images differ in size where the config batches them unresized. What
-would make ``fit``, ``validate`` or ``test`` fail on the data is reported here first.
-Exits 1 when there is a problem, 0 otherwise. Reads files only; writes nothing unless
-``--json`` is given.
+undecodable files, mask values that are neither a class nor void, splits whose images differ
+in size where the config batches them unresized. What would make ``fit``, ``validate`` or
+``test`` fail on the data is reported here first. Warnings, which do not fail the check: classes
+the training masks never show (fit logs the same), and validation files whose names show a group
+(a video sequence) that training shares. Exits 1 when there is a problem, 0 otherwise. Reads
+files only; writes nothing unless ``--json`` is given.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from jsonargparse import ArgumentParser
 
 from segopt.class_weights import median_frequency_weights, pixel_counts
 from segopt.data.batching import Batching
+from segopt.data.classes import absent_classes, absent_classes_warning
 from segopt.data.datasets import SegSource
 from segopt.data.files import DataError, decode_threads, read_image, read_mask
 from segopt.data.folder import Pair, PairedFolder, decode_mask
+from segopt.data.groups import shared_groups, shared_groups_warning
 from segopt.data.masks import invalid_mask_values
 from segopt.data.rare_crop import no_rare_class_problem
 from segopt.data.synthetic import SyntheticShapes
@@ -58,12 +61,14 @@ class SplitStats:
 
 @dataclass
 class CheckResult:
-    """Per-split statistics plus every problem (failures) and note (informational)."""
+    """Per-split statistics plus every problem (failures), warning (worth acting on, not a
+    failure) and note (informational)."""
 
     splits: dict[str, SplitStats] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     file_problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -192,22 +197,29 @@ def check_source(
         if problem:
             result.problems.append(problem)
     _check_classes_seen(source, result, limit)
+    if isinstance(source, PairedFolder):
+        _check_groups(source, result)
     return result
 
 
 def _check_classes_seen(source: SegSource, result: CheckResult, limit: int | None) -> None:
-    totals = [s.pixels for s in result.splits.values() if s.pixels is not None]
-    if not totals or result.problems or result.file_problems:
+    train = result.splits.get("train")
+    if train is None or train.pixels is None or result.problems or result.file_problems:
         return  # with undecodable masks the histogram is incomplete: say nothing about absence
-    seen = np.sum(totals, axis=0)
-    absent = [f"{i} {source.class_names[i]!r}" for i in range(source.num_classes) if seen[i] == 0]
+    absent = absent_classes(train.pixels)
     if absent:
-        message = (
-            f"num_classes is {source.num_classes} (class_names) but class(es) {', '.join(absent)} never appear in "
-            "any mask: the data has fewer classes than the config; drop those names, or check the mask "
-            "decoding (void values, threshold, palette)"
-        )
-        (result.notes if limit else result.problems).append(message + (" [only the first files were read]" if limit else ""))
+        partial = limit is not None and train.checked < train.pairs
+        result.warnings.append(absent_classes_warning(absent, source.class_names, partial))
+
+
+def _check_groups(source: PairedFolder, result: CheckResult) -> None:
+    pairs = source.index.pairs
+    if "train" not in pairs or "val" not in pairs:
+        return
+    stems = {split: [p.image.stem for p in pairs[split]] for split in ("train", "val")}
+    shared = shared_groups(stems["train"], stems["val"], source.group_pattern)
+    if shared:
+        result.warnings.append(shared_groups_warning(shared, source.group_pattern))
 
 
 def class_weights(stats: SplitStats) -> list[float] | None:
@@ -258,6 +270,8 @@ def render(source: SegSource, ignore_index: int, result: CheckResult) -> str:
         )
     for note in result.notes:
         lines.append(f"\nnote: {note}")
+    for warning in result.warnings:
+        lines.append(f"\nwarning: {warning}")
     problems = result.problems + result.file_problems
     if not problems:
         lines.append("\nOK: no problems found")
@@ -292,6 +306,7 @@ def as_json(source: SegSource, ignore_index: int, result: CheckResult) -> dict[s
         },
         "class_weights": class_weights(train) if train is not None else None,
         "notes": result.notes,
+        "warnings": result.warnings,
         "problems": result.problems + result.file_problems,
     }
 
