@@ -689,3 +689,88 @@ def test_fit_runs_with_each_shipped_data_config_on_fetched_data(name: str, tmp_p
     ])
     assert cli.trainer.global_step == 2
     assert cli.datamodule.class_names == _source(name).class_names
+
+
+# -- tar extraction with and without tarfile's filters -------------------------------------------
+
+
+def _tar_members(entries: list[tarfile.TarInfo]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as t:
+        for info in entries:
+            t.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return buffer.getvalue()
+
+
+def _link(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+@pytest.fixture
+def old_tarfile(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """tarfile as on Python < 3.10.12 / 3.11.4: no extraction filters, and ``extract`` takes no ``filter``."""
+    calls: list[dict] = []
+    original = tarfile.TarFile.extract
+
+    def extract(self, member, path="", set_attrs=True, *, numeric_owner=False, **kwargs):
+        calls.append(kwargs)
+        if kwargs:
+            raise TypeError(f"TarFile.extract() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        return original(self, member, path, set_attrs, numeric_owner=numeric_owner, filter="fully_trusted")
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    monkeypatch.setattr(tarfile.TarFile, "extract", extract)
+    return calls
+
+
+def test_voc_tar_is_fetched_on_a_python_without_extraction_filters(old_tarfile, server: Server, root: Path,
+                                                                   monkeypatch, capsys):
+    server.serve("voc2012", monkeypatch)
+    code, _, err = _run(capsys, "voc2012")
+    assert code == 0, err
+    assert _files(root / "voc2012") == LAYOUTS["voc2012"] | {MARKER}
+    assert old_tarfile and all(kwargs == {} for kwargs in old_tarfile)
+
+
+def test_tar_extraction_passes_the_data_filter_where_python_has_it(tmp_path: Path, monkeypatch):
+    from segopt.data.download import extract
+
+    if not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no tarfile extraction filters")
+    seen: list[dict] = []
+    original = tarfile.TarFile.extract
+    monkeypatch.setattr(tarfile.TarFile, "extract", lambda self, *a, **kw: (seen.append(kw), original(self, *a, **kw)))
+    (tmp_path / "a.tar").write_bytes(_tar({"d/a.txt": b"a", "d/b.txt": b"b"}))
+    extract(tmp_path / "a.tar", tmp_path / "out", progress=False)
+    assert seen == [{"filter": "data"}] * 2
+    assert _files(tmp_path / "out") == {"d/a.txt", "d/b.txt"}
+
+
+@pytest.mark.parametrize("filters", ["with", "without"])
+@pytest.mark.parametrize(("member", "why"), [
+    (tarfile.TarInfo("../evil.txt"), "would be written outside the extraction folder"),
+    (_link("d/etc", "/etc"), "links to '/etc', outside the extraction folder"),
+    (_link("d/up", "../../x"), "links to '../../x', outside the extraction folder"),
+])
+def test_tar_members_that_escape_are_refused_with_or_without_filters(filters: str, member: tarfile.TarInfo, why: str,
+                                                                     tmp_path: Path, request):
+    from segopt.data.download import FetchError, extract
+
+    if filters == "without":
+        request.getfixturevalue("old_tarfile")
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(_tar_members([member]))
+    with pytest.raises(FetchError) as err:
+        extract(archive, tmp_path / "out", progress=False)
+    assert str(err.value) == f"{archive}: member {member.name!r} {why}; not extracting it"
+    assert not (tmp_path / "evil.txt").exists() and _files(tmp_path / "out") == set()
+
+
+def test_a_link_inside_the_folder_is_extracted_without_filters(old_tarfile, tmp_path: Path):
+    from segopt.data.download import extract
+
+    (tmp_path / "a.tar").write_bytes(_tar_members([_link("d/e/up", "../f.txt")]))
+    extract(tmp_path / "a.tar", tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "d" / "e" / "up").is_symlink()
