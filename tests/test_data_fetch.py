@@ -618,10 +618,33 @@ def test_cityscapes_from_archives_maps_label_ids_to_train_ids(tmp_path: Path, ro
 
 def test_cityscapes_with_one_archive_missing_names_it(tmp_path: Path, root: Path, capsys):
     folder = _given(tmp_path, "cityscapes")
-    code, _, err = _run(capsys, "cityscapes", "--from", str(folder / "leftImg8bit_trainvaltest.zip"))
+    given = folder / "leftImg8bit_trainvaltest.zip"
+    code, _, err = _run(capsys, "cityscapes", "--from", str(given))
     assert code == 1
-    assert "get leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from" in err
+    assert err == (
+        f"segopt: --from {given}: gtFine_trainvaltest.zip is not there (cityscapes is made from "
+        "leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip); with --from nothing is downloaded: get it from "
+        "https://www.cityscapes-dataset.com/downloads/\n"
+    )
     assert _leftovers(root) == []
+
+
+@pytest.mark.parametrize("name", ["camvid", "voc2012"])
+def test_from_a_folder_without_the_archive_never_downloads(name: str, tmp_path: Path, server: Server, root: Path,
+                                                          monkeypatch, capsys):
+    server.serve(name, monkeypatch)  # reachable: a fallback would download it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "other.zip").write_bytes(b"x")
+    code, _, err = _run(capsys, name, "--from", str(empty))
+    assert code == 1
+    filename = DATA_SETS[name].archives[0].filename
+    assert err == (
+        f"segopt: --from {empty}: {filename} is not there ({name} is made from {filename}); with --from nothing is "
+        "downloaded: put it there, or leave out --from to download it\n"
+    )
+    assert server.requests == []
+    assert not root.exists()
 
 
 def test_ade20k_shifts_classes_and_voids_zero(tmp_path: Path, root: Path, monkeypatch, capsys):

@@ -154,6 +154,15 @@ def fetch(
             "another --root"
         )
     given = _given_archives(spec, sources)
+    missing = [a for a in spec.archives if a.filename not in given]
+    if sources and missing:
+        names = " and ".join(a.filename for a in missing)
+        pages = sorted({a.page for a in missing if a.url is None})
+        how = f"get it from {' or '.join(pages)}" if pages else "put it there, or leave out --from to download it"
+        raise FetchError(
+            f"--from {', '.join(map(str, sources))}: {names} is not there ({name} is made from "
+            f"{', '.join(a.filename for a in spec.archives)}); with --from nothing is downloaded: {how}"
+        )
     root.mkdir(parents=True, exist_ok=True)
     _clean_stale(root, name)
     obtained = [(archive, *_obtain(spec, archive, given, root / DOWNLOADS, progress)) for archive in spec.archives]
