@@ -33,6 +33,9 @@ class TimeBudget(pl.Callback):
     ones, keeps the end on the budget when the machine's speed drifts (other jobs, thermal
     limits); late changes move the end of the curve by an epoch or so.
 
+    With ``trainer.check_val_every_n_epoch`` k above 1, the estimate averages whole cycles of k
+    epochs and the planned total is a multiple of k, so the last epoch validates.
+
     The plan and the time already spent are saved in checkpoints: a resumed run counts the
     time it trained before the interruption (not the time lost in between) against the budget.
 
@@ -94,12 +97,17 @@ class TimeBudget(pl.Callback):
         durations = [b - a for a, b in zip(self._epoch_starts, [*self._epoch_starts[1:], now])]
         if len(durations) > 1:
             durations = durations[1:]
-        per_epoch = sum(durations[-self.window:]) / len(durations[-self.window:])
+        # Validating every k epochs: average whole cycles of k, and end on an epoch that validates
+        # (Lightning does not validate a last epoch that is not a multiple of k).
+        every = trainer.check_val_every_n_epoch or 1
+        window = -(-self.window // every) * every
+        per_epoch = sum(durations[-window:]) / len(durations[-window:])
         left = self.seconds * (1 - self.margin) - (now - self._start)
         done = trainer.current_epoch + 1
         epochs = done + max(0, math.floor(left / per_epoch))
         if self._upper_bound is not None:
             epochs = min(epochs, self._upper_bound)
+        epochs = max(done, epochs - epochs % every)
         if epochs != self.planned_epochs:
             self._plan(trainer, pl_module, epochs, per_epoch)
 

@@ -41,6 +41,7 @@ def _fit(
     monkeypatch: pytest.MonkeyPatch,
     max_epochs: int = 100,
     clock: StepClock | None = None,
+    val_every: int = 1,
     **fit_kwargs,
 ) -> pl.Trainer:
     # A seed left by an earlier test's seed_everything would change the data order.
@@ -62,6 +63,7 @@ def _fit(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        check_val_every_n_epoch=val_every,
     )
     clock.trainer = trainer
     trainer.fit(model, dm, **fit_kwargs)
@@ -86,6 +88,27 @@ def test_budget_plans_epochs_that_fit_and_completes_the_schedule(tmp_path: Path,
         fresh.step()
     assert record.lrs[8:] == pytest.approx(expected[8:], rel=1e-9)
     assert record.lrs[-1] == pytest.approx(MAX_LR / DIV / FINAL_DIV)
+
+
+class ValidatedEpochs(pl.Callback):
+    """The epochs whose validation ran."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epochs.append(trainer.current_epoch)
+
+
+def test_budget_validating_every_k_epochs_ends_on_an_epoch_that_validates(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    validated = ValidatedEpochs()
+    # 30 s at 4 s per epoch buys 7 epochs; validating every 3rd, the plan is 6, and epoch 6 (index 5) validates.
+    budget = TimeBudget(minutes=0.5, margin=0.0)
+    trainer = _fit(tmp_path, budget, [validated], monkeypatch, val_every=3)
+    assert budget.planned_epochs == 6
+    assert trainer.current_epoch == 6
+    assert validated.epochs == [2, 5]
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 24
 
 
 class SlowingClock(StepClock):
