@@ -18,6 +18,9 @@ import yaml
 
 LAST, BEST, UNTRAINED = "last", "best", "untrained"
 
+#: Checkpoint key under which segopt's fit records the backbone's ``class_path`` and ``init_args``.
+BACKBONE_KEY = "backbone"
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file, what was found and the fix."""
@@ -124,6 +127,55 @@ def check_classes(
         )
 
 
+def check_network(checkpoint: dict[str, Any], path: str | Path, net: torch.nn.Module, backbone: Any, subcommand: str) -> None:
+    """Refuse a checkpoint whose network tensors do not fit ``net`` (another backbone, widths or depth).
+
+    Both networks are named: the checkpoint's from the backbone settings it recorded, the
+    config's from ``backbone`` (its ``model.backbone`` namespace), with a tensor that differs.
+    """
+    theirs = _net_tensors(checkpoint)
+    own = net.state_dict()
+    differ = [f"{k} is {tuple(theirs[k].shape)} there, {tuple(v.shape)} here" for k, v in own.items()
+              if k in theirs and theirs[k].shape != v.shape]
+    differ += [f"{k} is only in the config's network" for k in own if k not in theirs]
+    differ += [f"{k} is only in the checkpoint" for k in theirs if k not in own]
+    if not differ:
+        return
+    built = _as_dict(backbone)
+    saved = checkpoint.get(BACKBONE_KEY)
+    if isinstance(saved, dict) and saved.get("class_path") == built.get("class_path"):
+        mine, other = built.get("init_args") or {}, saved.get("init_args") or {}
+        keys = [k for k in dict.fromkeys([*other, *mine]) if other.get(k) != mine.get(k)]
+        holds = f"{saved['class_path']} with " + ", ".join(f"{k}={other.get(k)}" for k in keys)
+        builds = f"it with {', '.join(f'{k}={mine.get(k)}' for k in keys)}"
+        flags = " ".join(f"--model.backbone.init_args.{k} {other.get(k)}" for k in keys)
+    else:
+        holds = _describe(saved) if isinstance(saved, dict) else "a network whose settings it does not record"
+        builds = _describe(built)
+        flags = "the model.backbone it was trained with (its run's config.yaml)"
+    fix = f"pass {flags}"
+    if subcommand == "fit":
+        fix += f", or to train this network from the tensors that fit start a new fit with --model.init_weights {path}"
+    raise CheckpointError(
+        f"--ckpt_path {path} holds {holds}, but the config builds {builds} ({differ[0]}"
+        f"{f' and {len(differ) - 1} more tensors differ' if len(differ) > 1 else ''}); {fix}"
+    )
+
+
+def _as_dict(backbone: Any) -> dict[str, Any]:
+    return backbone.as_dict() if hasattr(backbone, "as_dict") else {"class_path": getattr(backbone, "__name__", str(backbone))}
+
+
+def _describe(backbone: dict[str, Any]) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in (backbone.get("init_args") or {}).items())
+    return f"{backbone.get('class_path')}({args})"
+
+
+def _net_tensors(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's tensors in a segopt checkpoint, named as in the network (without ``net.``)."""
+    return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+
+
 def resolve_init_weights(config: Any, defaults: Path | None = None) -> Path:
     """``model.init_weights`` as a readable checkpoint file (``last``/``best``: of this experiment)."""
     given = config.model.init_weights
@@ -199,8 +251,7 @@ def warm_start(net: torch.nn.Module, path: str | Path, key: str = "model.init_we
     Returns the names loaded and a description of each tensor skipped (absent from the
     checkpoint, or of another shape, e.g. a head trained for another number of classes).
     """
-    state = read_checkpoint(path, key)["state_dict"]
-    theirs = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    theirs = _net_tensors(read_checkpoint(path, key))
     own = net.state_dict()
     loaded, skipped = [], []
     for name, tensor in own.items():

@@ -6,6 +6,7 @@ and class names once; they are linked into the model.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -14,7 +15,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks.progress import ProgressBar
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from segopt import checkpoints
@@ -25,6 +27,7 @@ from segopt.failsafe import (
     RunFolderGuard,
     is_out_of_memory,
     out_of_memory_message,
+    user_message,
 )
 from segopt.module import SegModule
 from segopt.precision import resolve_precision
@@ -54,6 +57,7 @@ class SegCLI(LightningCLI):
         # Resolved and read before LightningCLI reads the checkpoint's hyperparameters, so a
         # bad file is named here, and ``last``/``best`` are loaded like an explicit path.
         config = self.config[subcommand]
+        self._logger_version = _logger_version(config)
         if subcommand == "fit" and config.model.get("init_weights"):
             config.model.init_weights = str(checkpoints.resolve_init_weights(config, TRAINER_DEFAULTS))
         path = checkpoints.resolve(config, subcommand, TRAINER_DEFAULTS)
@@ -63,6 +67,12 @@ class SegCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_values(config, self.subcommand)
+        if config.trainer.get("enable_progress_bar") is False:
+            # The shared defaults list a progress bar, which Lightning refuses beside this flag.
+            callbacks = config.trainer.get("callbacks") or []
+            config.trainer.callbacks = [c for c in (callbacks if isinstance(callbacks, list) else [callbacks])
+                                        if not _is_progress_bar(c)]
         requested = str(config.trainer.precision)
         ran, self._precision_note = resolve_precision(requested, _cuda_requested(config.trainer))
         if ran != requested:
@@ -82,6 +92,10 @@ class SegCLI(LightningCLI):
             checkpoints.check_classes(
                 self._checkpoint, config.ckpt_path, data.num_classes, data.class_names, data.in_channels
             )
+            checkpoints.check_network(self._checkpoint, config.ckpt_path, self.model.net, config.model.backbone, self.subcommand)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, SaveRunConfig) and self.subcommand == "fit" and config.get("ckpt_path"):
+                callback.resumed = (str(config.ckpt_path), self._logger_version)
         device = type(self.trainer.accelerator).__name__.replace("Accelerator", "").lower()
         if self.subcommand == "fit" and config.trainer.sync_batchnorm and not isinstance(self.trainer.accelerator, CUDAAccelerator):
             # Said now: DDP would only raise "SyncBatchNorm layers only work with GPU modules" once fit started.
@@ -94,12 +108,12 @@ class SegCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         # Private LightningCLI method, overridden because it is the one place that wraps a
         # subcommand's whole run (the public before_/after_ hooks miss a failure in between).
-        # A failure that the user fixes takes back what the failed run wrote (see RunFolderGuard).
+        # Any failure before the first checkpoint takes back what the run wrote (see RunFolderGuard).
         guard = RunFolderGuard(self._written_folders()) if self.trainer.is_global_zero else None
         try:
             super()._run_subcommand(subcommand)
-        except Exception as error:
-            if guard is not None and is_user_error(error):
+        except BaseException:
+            if guard is not None:
                 guard.restore()
             raise
 
@@ -117,6 +131,7 @@ class SegCLI(LightningCLI):
         subcommands = ("fit", "validate", "test", "predict")
         defaults = {"default_config_files": [TRAINER_DEFAULTS]}
         kwargs.setdefault("parser_kwargs", {s: defaults for s in subcommands} if kwargs.get("run", True) else defaults)
+        kwargs.setdefault("save_config_callback", SaveRunConfig)
         try:
             super().__init__(*args, **kwargs)
         except NonFiniteLossError as error:
@@ -140,6 +155,75 @@ def _save_config_with_predictions(trainer_config) -> None:  # noqa: ANN001 (json
         output_dir = (callback.get("init_args") or {}).get("output_dir") if hasattr(callback, "get") else None
         if output_dir is not None:
             trainer_config.default_root_dir = output_dir
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the run's ``config.yaml`` (LightningCLI's callback), and the backbone's settings in each checkpoint.
+
+    A resumed fit's ``config.yaml`` leaves the resume out (``ckpt_path`` and the logger version it
+    picked), so the file still starts the run afresh; its first line says that it was resumed.
+    The backbone's ``class_path``/``init_args`` go into every checkpoint under
+    :data:`segopt.checkpoints.BACKBONE_KEY`, so a checkpoint says which network it holds.
+    """
+
+    #: ``(checkpoint path, logger version before the resume)`` when this fit resumes.
+    resumed: tuple[str, Any] | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001 (Lightning types)
+        if self.resumed is None or self.already_saved:
+            return super().setup(trainer, pl_module, stage)
+        path, version = self.resumed
+        resumed, self.config = self.config, self.config.clone()
+        self.config.ckpt_path = None
+        logger = self.config.trainer.get("logger")
+        if hasattr(logger, "get") and hasattr(logger.get("init_args"), "get"):
+            logger.init_args.version = version
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            self.config = resumed
+        saved = Path(trainer.log_dir or "", self.config_filename)
+        if trainer.is_global_zero and self.save_to_log_dir and saved.is_file():
+            note = f"# Resumed from {path} (fit --ckpt_path); the resume is left out, so this file starts the run afresh.\n"
+            saved.write_text(note + saved.read_text())
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:  # noqa: ANN001
+        backbone = self.config.model.get("backbone")
+        if hasattr(backbone, "as_dict"):
+            checkpoint[checkpoints.BACKBONE_KEY] = backbone.as_dict()
+
+
+def check_values(config, subcommand: str | None) -> None:  # noqa: ANN001 (jsonargparse Namespace)
+    """Refuse, before anything is built or written, values that would run but do nothing or go wrong."""
+    if subcommand == "fit":
+        for key in ("max_epochs", "max_steps"):
+            if config.trainer.get(key) == 0:
+                sys.exit(
+                    f"error: trainer.{key} is 0, so fit would train nothing and leave an empty run; "
+                    f"set it to 1 or more (or -1 for no limit on {key.removeprefix('max_')})."
+                )
+    optimizer = config.model.get("optimizer") if hasattr(config.get("model"), "get") else None
+    lr = optimizer.get("init_args", {}).get("lr") if hasattr(optimizer, "get") else None
+    if isinstance(lr, (int, float)) and lr < 0:
+        sys.exit(f"error: model.optimizer.init_args.lr is {lr}; a learning rate must be 0 or more, e.g. 3.0e-4.")
+
+
+def _is_progress_bar(callback) -> bool:  # noqa: ANN001 (jsonargparse Namespace or Callback)
+    if isinstance(callback, ProgressBar):
+        return True
+    module, _, name = str(getattr(callback, "class_path", "")).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)
+
+
+def _logger_version(config) -> Any:  # noqa: ANN001 (jsonargparse Namespace)
+    """The version the config gives its logger, before a resume points it at the resumed run's."""
+    logger = config.trainer.get("logger")
+    args = logger.get("init_args") if hasattr(logger, "get") else None
+    return args.get("version") if hasattr(args, "get") else None
 
 
 def _cuda_requested(trainer_config) -> bool:  # noqa: ANN001 (jsonargparse Namespace)
@@ -171,7 +255,7 @@ def main(args: list[str] | None = None) -> SegCLI:
     except Exception as error:
         if os.environ.get(TRACEBACK_ENV) == "1" or not is_user_error(error):
             raise
-        raise SystemExit(f"error: {error}") from error
+        raise SystemExit(f"error: {user_message(error)}") from error
 
 
 #: Set to 1 to see the traceback of a failure that is otherwise one message.

@@ -8,6 +8,8 @@ helpers turn an allocator failure into advice in terms of this project's config 
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -160,6 +162,26 @@ def _newest_checkpoint_note(trainer: pl.Trainer) -> str:
     return f"The newest checkpoint, {newest}, was written before the failure and is intact (resume with --ckpt_path)."
 
 
+# How torch re-raises an error met in a loader worker: the worker's traceback is the message.
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback \(most recent call last\):\n")
+
+
+def user_message(error: BaseException) -> str:
+    """What the user is told about ``error``: its message, without the traceback of a loader worker.
+
+    An error raised inside a ``DataLoader`` worker reaches the main process as a new error whose
+    message is the worker's whole traceback; its last entry is the original message, as it reads
+    with ``num_workers`` 0.
+    """
+    message = str(error)
+    found = _WORKER_ERROR.search(message)
+    if found is None:
+        return message
+    worker = message[found.end():]
+    last = list(re.finditer(rf"^(?:\w+\.)*{found.group(1)}: ", worker, flags=re.MULTILINE))
+    return worker[last[-1].end():].rstrip("\n") if last else message
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is an allocator failure (CUDA ``OutOfMemoryError``, or a CPU/MPS one)."""
     if isinstance(error, torch.OutOfMemoryError):
@@ -246,10 +268,13 @@ class ScheduleAwareBatchSizeFinder(BatchSizeFinder):
 class RunFolderGuard:
     """Puts the folders a command writes back as they were when it fails before saving a checkpoint.
 
-    A failure that a user fixes and reruns (bad data met while loading, a config value the
-    framework checks late, a checkpoint that does not fit) should not leave a half-made
-    ``version_N`` folder or an extra event file behind. Once this run has written or
-    replaced a checkpoint, it made progress worth resuming and nothing is touched.
+    Any failure (bad data met while loading, a config value the framework checks late, a
+    checkpoint that does not fit, a bug) should not leave a half-made ``version_N`` folder,
+    an extra event file or a rewritten ``config.yaml`` behind: files this run added are
+    removed, and small files it rewrote get their bytes back (with the modification times of
+    those files and of the folders). Once
+    this run has written or replaced a checkpoint, it made progress worth resuming and
+    nothing is touched.
     """
 
     #: Small files rewritten in place (config.yaml, hparams.yaml) are kept to be put back.
@@ -259,7 +284,7 @@ class RunFolderGuard:
         self._created: list[Path] = []
         self._before: dict[Path, tuple[int, int]] = {}
         self._bytes: dict[Path, bytes] = {}
-        self._dirs: set[Path] = set()
+        self._dirs: dict[Path, int] = {}  # folder -> modification time
         self._folders = []
         for folder in dict.fromkeys(p.resolve() for p in folders):
             top = folder
@@ -267,10 +292,11 @@ class RunFolderGuard:
                 top = top.parent
             if not top.exists():
                 self._created.append(top)
+                self._dirs[top.parent] = top.parent.stat().st_mtime_ns
             self._folders.append(folder)
-            for path in folder.rglob("*") if folder.is_dir() else []:
+            for path in [folder, *folder.rglob("*")] if folder.is_dir() else []:
                 if path.is_dir():
-                    self._dirs.add(path)
+                    self._dirs[path] = path.stat().st_mtime_ns
                 elif path.is_file():
                     stat = path.stat()
                     self._before[path] = (stat.st_size, stat.st_mtime_ns)
@@ -296,10 +322,14 @@ class RunFolderGuard:
                 path.unlink(missing_ok=True)
             elif path in self._bytes and now[path] != self._before[path]:
                 path.write_bytes(self._bytes[path])
+                os.utime(path, ns=(path.stat().st_atime_ns, self._before[path][1]))
         for top in self._created:
             shutil.rmtree(top, ignore_errors=True)
         for folder in self._folders:  # folders this run added inside existing ones
             for sub in sorted((d for d in folder.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
                 if sub not in self._dirs and not any(sub.iterdir()):
                     sub.rmdir()
+        for folder, mtime in self._dirs.items():  # adding and removing a file changed the folder's time
+            if folder.is_dir() and folder.stat().st_mtime_ns != mtime:
+                os.utime(folder, ns=(folder.stat().st_atime_ns, mtime))
         return True

@@ -40,6 +40,21 @@ def _check_phases(total_steps: int, pct_start: float, three_phase: bool) -> None
         )
 
 
+def _check_rates(max_lr: float | None, div_factor: float, final_div_factor: float) -> None:
+    """Refuse settings that give OneCycle a learning rate that is not positive (or infinite)."""
+    if max_lr is not None and not max_lr > 0:
+        raise ValueError(
+            f"model.scheduler.init_args.max_lr is {max_lr}; the peak learning rate must be above 0, e.g. 3.0e-4 "
+            "(or null to peak at each optimiser group's lr)"
+        )
+    for key, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+        if not value > 0:
+            raise ValueError(
+                f"model.scheduler.init_args.{key} is {value}; it divides the learning rate and must be above 0 "
+                f"(OneCycle's default is {25.0 if key == 'div_factor' else 1e4:g})"
+            )
+
+
 class OneCycle(OneCycleLR):
     """OneCycleLR (the seed's schedule) with its length given by the Trainer.
 
@@ -73,6 +88,7 @@ class OneCycle(OneCycleLR):
         three_phase: bool = False,
     ) -> None:
         total_steps = _check_total_steps("OneCycle", total_steps)
+        _check_rates(max_lr, div_factor, final_div_factor)
         _check_phases(total_steps, pct_start, three_phase)
         # Without max_lr each group peaks at its own lr; with it, a group's ``lr_scale``
         # (e.g. a pretrained encoder's) scales that group's whole cycle.

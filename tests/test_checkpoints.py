@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -221,3 +223,77 @@ def test_late_checked_config_values_are_named_before_anything_runs(
     monkeypatch.chdir(tmp_path)
     assert _fails("fit", flag).startswith(expected)
     assert not Path("runs").exists()
+
+
+# -- a checkpoint of another network (#22, items 5 and 8) --------------------------------------------------------
+
+OTHER_WIDTH = (
+    "holds segopt.models.UNet with base_channels=8, but the config builds it with base_channels=4 "
+    "(stem.0.weight is (8, 3, 3, 3) there, (4, 3, 3, 3) here and 52 more tensors differ); "
+    "pass --model.backbone.init_args.base_channels 8"
+)
+
+
+def _listing(root: Path) -> dict[str, int]:
+    """Every path under ``root`` with its modification time (a rewrite shows even with the same bytes)."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_a_checkpoint_of_another_width_names_both_networks_and_writes_nothing(in_trained: Path, subcommand: str) -> None:
+    before = _listing(in_trained)
+    message = _fails(subcommand, "--ckpt_path=last", "--model.backbone.init_args.base_channels=4")
+    assert message == f"error: --ckpt_path {RUN / 'checkpoints' / 'last.ckpt'} {OTHER_WIDTH}"
+    assert _listing(in_trained) == before
+
+
+def test_a_checkpoint_without_a_backbone_record_is_named_by_a_tensor(in_trained: Path, tmp_path: Path) -> None:
+    ckpt = torch.load(RUN / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    del ckpt["backbone"]  # written before checkpoints recorded their backbone
+    path = tmp_path / "old.ckpt"
+    torch.save(ckpt, path)
+    message = _fails("validate", f"--ckpt_path={path}", "--model.backbone.init_args.depth=3")
+    assert message == (
+        f"error: --ckpt_path {path} holds a network whose settings it does not record, but the config builds "
+        "segopt.models.UNet(base_channels=8, depth=3, residual=False, up_mode=bilinear) (up.0.up.1.weight is (16, 32, 1, 1) "
+        "there, (32, 64, 1, 1) here and 46 more tensors differ); pass the model.backbone it was trained with (its run's config.yaml)"
+    ), message
+
+
+def test_a_resume_with_another_width_is_one_line_and_leaves_the_run_untouched(in_trained: Path) -> None:
+    before = _listing(in_trained)
+    message = _fails("fit", "--ckpt_path=last", "--model.backbone.init_args.base_channels=4")
+    last = RUN / "checkpoints" / "last.ckpt"
+    assert message == (
+        f"error: --ckpt_path {last} {OTHER_WIDTH}, or to train this network from the tensors that fit start a new "
+        f"fit with --model.init_weights {last}"
+    )
+    assert _listing(in_trained) == before
+
+
+class FailsAtFitStart(pl.Callback):
+    """An error the clean-up knows nothing of, after the resumed run rewrote config.yaml (via --trainer.callbacks+=)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        raise RuntimeError("an unforeseen failure")
+
+
+def test_any_failure_of_a_resume_before_a_checkpoint_puts_the_run_back(in_trained: Path) -> None:
+    before = _listing(in_trained)
+    with pytest.raises(RuntimeError, match="an unforeseen failure"):
+        _cli("fit", "--ckpt_path=last", "--trainer.callbacks+=tests.test_checkpoints.FailsAtFitStart")
+    assert _listing(in_trained) == before  # and in_trained checks the bytes
+
+
+@pytest.mark.slow
+def test_a_resumed_fit_saves_its_config_without_the_resume(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copytree(trained / "runs", tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    original = (RUN / "config.yaml").read_text()
+    _cli("fit", "--ckpt_path=last")  # the run is complete: it resumes and stops at once
+    saved = (RUN / "config.yaml").read_text()
+    assert saved == (
+        f"# Resumed from {RUN / 'checkpoints' / 'last.ckpt'} (fit --ckpt_path); the resume is left out, so this "
+        f"file starts the run afresh.\n{original}"
+    )
+    assert "ckpt_path: null" in saved and "version: null" in saved

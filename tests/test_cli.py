@@ -185,3 +185,13 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
     without.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_vnni\n")
     assert cpu_has_native_bf16(str(with_bf16)) is True
     assert cpu_has_native_bf16(str(without)) is False
+
+
+def test_progress_bar_off_simply_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # The shared Trainer defaults list a TQDMProgressBar, which Lightning refuses beside this flag.
+    cli = main(["validate", f"--config={CONFIGS / 'amp.yaml'}", *TINY, "--data.source.init_args.num_val=4",
+                "--ckpt_path=untrained", "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.progress_bar_callback is None
+    assert cli.trainer.state.finished
+    assert "enable_progress_bar: false" in (tmp_path / "runs" / "amp" / "version_0" / "config.yaml").read_text()

@@ -271,3 +271,74 @@ def test_a_single_class_is_refused(in_tmp: Path) -> None:
                        r"least 2 classes; .*data\.source\.init_args\.class_names: \[background, cell\]"):
         main(["fit", f"--config={CONFIGS / 'amp.yaml'}", *TINY, f"--data.source={source}"])
     assert not Path("runs").exists()
+
+
+@pytest.mark.parametrize(
+    "flag,expected",
+    [
+        ("--trainer.max_epochs=0", "error: trainer.max_epochs is 0, so fit would train nothing and leave an empty run; "
+         "set it to 1 or more (or -1 for no limit on epochs)."),
+        ("--trainer.max_steps=0", "error: trainer.max_steps is 0, so fit would train nothing and leave an empty run; "
+         "set it to 1 or more (or -1 for no limit on steps)."),
+        ("--model.optimizer.init_args.lr=-0.1", "error: model.optimizer.init_args.lr is -0.1; a learning rate must be 0 "
+         "or more, e.g. 3.0e-4."),
+        ("--model.scheduler.init_args.max_lr=-0.1", "error: model.scheduler.init_args.max_lr is -0.1; the peak learning "
+         "rate must be above 0, e.g. 3.0e-4 (or null to peak at each optimiser group's lr)"),
+        ("--model.scheduler.init_args.max_lr=0", "error: model.scheduler.init_args.max_lr is 0.0; the peak learning "
+         "rate must be above 0, e.g. 3.0e-4 (or null to peak at each optimiser group's lr)"),
+    ],
+)
+def test_a_run_that_would_train_nothing_or_with_a_negative_rate_is_refused(in_tmp: Path, flag: str, expected: str) -> None:
+    assert _refused(flag) == expected
+
+
+def _refused(*args: str) -> str:
+    """The one line a fit that fails before its first checkpoint ends with; it leaves no run folder."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--config={CONFIGS / 'amp.yaml'}", *TINY, *args])
+    assert not Path("runs").exists()
+    return str(exit_info.value.code)
+
+
+# -- bad data met in a loader worker ---------------------------------------------------------------------------
+
+
+def _paired_folder_with_a_bad_mask() -> str:
+    """A PairedFolder of 4 pairs (3 classes) whose third validation mask holds the value 7 at one pixel
+    (met by the validation loader, after the first training step)."""
+    rng = np.random.default_rng(0)
+    for folder in ("train", "trainannot", "val", "valannot"):
+        Path("pairs", folder).mkdir(parents=True)
+        for i in range(4):
+            mask = folder.endswith("annot")
+            image = rng.integers(0, 3 if mask else 255, (32, 32) if mask else (32, 32, 3), dtype=np.uint8)
+            if folder == "valannot" and i == 2:
+                image[0, 0] = 7
+            cv2.imwrite(str(Path("pairs", folder, f"a{i}.png")), image)
+    return "{class_path: segopt.data.PairedFolder, init_args: {root: pairs, class_names: [a, b, c]}}"
+
+
+def test_bad_data_met_in_a_loader_worker_is_the_same_one_line(in_tmp: Path) -> None:
+    source = _paired_folder_with_a_bad_mask()
+    messages = [_refused(f"--data.source={source}", f"--data.num_workers={n}") for n in (0, 1)]
+    assert messages[0] == (
+        "error: bad data: pairs/valannot/a2.png: mask value(s) ≥ num_classes=3 and not void: 7 (1 px); each is a "
+        "class missing from class_names (add names so num_classes covers them) or a void label (add it to void, now [])"
+    )
+    assert messages[1] == messages[0]
+
+
+def test_user_message_is_the_workers_own_message() -> None:
+    from torch._utils import ExceptionWrapper
+
+    from segopt.failsafe import user_message
+
+    try:
+        raise DataError(["a.png: first problem", "b.png: second\nline"])
+    except DataError as error:
+        original, wrapper = str(error), ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as raised:
+        wrapper.reraise()
+    assert "Traceback" in str(raised.value)
+    assert user_message(raised.value) == original
+    assert user_message(ValueError("plain")) == "plain"

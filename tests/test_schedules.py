@@ -253,3 +253,19 @@ def test_onecycle_two_step_warmup_runs_to_its_end() -> None:
     lrs = _lrs(OneCycle(_optimizer(), 10, pct_start=0.2, div_factor=10, final_div_factor=100), 10)
     assert lrs[0] == pytest.approx(BASE_LR / 10) and lrs[1] == pytest.approx(BASE_LR)
     assert lrs[-1] == pytest.approx(BASE_LR / 1000)
+
+
+@pytest.mark.parametrize(
+    "settings,expected",
+    [
+        (dict(max_lr=0.0), r"^model\.scheduler\.init_args\.max_lr is 0\.0; the peak learning rate must be above 0"),
+        (dict(max_lr=-0.1), r"^model\.scheduler\.init_args\.max_lr is -0\.1; the peak learning rate must be above 0"),
+        (dict(div_factor=0.0), r"^model\.scheduler\.init_args\.div_factor is 0\.0; it divides the learning rate and "
+         r"must be above 0 \(OneCycle's default is 25\)"),
+        (dict(final_div_factor=-1.0), r"^model\.scheduler\.init_args\.final_div_factor is -1\.0; it divides the "
+         r"learning rate and must be above 0 \(OneCycle's default is 10000\)"),
+    ],
+)
+def test_onecycle_refuses_rates_that_are_not_positive(settings: dict[str, float], expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        OneCycle(_optimizer(), 10, **settings)
