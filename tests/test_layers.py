@@ -31,6 +31,13 @@ ENTRY_POINTS = {
     "segopt.data.fetch",
     "segopt.export",
     "segopt.from_config",
+    # the plan command and its parts: it reads data through the data check and builds fit's config
+    "segopt.plan",
+    "segopt.planning",
+    "segopt.planning.fingerprint",
+    "segopt.planning.probe",
+    "segopt.planning.rules",
+    "segopt.planning.recipe",
 }
 # segopt.data re-exports SegDataModule by name, loaded on first access (PEP 562), so
 # `segopt.data.SegDataModule` stays a config class path without the core importing Lightning.

@@ -1,0 +1,111 @@
+"""``python -m segopt.plan`` (or ``segopt plan``): a data set, this machine and a time budget in,
+the recipe that should reach the most mIoU out.
+
+    python -m segopt.plan --config configs/data/membrane.yaml --minutes 10 --out configs/recipes/membrane.yaml
+    python -m segopt.cli fit --config configs/recipes/membrane.yaml
+
+It measures the data (:mod:`segopt.planning.fingerprint`, through the data check: bad data
+stops it with the check's message), times a few training steps of each candidate network on
+this machine (:mod:`segopt.planning.probe`), applies the rules (:mod:`segopt.planning.rules`)
+and writes the recipe, each planned key commented with the figure that decided it, with
+``<name>.plan.json`` and ``<name>.plan.md`` beside it. It never replaces a file unless given
+``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segopt.planning.fingerprint import Fingerprint, PlanError, fingerprint
+from segopt.planning.probe import BACKBONES, Probe, probe_machine
+from segopt.planning.recipe import plan_paths, write_plan
+from segopt.planning.rules import geometries, plan
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segopt plan", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, type=Path, help="the data config fit takes (its data: section is planned for)")
+    p.add_argument("--minutes", required=True, type=float, help="the wall-clock budget of the fit")
+    p.add_argument("--out", required=True, type=Path, help="the recipe to write, e.g. configs/recipes/NAME.yaml")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.minutes > 0:
+        raise PlanError(f"--minutes is {args.minutes:g}; give the fit's budget in minutes, e.g. --minutes 30")
+    if not args.config.is_file():
+        raise PlanError(f"--config {args.config} is not a file; give the data config fit takes, e.g. configs/data/membrane.yaml")
+    if args.out.suffix not in (".yaml", ".yml"):
+        raise PlanError(f"--out {args.out} is not a .yaml file; name the recipe to write, e.g. configs/recipes/mydata.yaml")
+    existing = [str(p) for p in plan_paths(args.out) if p.exists()]
+    if existing and not args.overwrite:
+        raise PlanError(f"{', '.join(existing)} exist(s); choose another --out, or pass --overwrite to replace them")
+    if args.out.resolve() == args.config.resolve():
+        raise PlanError(f"--out {args.out} is the data config being read; choose another --out")
+
+
+def _data_section(config: Path) -> tuple[dict[str, Any], Any]:
+    """The data config's own ``data:`` section, and its data source and ignore_index as fit builds them."""
+    from segopt.from_config import build_from_config
+
+    raw = yaml.safe_load(config.read_text()) or {}
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict) or "source" not in data:
+        raise PlanError(f"{config} has no data.source; give a data config such as configs/data/membrane.yaml")
+    try:
+        cli = build_from_config(["--config", str(config)])
+    except SystemExit as err:  # jsonargparse has printed its own error line
+        raise PlanError(f"{config} is refused by fit's parser (see the line above); fix that key") from err
+    except ValueError as err:  # the data module's and the source's own checks, as fit reports them
+        raise PlanError(f"{config}: {err}") from None
+    return data, cli.datamodule
+
+
+def run(args: argparse.Namespace, command: str) -> list[Path]:
+    """Fingerprint, probe, plan and write; return the files written."""
+    _check_args(args)
+    data, datamodule = _data_section(args.config)
+    fp: Fingerprint = fingerprint(datamodule.source, datamodule.ignore_index)
+    print(f"segopt plan: fingerprint of {sum(fp.images.values())} images in {fp.seconds:.1f} s", flush=True)
+    geoms = geometries(fp)
+    sizes = sorted({g[1] for g in geoms} | {tuple(fp.median_size)}, key=lambda s: s[0] * s[1])
+    sizes = [sizes[0], sizes[-1]] if len(sizes) > 1 else sizes
+    probe: Probe = probe_machine(sizes, fp.channels, fp.num_classes, BACKBONES)
+    print(f"segopt plan: probed {len(probe.timings)} network/size pairs on {probe.machine.name} in {probe.seconds:.1f} s", flush=True)
+    result = plan(fp, probe, args.minutes)
+    written = write_plan(args.out, fp, probe, result, data, command)
+    c = result.chosen
+    print(
+        f"segopt plan: {c.backbone}, {c.mode} {c.size[0]}x{c.size[1]}, batch {c.batch}: ~{c.epochs} epochs ({c.steps} steps) "
+        f"in {args.minutes:g} min on this machine; wrote {', '.join(map(str, written))}\n"
+        f"train it: python -m segopt.cli fit --config {args.out}"
+    )
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the planner; a problem ends as one ``error:`` line, exit status 1, nothing written."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    start = time.perf_counter()
+    try:
+        run(args, "python -m segopt.plan " + shlex.join(argv))
+    except PlanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"segopt plan: done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

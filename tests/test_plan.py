@@ -1,0 +1,277 @@
+"""segopt plan: the fingerprint measures what it says, each rule's branches (a described GPU
+included), the recipe it writes parses and fits, and bad input is one error line with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+import segopt.plan as plan_command
+from segopt.planning.fingerprint import (
+    ClassFingerprint,
+    Fingerprint,
+    PlanError,
+    fingerprint,
+    histogram_median,
+    thickness_histograms,
+)
+from segopt.planning.probe import Machine, Probe, StepTiming
+from segopt.planning.recipe import plan_paths
+from segopt.planning.rules import MIN_IMAGES, RARE_CROP_SHARE, plan
+
+CPU = Machine("cpu", "Test CPU", 2, 24.0, "bf16-mixed")
+GPU = Machine("cuda", "Test GPU 80GB", 16, 128.0, "16-mixed", gpu_memory_gb=80.0)
+
+
+# ----------------------------------------------------------------------------- data on disk
+def _write_set(root: Path, n_train: int = 6, n_val: int = 2, size: tuple[int, int] = (64, 96), classes: int = 3) -> None:
+    """Grey images; masks of background (0), a 3 px wide vertical bar (1) and, in every other
+    training image, a 10x10 square (2)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            mask = np.zeros(size, np.uint8)
+            mask[:, 20:23] = 1
+            if classes > 2 and (i % 2 == 0 or split == "val"):
+                mask[30:40, 50:60] = 2
+            image = rng.integers(0, 255, size, dtype=np.uint8)
+            cv2.imwrite(str(root / split / "images" / f"f{i}.png"), image)
+            cv2.imwrite(str(root / split / "masks" / f"f{i}.png"), mask)
+
+
+def _data_config(path: Path, root: Path, class_names: list[str]) -> Path:
+    config = {
+        "data": {
+            "source": {
+                "class_path": "segopt.data.PairedFolder",
+                "init_args": {
+                    "root": str(root),
+                    "class_names": class_names,
+                    "image_dirs": {"train": "train/images", "val": "val/images"},
+                    "mask_dirs": {"train": "train/masks", "val": "val/masks"},
+                    "in_channels": 1,
+                },
+            },
+            "ignore_index": 255,
+        }
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    _write_set(tmp_path / "set")
+    return _data_config(tmp_path / "data.yaml", tmp_path / "set", ["background", "bar", "square"])
+
+
+def _source(config: Path):
+    from segopt.from_config import build_from_config
+
+    return build_from_config(["--config", str(config)]).datamodule.source
+
+
+# ----------------------------------------------------------------------------- fingerprint
+def test_thickness_of_a_line_a_bar_and_a_network() -> None:
+    mask = np.zeros((60, 60), np.uint8)
+    mask[10, 5:50] = 1  # a one-pixel line
+    mask[20:50, 30:33] = 2  # a three-pixel bar
+    grid = np.zeros((100, 100), np.uint8)
+    grid[::20, :] = grid[:, ::20] = 0
+    for k in range(0, 100, 20):  # a network of 5 px lines: one region, thin everywhere
+        grid[k : k + 5, :] = 1
+        grid[:, k : k + 5] = 1
+    hist = thickness_histograms(mask, 3)
+    assert histogram_median(hist[1]) == 1.0
+    assert histogram_median(hist[2]) == 3.0
+    assert histogram_median(thickness_histograms(grid, 2)[1]) == 5.0
+
+
+def test_fingerprint_measures_splits_sizes_shares_and_widths(tiny: Path) -> None:
+    fp = fingerprint(_source(tiny), 255)
+    assert fp.images == {"train": 6, "val": 2}
+    assert (fp.min_size, fp.median_size, fp.max_size, fp.sizes_vary, fp.channels) == ((64, 96), (64, 96), (64, 96), False, 1)
+    assert fp.void_share == 0.0
+    bar, square = fp.classes[1], fp.classes[2]
+    assert (bar.images, bar.image_share, bar.width_px) == (6, 1.0, 3.0)
+    assert (square.images, square.image_share) == (3, 0.5)
+    assert bar.pixel_share == pytest.approx(3 * 64 / (64 * 96))
+    assert square.pixel_share == pytest.approx(3 * 100 / (6 * 64 * 96))
+
+
+# ----------------------------------------------------------------------------- rules
+def _fp(train: int = 367, val: int = 101, size: tuple[int, int] = (360, 480), widths=(160.0, 3.0, 80.0), shares=(0.60, 0.01, 0.39), presence=(1.0, 1.0, 1.0), vary: bool = False) -> Fingerprint:
+    classes = [ClassFingerprint(f"c{i}", s, p, round(p * train), w) for i, (w, s, p) in enumerate(zip(widths, shares, presence))]
+    return Fingerprint({"train": train, "val": val}, size, size, size, vary, 3, 0.0, [0.5] * 3, [0.2] * 3, classes)
+
+
+def _probe(machine: Machine = CPU, s_per_image: float = 0.05, max_batch: int | None = None) -> Probe:
+    """Timed at 240x320: resnet18_unet takes s_per_image, res_unet16 half of it; evaluation a third."""
+    timings = [
+        StepTiming("resnet18_unet", (240, 320), 4, s_per_image, s_per_image / 3, max_batch),
+        StepTiming("res_unet16", (240, 320), 4, s_per_image / 2, s_per_image / 6, max_batch),
+    ]
+    return Probe(machine, timings)
+
+
+def test_a_long_budget_buys_the_strong_network_at_the_scale_that_keeps_the_thinnest_class() -> None:
+    # c1 is 3 px wide: 2/3 of 360x480 keeps it 2 px; at 0.05 s/image an hour buys far more than MIN_STEPS
+    result = plan(_fp(), _probe(s_per_image=0.05), 60)
+    chosen = result.chosen
+    assert (chosen.backbone, chosen.mode, chosen.size) == ("resnet18_unet", "resize", (360, 480))
+    assert chosen.images_seen >= MIN_IMAGES
+    assert result.value("data.full_res_masks") is False
+
+
+def test_a_short_budget_plans_a_smaller_size_and_says_why() -> None:
+    long, short = plan(_fp(), _probe(s_per_image=0.1), 60), plan(_fp(), _probe(s_per_image=0.1), 10)
+    assert long.chosen.size == (304, 400)  # 0.83 of 360x480, rounded to 16
+    assert short.chosen.size == (240, 320)  # 2/3 of 360x480
+    assert short.value("data.full_res_masks") is True
+    assert short.chosen.images_seen < MIN_IMAGES
+    reason = next(d.reason for d in short.decisions if d.key == "model.backbone")
+    assert f"no candidate sees {MIN_IMAGES} training images in 10 min; resnet18_unet at 240x320 sees the most" in reason
+
+
+def test_a_budget_without_one_epoch_names_the_minimum() -> None:
+    with pytest.raises(PlanError, match=r"--minutes 0.5 buys no full epoch on this machine: .*give --minutes \d+ or more"):
+        plan(_fp(), _probe(s_per_image=1.0), 0.5)
+
+
+def test_class_weighting_follows_the_imbalance() -> None:
+    imbalanced = plan(_fp(), _probe(), 60)
+    balanced = plan(_fp(widths=(40.0, 20.0, 30.0), shares=(0.4, 0.3, 0.3)), _probe(), 60)
+    assert imbalanced.value("model.loss.init_args.class_weights") == "inverse_sqrt_frequency"  # 60x
+    assert balanced.value("model.loss.init_args.class_weights") is None
+
+
+def test_rare_class_crops_only_for_crops_of_rare_classes() -> None:
+    # local structures in large images: crops at full resolution; c1 is in 10 % of the images
+    crops = plan(_fp(size=(1024, 1024), widths=(30.0, 3.0, 20.0), presence=(1.0, 0.1, 1.0)), _probe(), 60)
+    assert crops.chosen.mode == "crop" and crops.chosen.size == (256, 256)
+    assert crops.value("data.augment.rare_crop_share") == RARE_CROP_SHARE
+    assert crops.value("data.augment.rare_class_below") == pytest.approx(0.015)
+    resized = plan(_fp(presence=(1.0, 0.1, 1.0)), _probe(), 60)
+    assert resized.chosen.mode == "resize"
+    assert resized.value("data.augment.rare_crop_share") == 0.0
+
+
+def test_scale_jitter_does_not_shrink_a_class_below_a_pixel_and_a_half() -> None:
+    assert plan(_fp(), _probe(), 60).value("data.augment.random_scale") == [0.75, 1.5]  # 3 px * 1.0 * 0.75
+    thin = _fp(widths=(160.0, 1.5, 80.0))
+    assert plan(thin, _probe(), 60).value("data.augment.random_scale") == [1.0, 1.5]
+
+
+def test_validation_is_thinned_to_a_tenth_of_the_budget() -> None:
+    # as many validation images as training ones, each a third of a training image's cost: every 4th epoch
+    result = plan(_fp(train=100, val=100, widths=(160.0, 2.0, 80.0)), _probe(), 60)
+    assert result.chosen.val_every == 4
+    assert result.value("trainer.check_val_every_n_epoch") == 4
+    assert result.chosen.epochs % 4 == 0
+
+
+def test_a_described_gpu_plans_fp16_and_the_largest_batch_that_fits() -> None:
+    result = plan(_fp(), _probe(GPU, s_per_image=0.002, max_batch=64), 60)
+    assert result.value("trainer.precision") == "16-mixed"
+    assert "runs as 16-mixed on Test GPU 80GB" in next(d.reason for d in result.decisions if d.key == "trainer.precision")
+    # 64 fit at 240x320, so 28 at 360x480 (by pixels); capped by MAX_BATCH_GPU (32) and 367 // 4
+    assert result.value("data.batch_size") == 28
+    assert result.value("data.num_workers") == 8
+
+
+def test_images_smaller_than_the_networks_take_are_refused() -> None:
+    with pytest.raises(PlanError, match=r"the smallest training image is 24x24, below the 32 px the networks take"):
+        plan(_fp(size=(24, 24)), _probe(), 60)
+
+
+def test_a_class_absent_from_training_is_planned_without_and_said() -> None:
+    fp = _fp(shares=(0.7, 0.3, 0.0), presence=(1.0, 1.0, 0.0))
+    fp.classes[2].width_px = None
+    result = plan(fp, _probe(), 60)
+    assert result.notes == ["class(es) c2 never appear in the training masks: planned without them (they cannot be learned)"]
+    assert result.value("model.loss.init_args.class_weights") is None  # 0.7 / 0.3, the absent class left out
+
+
+# ----------------------------------------------------------------------------- the command
+@pytest.fixture
+def described_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plan_command, "probe_machine", lambda sizes, channels, classes, backbones: _probe(s_per_image=0.001))
+
+
+def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = plan_command.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+def test_the_written_recipe_parses_and_fits_one_step(tiny: Path, tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "recipes" / "tiny.yaml"
+    code, printed, _ = _run(capsys, "--config", str(tiny), "--minutes", "5", "--out", str(out))
+    assert code == 0, printed
+    assert [p.exists() for p in plan_paths(out)] == [True, True, True]
+    text = out.read_text()
+    assert "  train_size: [64, 96]  # resize at 64x96: bar is 3 px wide at median (full resolution)" in text
+    record = json.loads(plan_paths(out)[1].read_text())
+    assert record["fingerprint"]["classes"][1]["width_px"] == 3.0
+    assert record["plan"]["chosen"]["backbone"] == "resnet18_unet"
+    from segopt.cli import main as cli_main
+
+    cli_main(["fit", "--config", str(out), "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=1", "--data.num_workers=0",
+              f"--trainer.default_root_dir={tmp_path / 'runs'}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+              "--trainer.enable_progress_bar=false"])
+    assert list((tmp_path / "runs").rglob("last.ckpt"))
+
+
+def test_an_existing_out_is_refused_and_nothing_written(tiny: Path, tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "mine.yaml"
+    out.write_text("mine\n")
+    code, _, err = _run(capsys, "--config", str(tiny), "--minutes", "5", "--out", str(out))
+    assert code == 1
+    assert err == f"error: {out} exist(s); choose another --out, or pass --overwrite to replace them\n"
+    assert out.read_text() == "mine\n"
+    assert not plan_paths(out)[1].exists() and not plan_paths(out)[2].exists()
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("empty_val", "val/images has no image files"),
+        ("one_class", "num_classes is 1 (class names: ['background']), but segmentation needs at least 2 classes"),
+        ("bad_mask", "the data check fails: "),
+        ("no_minutes", "--minutes is 0; give the fit's budget in minutes"),
+        ("not_yaml", "is not a .yaml file"),
+        ("no_source", "has no data.source; give a data config"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_nothing_written(tmp_path: Path, described_probe, capsys, setup: str, message: str) -> None:  # noqa: ANN001
+    root = tmp_path / "set"
+    _write_set(root, classes=3)
+    names, minutes, out = ["background", "bar", "square"], "5", tmp_path / "out" / "r.yaml"
+    if setup == "empty_val":
+        for f in (root / "val" / "images").iterdir():
+            f.unlink()
+        for f in (root / "val" / "masks").iterdir():
+            f.unlink()
+    elif setup == "one_class":
+        names = ["background"]
+    elif setup == "bad_mask":
+        cv2.imwrite(str(root / "train" / "masks" / "f0.png"), np.full((64, 96), 7, np.uint8))
+    elif setup == "no_minutes":
+        minutes = "0"
+    elif setup == "not_yaml":
+        out = tmp_path / "out" / "r.txt"
+    config = _data_config(tmp_path / "data.yaml", root, names)
+    if setup == "no_source":
+        config.write_text("data:\n  batch_size: 4\n")
+    code, _, err = _run(capsys, "--config", str(config), "--minutes", minutes, "--out", str(out))
+    assert code == 1
+    assert err.startswith("error: ") and err.count("error:") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
