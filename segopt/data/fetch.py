@@ -16,24 +16,34 @@ with recorded content (CamVid, membrane, magnetic_tiles: their GitHub archives h
 the decoded pixels of each labelled folder compared with the digests in
 :mod:`segopt.data.public`; a difference stops the fetch, naming each folder with the digest
 expected and found, unless ``--trust-content`` accepts the new files. Both digests and any
-trust are written into the data set's ``.segopt-fetch.json``. After preparing, the data check
-runs with the data set's config and prints its report; the exit status is 1 when it finds a
-problem or the fetch fails.
+trust are written into the data set's ``.segopt-fetch.json``. Folders without recorded digests
+(CamVid's test split, VOC, Cityscapes, ADE20K) are decoded whole all the same, so a damaged file
+stops the fetch. The digest of every file is kept there too: ``fetch NAME --verify`` decodes what
+is in place again and names each file changed, missing or added since. After preparing, the
+data check runs with the data set's config, and on every other split laid out (CamVid's test),
+and prints its report; the exit status is 1 when it finds a problem or the fetch fails.
+
+One fetch of a name runs at a time: it holds ``<root>/.<name>.lock`` (let go when its process
+ends, however it ends), and a second one stops at once, saying so, instead of deleting the
+first one's partial folder as stale.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from segopt.data.content import pixel_digest
+from segopt.data.content import file_digests, listing_digest
 from segopt.data.download import Archive, FetchError, Unreachable, download, extract, file_digest, parse_checksum
 from segopt.data.files import DataError
 from segopt.data.public import DATA_SETS, PublicDataSet
@@ -110,13 +120,15 @@ def _verify(archive: Archive, path: Path, pinned: dict[str, str], downloaded: bo
     return f"{algo}:{got}"
 
 
-def _verify_content(spec: PublicDataSet, out: Path, trust: bool, progress: bool) -> dict[str, str]:
-    """Compare the pixels of the prepared folders with the recorded ones; return the digest lines for the record."""
+def _verify_content(spec: PublicDataSet, out: Path, trust: bool, progress: bool) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Compare the pixels of the prepared folders with the recorded ones; return the digest lines for the
+    record, and each folder's file digests (what ``--verify`` compares with later)."""
     try:
-        found = {pin.folder: pixel_digest(out / pin.folder, pin.read_as, progress) for pin in spec.content}
+        files = {pin.folder: file_digests(out / pin.folder, pin.read_as, progress) for pin in spec.content}
     except DataError as err:
         raise FetchError(f"{spec.name}: the prepared data cannot be read: {err}") from err
-    differ = [pin for pin in spec.content if found[pin.folder] != pin.sha256]
+    found = {folder: listing_digest(digests) for folder, digests in files.items()}
+    differ = [pin for pin in spec.content if pin.sha256 is not None and found[pin.folder] != pin.sha256]
     listing = "; ".join(f"{pin.folder}/ expected sha256:{pin.sha256}, found sha256:{found[pin.folder]}" for pin in differ)
     if differ and not trust:
         raise FetchError(
@@ -127,8 +139,64 @@ def _verify_content(spec: PublicDataSet, out: Path, trust: bool, progress: bool)
         )
     if differ:
         _say(f"{spec.name}: the decoded pixels differ from those recorded ({listing}); kept because of --trust-content")
-    return {pin.folder: f"sha256:{found[pin.folder]}" + (" (trusted: differs from the recorded)" if pin in differ else "")
-            for pin in spec.content}
+    notes = {pin.folder: " (trusted: differs from the recorded)" if pin in differ else
+             " (none recorded in segopt)" if pin.sha256 is None else "" for pin in spec.content}
+    return {folder: f"sha256:{found[folder]}{notes[folder]}" for folder in found}, files
+
+
+@contextmanager
+def _lock(root: Path, name: str) -> Iterator[None]:
+    """Hold ``root/.<name>.lock`` while fetching; the system lets it go when the process ends, however it ends."""
+    path = root / f".{name}.lock"
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FetchError(
+                f"another fetch of {name} is running (it holds {path}); wait for it to finish, then run this command again"
+            ) from None
+        yield
+
+
+def _differences(recorded: dict[str, str], found: dict[str, str]) -> str:
+    """``"2 changed (a.png, b.png), 1 missing (c.png)"``: what differs between two folders' file digests."""
+    kinds = {
+        "changed": [n for n in sorted(found) if n in recorded and found[n] != recorded[n]],
+        "missing": sorted(set(recorded) - set(found)),
+        "added": sorted(set(found) - set(recorded)),
+    }
+    return ", ".join(f"{len(names)} {kind} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+                     for kind, names in kinds.items() if names)
+
+
+def verify(name: str, root: Path, progress: bool = True) -> None:
+    """Re-digest the folders of the fetched ``root/name`` and compare them with what its fetch recorded."""
+    spec, target = DATA_SETS[name], root / name
+    if not (target / MARKER).is_file():
+        raise FetchError(
+            f"{target} has no {MARKER}, so there is nothing recorded to verify against; fetch it first: "
+            f"python -m segopt.data.fetch {name}"
+        )
+    marker = json.loads((target / MARKER).read_text())
+    problems = []
+    for pin in spec.content:
+        recorded = marker.get("files", {}).get(pin.folder)
+        if recorded is None:
+            problems.append(f"{pin.folder}/ has no file digests in {MARKER} (fetched by an earlier segopt)")
+            continue
+        try:
+            found = file_digests(target / pin.folder, pin.read_as, progress)
+        except DataError as err:
+            problems.append(f"{pin.folder}/: {'; '.join(err.problems)}")
+            continue
+        if found != recorded:
+            problems.append(f"{pin.folder}/: {_differences(recorded, found)}")
+    if problems:
+        raise FetchError(
+            f"{target} differs from what its fetch recorded in {MARKER}: {'; '.join(problems)}. Move it away and "
+            f"fetch it again: python -m segopt.data.fetch {name}"
+        )
+    _say(f"{target}: the decoded pixels of {len(spec.content)} folder(s) match those recorded when it was fetched")
 
 
 def _clean_stale(root: Path, name: str) -> None:
@@ -164,6 +232,14 @@ def fetch(
             f"{', '.join(a.filename for a in spec.archives)}); with --from nothing is downloaded: {how}"
         )
     root.mkdir(parents=True, exist_ok=True)
+    with _lock(root, name):
+        return _fetch_locked(spec, root, given, pinned, progress, trust_content)
+
+
+def _fetch_locked(
+    spec: PublicDataSet, root: Path, given: dict[str, Path], pinned: dict[str, str], progress: bool, trust_content: bool
+) -> Path:
+    name, target = spec.name, root / spec.name
     _clean_stale(root, name)
     obtained = [(archive, *_obtain(spec, archive, given, root / DOWNLOADS, progress)) for archive in spec.archives]
     record = {archive.filename: _verify(archive, path, pinned, ours, progress) for archive, path, ours in obtained}
@@ -172,8 +248,9 @@ def fetch(
         for _, path, _ in obtained:
             extract(path, work / "raw", progress)
         spec.prepare(work / "raw", work / "out")
-        content = _verify_content(spec, work / "out", trust_content, progress)
-        marker = {"name": name, "archives": record, "content": content, "prepared": time.strftime("%Y-%m-%d %H:%M:%S")}
+        content, files = _verify_content(spec, work / "out", trust_content, progress)
+        marker = {"name": name, "archives": record, "content": content, "prepared": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "files": files}
         (work / "out" / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         (work / "out").rename(target)
     finally:
@@ -194,7 +271,11 @@ def check(name: str, target: Path) -> bool:
         _say(f"{config} not found (segopt installed without its configs?); check the data yourself with python -m segopt.data.check")
         return True
     data = yaml.safe_load(config.read_text())["data"]
-    source = dict(data["source"], init_args=dict(data["source"]["init_args"], root=str(target)))
+    init_args = dict(data["source"]["init_args"], root=str(target))
+    for split, images, masks in DATA_SETS[name].extra_splits:  # laid out too: checked, though the config trains without them
+        init_args["image_dirs"] = {**init_args["image_dirs"], split: images}
+        init_args["mask_dirs"] = {**init_args["mask_dirs"], split: masks}
+    source = dict(data["source"], init_args=init_args)
     built = source_from_mapping(source)
     ignore_index = data.get("ignore_index", 255)
     result = check_source(built, ignore_index)
@@ -229,9 +310,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="pin (or override) an archive's checksum, e.g. unet-master.zip=sha256:<hex>")
     parser.add_argument("--trust-content", action="store_true",
                         help="accept prepared pixels that differ from the recorded digests (the upstream files changed)")
+    parser.add_argument("--verify", action="store_true",
+                        help="re-digest the fetched data set's pixels and name what differs from its fetch's record")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     root = args.root if args.root is not None else data_root()
+    if args.verify:
+        try:
+            verify(args.name, root, progress=not args.no_progress)
+        except FetchError as err:
+            _say(str(err))
+            return 1
+        return 0
     try:
         target = fetch(args.name, root, args.sources, _pins(args.checksum), progress=not args.no_progress,
                        trust_content=args.trust_content)

