@@ -194,14 +194,15 @@ class SaveRunConfig(SaveConfigCallback):
 
 
 def check_values(config, subcommand: str | None) -> None:  # noqa: ANN001 (jsonargparse Namespace)
-    """Refuse, before anything is built or written, values that would run but do nothing or go wrong."""
-    if subcommand == "fit":
-        for key in ("max_epochs", "max_steps"):
-            if config.trainer.get(key) == 0:
-                sys.exit(
-                    f"error: trainer.{key} is 0, so fit would train nothing and leave an empty run; "
-                    f"set it to 1 or more (or -1 for no limit on {key.removeprefix('max_')})."
-                )
+    """Refuse, before anything is built or written, fit settings that would run but do nothing or go wrong."""
+    if subcommand != "fit":
+        return
+    for key in ("max_epochs", "max_steps"):
+        if config.trainer.get(key) == 0:
+            sys.exit(
+                f"error: trainer.{key} is 0, so fit would train nothing and leave an empty run; "
+                f"set it to 1 or more (or -1 for no limit on {key.removeprefix('max_')})."
+            )
     optimizer = config.model.get("optimizer") if hasattr(config.get("model"), "get") else None
     lr = optimizer.get("init_args", {}).get("lr") if hasattr(optimizer, "get") else None
     if isinstance(lr, (int, float)) and lr < 0:
