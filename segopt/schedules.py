@@ -126,12 +126,16 @@ class _WarmupDecay(LRScheduler):
         name = type(self).__name__
         self.total_steps = _check_total_steps(name, total_steps)
         if not 0 <= warmup_pct < 1:
-            raise ValueError(f"{name} warmup_pct must be in [0, 1), got {warmup_pct}")
-        if not 0 <= final_lr_factor <= 1 or not 0 <= warmup_start_factor <= 1:
             raise ValueError(
-                f"{name} final_lr_factor ({final_lr_factor}) and warmup_start_factor ({warmup_start_factor}) "
-                "are fractions of the optimiser's lr and must be in [0, 1]"
+                f"model.scheduler.init_args.warmup_pct is {warmup_pct}; {name}'s warm-up is a fraction of the run "
+                "in [0, 1), e.g. 0.05 (0: none)"
             )
+        for key, value in (("final_lr_factor", final_lr_factor), ("warmup_start_factor", warmup_start_factor)):
+            if not 0 <= value <= 1:
+                raise ValueError(
+                    f"model.scheduler.init_args.{key} is {value}; it is a fraction of the optimiser's lr and must be "
+                    "in [0, 1] (a rate outside would be negative or above the peak)"
+                )
         self.warmup_steps = int(round(warmup_pct * self.total_steps))
         if self.warmup_steps > 0 and self.warmup_steps > self.total_steps - 2:
             # The last step must train with the final rate, after the peak.
@@ -198,7 +202,7 @@ class Poly(_WarmupDecay):
         final_lr_factor: float = 0.0,
     ) -> None:
         if power <= 0:
-            raise ValueError(f"Poly power must be > 0, got {power}")
+            raise ValueError(f"model.scheduler.init_args.power is {power}; Poly's exponent must be above 0, e.g. 0.9")
         self.power = power
         super().__init__(optimizer, total_steps, warmup_pct, warmup_start_factor, final_lr_factor)
 

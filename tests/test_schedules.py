@@ -269,3 +269,20 @@ def test_onecycle_two_step_warmup_runs_to_its_end() -> None:
 def test_onecycle_refuses_rates_that_are_not_positive(settings: dict[str, float], expected: str) -> None:
     with pytest.raises(ValueError, match=expected):
         OneCycle(_optimizer(), 10, **settings)
+
+
+@pytest.mark.parametrize(
+    "make,settings,expected",
+    [
+        (Cosine, dict(final_lr_factor=-0.5), r"^model\.scheduler\.init_args\.final_lr_factor is -0\.5; it is a fraction "
+         r"of the optimiser's lr and must be in \[0, 1\]"),
+        (Poly, dict(warmup_start_factor=2.0), r"^model\.scheduler\.init_args\.warmup_start_factor is 2\.0; it is a "
+         r"fraction of the optimiser's lr and must be in \[0, 1\]"),
+        (Cosine, dict(warmup_pct=-0.1), r"^model\.scheduler\.init_args\.warmup_pct is -0\.1; Cosine's warm-up is a "
+         r"fraction of the run in \[0, 1\)"),
+        (Poly, dict(power=0.0), r"^model\.scheduler\.init_args\.power is 0\.0; Poly's exponent must be above 0"),
+    ],
+)
+def test_warmup_decay_schedules_name_the_key_of_a_rate_out_of_range(make, settings: dict[str, float], expected: str) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match=expected):
+        make(_optimizer(), 10, **settings)
