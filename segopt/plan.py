@@ -19,6 +19,7 @@ import logging
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from segopt.planning.rules import geometries, plan
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segopt plan", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, type=Path, help="the data config fit takes (its data: section is planned for)")
+    p.add_argument("--config", required=True, type=Path, action="append", help="the data config fit takes; several stack as in fit")
     p.add_argument("--minutes", required=True, type=float, help="the wall-clock budget of the fit")
     p.add_argument("--out", required=True, type=Path, help="the recipe to write, e.g. configs/recipes/NAME.yaml")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -42,32 +43,58 @@ def _parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     if not args.minutes > 0:
         raise PlanError(f"--minutes is {args.minutes:g}; give the fit's budget in minutes, e.g. --minutes 30")
-    if not args.config.is_file():
-        raise PlanError(f"--config {args.config} is not a file; give the data config fit takes, e.g. configs/data/membrane.yaml")
+    for config in args.config:
+        if not config.is_file():
+            raise PlanError(f"--config {config} is not a file; give the data config fit takes, e.g. configs/data/membrane.yaml")
     if args.out.suffix not in (".yaml", ".yml"):
         raise PlanError(f"--out {args.out} is not a .yaml file; name the recipe to write, e.g. configs/recipes/mydata.yaml")
     existing = [str(p) for p in plan_paths(args.out) if p.exists()]
     if existing and not args.overwrite:
         raise PlanError(f"{', '.join(existing)} exist(s); choose another --out, or pass --overwrite to replace them")
-    if args.out.resolve() == args.config.resolve():
-        raise PlanError(f"--out {args.out} is the data config being read; choose another --out")
+    if any(args.out.resolve() == config.resolve() for config in args.config):
+        raise PlanError(f"--out {args.out} is a config being read; choose another --out")
 
 
-def _data_section(config: Path) -> tuple[dict[str, Any], Any]:
-    """The data config's own ``data:`` section, and its data source and ignore_index as fit builds them."""
+def _changed(given: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``given`` whose values differ from ``default`` (nested)."""
+    out = {}
+    for key, value in given.items():
+        base = default.get(key)
+        if isinstance(value, dict) and isinstance(base, dict):
+            if nested := _changed(value, base):
+                out[key] = nested
+        elif key not in default or value != base:
+            out[key] = value
+    return out
+
+
+def _data_section(configs: list[Path]) -> tuple[dict[str, Any], Any]:
+    """The ``data:`` section the stacked configs give fit (only what differs from the defaults),
+    and the data module fit builds from it."""
+    from segopt.data.transforms import Augment
     from segopt.from_config import build_from_config
 
-    raw = yaml.safe_load(config.read_text()) or {}
-    data = raw.get("data") if isinstance(raw, dict) else None
-    if not isinstance(data, dict) or "source" not in data:
-        raise PlanError(f"{config} has no data.source; give a data config such as configs/data/membrane.yaml")
+    args = [a for config in configs for a in ("--config", str(config))]
     try:
-        cli = build_from_config(["--config", str(config)])
+        cli = build_from_config(args)
+        defaults = build_from_config([]).config.data.as_dict()
     except SystemExit as err:  # jsonargparse has printed its own error line
-        raise PlanError(f"{config} is refused by fit's parser (see the line above); fix that key") from err
+        raise PlanError(f"{' '.join(map(str, configs))} refused by fit's parser (see the line above); fix that key") from err
     except ValueError as err:  # the data module's and the source's own checks, as fit reports them
-        raise PlanError(f"{config}: {err}") from None
-    return data, cli.datamodule
+        raise PlanError(f"{' '.join(map(str, configs))}: {err}") from None
+    data = cli.config.data.as_dict()
+    if data.get("source") is None or data["source"].get("class_path") == "segopt.data.SyntheticShapes" and not any(
+        "source" in ((yaml.safe_load(c.read_text()) or {}).get("data") or {}) for c in configs
+    ):
+        raise PlanError(f"{' '.join(map(str, configs))} has no data.source; give a data config such as configs/data/membrane.yaml")
+    defaults["augment"] = asdict(Augment())
+    section = _changed(data, defaults)
+    section["source"] = _without_none(data["source"])
+    return section, cli.datamodule
+
+
+def _without_none(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in tree.items() if v is not None}
 
 
 def run(args: argparse.Namespace, command: str) -> list[Path]:

@@ -23,6 +23,7 @@ from segopt.planning.fingerprint import (
 from segopt.planning.probe import Machine, Probe, StepTiming
 from segopt.planning.recipe import plan_paths
 from segopt.planning.rules import MIN_IMAGES, RARE_CROP_SHARE, plan
+from tests.conftest import CONFIGS
 
 CPU = Machine("cpu", "Test CPU", 2, 24.0, "bf16-mixed")
 GPU = Machine("cuda", "Test GPU 80GB", 16, 128.0, "16-mixed", gpu_memory_gb=80.0)
@@ -275,3 +276,19 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path: Path, describ
     assert code == 1
     assert err.startswith("error: ") and err.count("error:") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_stacked_data_configs_plan_as_fit_reads_them(shared_data: Path, tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "membrane.yaml"
+    membrane, by_slice = CONFIGS / "data" / "membrane.yaml", CONFIGS / "data" / "membrane_by_slice.yaml"
+    code, printed, _ = _run(capsys, "--config", str(membrane), "--config", str(by_slice), "--minutes", "10", "--out", str(out))
+    assert code == 0, printed
+    recipe = yaml.safe_load(out.read_text())
+    source = recipe["data"]["source"]["init_args"]
+    assert (source["root"], source["val_groups"], source["val_fraction"]) == ("data/membrane", [str(i) for i in range(24, 30)], 0.0)
+    assert recipe["data"]["augment"]["vflip"] == 0.5  # the data config's own setting survives
+    from segopt.from_config import build_from_config
+
+    datamodule = build_from_config(["--config", str(out)]).datamodule
+    val = datamodule.source.index.pairs["val"]
+    assert sorted(int(p.image.stem) for p in val) == list(range(24, 30))

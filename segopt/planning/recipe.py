@@ -30,7 +30,9 @@ def plan_paths(out: Path) -> list[Path]:
 def _set(tree: dict[str, Any], key: str, value: Any) -> None:
     *path, last = key.split(".")
     for part in path:
-        tree = tree.setdefault(part, {})
+        if tree.get(part) is None:  # an unset section (e.g. augment: null, the defaults)
+            tree[part] = {}
+        tree = tree[part]
     tree[last] = value
 
 
@@ -69,7 +71,7 @@ def recipe_tree(plan: Plan, data: dict[str, Any], name: str) -> tuple[dict[str, 
         if d.key.startswith("data."):
             _set(tree, d.key, d.value)
         reasons[d.key] = d.reason
-    augment = tree["data"].setdefault("augment", {})
+    augment = tree["data"]["augment"]
     augment.setdefault("rotate", ROTATE)
     augment.setdefault("shear", SHEAR)
     reasons["trainer.callbacks+.0.init_args.minutes"] = reasons.pop("time_budget.minutes")
