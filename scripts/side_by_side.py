@@ -110,13 +110,22 @@ def sha256_hex(data: bytes) -> str:
 class DataConfig:
     """A data config (``configs/data/<name>.yaml``) and the data source segopt builds from it."""
 
-    path: Path
+    paths: tuple[Path, ...]  # one data config, or several stacked as fit stacks them
     sha256: str
     source_mapping: dict[str, Any]
     source: SegSource
     ignore_index: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    @property
+    def path(self) -> Path:
+        """The data config (the first of a stack), for names and messages."""
+        return self.paths[0]
+
+    @property
+    def label(self) -> str:
+        return " + ".join(map(str, self.paths))
 
     @property
     def root(self) -> str:
@@ -128,25 +137,58 @@ class DataConfig:
         return list(self.source.class_names)
 
 
-def load_data_config(path: Path) -> DataConfig:
-    """Read ``path``, build its ``data.source`` through segopt and check it as ``fit`` would."""
-    if not path.is_file():
-        fail(f"--data-config {path} does not exist; give a data config such as {DEFAULT_DATA_CONFIG}")
-    raw = path.read_bytes()
-    config = yaml.safe_load(raw)
-    data = config.get("data") if isinstance(config, dict) else None
+def load_data_config(paths: Path | list[Path]) -> DataConfig:
+    """Read the data config(s), build ``data.source`` through segopt and check it as ``fit`` would.
+
+    Several configs (e.g. ``membrane.yaml`` and the ``membrane_by_slice.yaml`` overlay) are
+    parsed stacked by segopt's own parser, as ``fit`` reads them.
+    """
+    paths = [paths] if isinstance(paths, Path) else list(paths)
+    for path in paths:
+        if not path.is_file():
+            fail(f"--data-config {path} does not exist; give a data config such as {DEFAULT_DATA_CONFIG}")
+    raw = b"".join(path.read_bytes() for path in paths)
+    data = _parsed_data(paths)
     if not isinstance(data, dict) or not isinstance(data.get("source"), dict):
-        fail(f"{path} has no data.source; give a data config whose data.source names the data set (see {DEFAULT_DATA_CONFIG})")
+        fail(f"{paths[0]} has no data.source; give a data config whose data.source names the data set (see {DEFAULT_DATA_CONFIG})")
     try:
         source = source_from_mapping(data["source"])
         source.validate()
     except (DataError, ArgumentError, ValueError, TypeError) as err:
-        fail(f"{path}: data.source cannot be used: {err}")
+        fail(f"{' + '.join(map(str, paths))}: data.source cannot be used: {err}")
     channels = source.in_channels
     normalize = data.get("normalize") or {}
     mean = tuple(normalize.get("mean", IMAGENET_MEAN))[:channels]
     std = tuple(normalize.get("std", IMAGENET_STD))[:channels]
-    return DataConfig(path, sha256_hex(raw), data["source"], source, int(data.get("ignore_index", 255)), mean, std)
+    return DataConfig(tuple(paths), sha256_hex(raw), data["source"], source, int(data.get("ignore_index", 255)), mean, std)
+
+
+def _parsed_data(paths: list[Path]) -> dict[str, Any] | None:
+    """The ``data:`` section: one file as written, several as segopt's parser stacks them."""
+    if len(paths) == 1:
+        config = yaml.safe_load(paths[0].read_bytes())
+        return config.get("data") if isinstance(config, dict) else None
+    from segopt.from_config import build_from_config
+
+    try:
+        return build_from_config([a for path in paths for a in ("--config", str(path))]).config.data.as_dict()
+    except (ValueError, SystemExit) as err:
+        fail(f"{' + '.join(map(str, paths))} cannot be parsed stacked: {err}")
+
+
+def same_pairs(mapping: dict[str, Any], source: SegSource) -> bool:
+    """Whether the data source ``mapping`` reads the very pairs of ``source`` in every split."""
+    if mapping == getattr(source, "mapping", None):
+        return True
+    try:
+        other = source_from_mapping(mapping)
+        other.validate()
+    except (DataError, ArgumentError, ValueError, TypeError):
+        return False
+    splits = ("train", "val")
+    return all(
+        [str(p) for p, _ in (other.sizes(s) or [])] == [str(p) for p, _ in (source.sizes(s) or [])] for s in splits
+    ) and list(other.class_names) == list(source.class_names)
 
 
 def default_size(source: SegSource) -> tuple[tuple[int, int], str]:
@@ -375,7 +417,7 @@ class Recipe:
     path: Path
     sha256: str  # of the recipe file
     own_minutes: float | None  # the recipe's own TimeBudget
-    data_config: Path | None  # stacked after the recipe when it has no data of its own
+    data_config: tuple[Path, ...] | None  # stacked after the recipe when it has no data of its own
     budget_minutes: float | None  # the TimeBudget added when the recipe has none
 
 
@@ -405,10 +447,10 @@ def plan_recipe(args: argparse.Namespace, data: DataConfig) -> Recipe:
     """What runs for the segopt arm: the recipe, the data config stacked or not, a budget added or not."""
     config = _recipe_yaml(args.config)
     own = own_data_source(config)
-    if own is not None and own != data.source_mapping:
+    if own is not None and own != data.source_mapping and not same_pairs(own, data.source):
         fail(
-            f"{args.config} trains on its own data.source (root {own['init_args']['root']}), not the one of "
-            f"--data-config {data.path} (root {data.root}); give the data config the recipe was written for, "
+            f"{args.config} trains on its own data.source (root {own['init_args']['root']}), not the pairs of "
+            f"--data-config {data.label} (root {data.root}); give the data config the recipe was written for, "
             "or a recipe without data of its own (e.g. configs/amp.yaml)"
         )
     budget, own_minutes = None, time_budget_minutes(config)
@@ -417,7 +459,7 @@ def plan_recipe(args: argparse.Namespace, data: DataConfig) -> Recipe:
             print(f"note: {args.config} has its own TimeBudget; --minutes {args.minutes:g} is not added", flush=True)
         else:
             budget = args.minutes
-    return Recipe(args.config, sha256_hex(args.config.read_bytes()), own_minutes, None if own is not None else data.path, budget)
+    return Recipe(args.config, sha256_hex(args.config.read_bytes()), own_minutes, None if own is not None else data.paths, budget)
 
 
 def added_args(recipe: Recipe) -> list[str]:
@@ -430,7 +472,7 @@ def added_args(recipe: Recipe) -> list[str]:
 
 def segopt_command(args: argparse.Namespace, recipe: Recipe, seed: int, run_dir: Path) -> list[str]:
     """The ``segopt.cli fit`` command line of one seed, its TensorBoard run going to ``run_dir``."""
-    stacked = ["--config", str(recipe.data_config)] if recipe.data_config is not None else []
+    stacked = [a for path in recipe.data_config or () for a in ("--config", str(path))]
     return [
         sys.executable,
         "-m",
@@ -530,7 +572,7 @@ def run_stem(args: argparse.Namespace, seed: int, sha: str) -> str:
 def repeat_command(args: argparse.Namespace, seed: int) -> str:
     """The command line that runs this (label, seed) again."""
     cmd = ["python", "scripts/side_by_side.py", "--arm", args.arm, "--label", args.label, "--seeds", str(seed),
-           "--data-config", str(args.data_config), "--out", str(args.out), "--threads", str(args.threads)]  # fmt: skip
+           "--data-config", *map(str, args.data_config), "--out", str(args.out), "--threads", str(args.threads)]  # fmt: skip
     if args.minutes is not None:
         cmd += ["--minutes", f"{args.minutes:g}"]
     if args.max_epochs is not None:
@@ -547,7 +589,7 @@ def settings(args: argparse.Namespace, data: DataConfig, recipe: Recipe | None, 
     common = {
         "label": args.label,
         "data": data.root,
-        "data_config": str(data.path),
+        "data_config": data.label,
         "data_config_sha256": data.sha256,
         "class_names": data.class_names,
         "ignore_index": data.ignore_index,
@@ -792,7 +834,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--minutes", type=float, default=None,
                    help=f"wall-clock budget per run: the peer's (default {PEER_MINUTES:g}); for segopt, added as a TimeBudget when the recipe has none")  # fmt: skip
-    p.add_argument("--data-config", type=Path, default=DEFAULT_DATA_CONFIG, help="the data both arms train and score on")
+    p.add_argument("--data-config", type=Path, nargs="+", default=[DEFAULT_DATA_CONFIG],
+                   help="the data both arms train and score on; several stack as in fit (e.g. a by-group overlay)")
     p.add_argument("--out", type=Path, default=Path("results/side_by_side"), help="per-run JSONs; the summary goes to OUT.md/.json")
     p.add_argument("--config", type=Path, default=Path("configs/recipes/camvid.yaml"), help="segopt arm: the recipe")
     p.add_argument("--segopt-arg", action="append", default=[], help="segopt arm: one more CLI flag, e.g. --segopt-arg=--trainer.max_epochs=3")

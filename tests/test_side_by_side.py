@@ -102,7 +102,7 @@ def test_a_recipe_without_data_or_budget_gets_both_added(sbs: ModuleType, tmp_pa
     data = _paired_folder(tmp_path / "data", grey=True)
     args = sbs.parse_args(["--arm", "segopt", "--label", "amp", "--config", "configs/amp.yaml", "--minutes", "7.5", "--data-config", str(data)])
     recipe = sbs.plan_recipe(args, sbs.load_data_config(data))
-    assert (recipe.data_config, recipe.budget_minutes, recipe.own_minutes) == (data, 7.5, None)
+    assert (recipe.data_config, recipe.budget_minutes, recipe.own_minutes) == ((data,), 7.5, None)
     cmd = sbs.segopt_command(args, recipe, 1, tmp_path / "runs" / "amp_seed1")
     assert cmd[1:8] == ["-m", "segopt.cli", "fit", "--config", "configs/amp.yaml", "--config", str(data)]
     assert cmd[-2:] == [
@@ -134,7 +134,7 @@ def test_a_recipe_on_other_data_than_the_data_config_is_one_error_line(sbs: Modu
     with pytest.raises(SystemExit) as exc:
         sbs.plan_recipe(args, sbs.load_data_config(data))
     assert str(exc.value) == (
-        f"error: configs/recipes/camvid.yaml trains on its own data.source (root data/camvid), not the one of --data-config "
+        f"error: configs/recipes/camvid.yaml trains on its own data.source (root data/camvid), not the pairs of --data-config "
         f"{data} (root {tmp_path / 'data'}); give the data config the recipe was written for, or a recipe without data "
         "of its own (e.g. configs/amp.yaml)"
     )
@@ -332,3 +332,21 @@ def test_a_label_that_cannot_name_a_file_is_one_error_line(sbs: ModuleType) -> N
     with pytest.raises(SystemExit) as exc:
         sbs.parse_args(["--arm", "peer", "--label", "a b"])
     assert str(exc.value) == "error: --label 'a b' must be letters, digits, '.' or '-' (it names files), e.g. --label amp-10min"
+
+
+def test_stacked_data_configs_and_a_planned_recipe_reading_the_same_pairs(sbs: ModuleType, shared_data: Path, tmp_path: Path) -> None:
+    """A by-group overlay stacks on its data config, and a recipe whose data.source is written out in
+    full (as segopt plan writes it) but reads the very same pairs runs on it without a second stack."""
+    overlay = ["configs/data/membrane.yaml", "configs/data/membrane_by_slice.yaml"]
+    data = sbs.load_data_config([Path(p) for p in overlay])
+    assert sorted(Path(p).stem for p, _ in data.source.sizes("val")) == [str(i) for i in range(24, 30)]
+    written = {k: v for k, v in data.source_mapping["init_args"].items() if v is not None}  # as segopt plan writes it
+    source = {**data.source_mapping, "init_args": written}
+    assert source != data.source_mapping
+    recipe_path = tmp_path / "planned.yaml"
+    recipe_path.write_text(yaml.safe_dump({"data": {"source": source}}))
+    args = sbs.parse_args(["--arm", "segopt", "--label", "planned", "--config", str(recipe_path), "--data-config", *overlay])
+    assert sbs.plan_recipe(args, data).data_config is None
+    amp = sbs.parse_args(["--arm", "segopt", "--label", "amp", "--config", "configs/amp.yaml", "--minutes", "10", "--data-config", *overlay])
+    cmd = sbs.segopt_command(amp, sbs.plan_recipe(amp, data), 1, tmp_path / "amp_seed1")
+    assert cmd[4:10] == ["--config", "configs/amp.yaml", "--config", overlay[0], "--config", overlay[1]]
