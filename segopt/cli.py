@@ -243,7 +243,13 @@ def main(args: list[str] | None = None) -> SegCLI:
 
     A failure the user can fix ends as ``SystemExit("error: ...")``, one message without a
     traceback; ``SEGOPT_TRACEBACK=1`` in the environment raises it with its traceback.
+    ``segopt plan ...`` runs :mod:`segopt.plan` (the planner is not a Lightning subcommand).
     """
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["plan"]:
+        from segopt.plan import main as plan_main
+
+        raise SystemExit(plan_main(argv[1:]))
     try:
         return SegCLI(
             SegModule,

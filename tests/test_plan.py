@@ -292,3 +292,13 @@ def test_stacked_data_configs_plan_as_fit_reads_them(shared_data: Path, tmp_path
     datamodule = build_from_config(["--config", str(out)]).datamodule
     val = datamodule.source.index.pairs["val"]
     assert sorted(int(p.image.stem) for p in val) == list(range(24, 30))
+
+
+def test_the_console_form_runs_the_planner(tiny: Path, tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
+    from segopt.cli import main as cli_main
+
+    out = tmp_path / "console.yaml"
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["plan", "--config", str(tiny), "--minutes", "5", "--out", str(out)])
+    assert exc.value.code == 0
+    assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
