@@ -1,0 +1,81 @@
+"""Write ``results/plan.md``: the planned recipes against ``amp.yaml`` and the peer, from the files
+the runs wrote.
+
+    python scripts/plan_report.py --overwrite
+
+For every series ``results/plan/<name>_<minutes>min/`` run by ``scripts/plan_evidence.sh``
+(per-run JSONs of ``scripts/side_by_side.py``), it summarises the arms per machine (mean, sample
+std and range over seeds of the final val mIoU, and every pair's lead, resolved only when it
+exceeds both arms' seed range with two seeds or more each), and sets beside them what the
+planner chose and predicted (``configs/recipes/<name>_<minutes>min.plan.json``) against the
+epochs the runs really trained. Nothing here is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
+from side_by_side import _machine_lines, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plan_lines(plan_json: Path, entry: dict[str, Any]) -> list[str]:
+    """What the planner chose and predicted, and what the planned runs trained."""
+    if not plan_json.is_file():
+        return [f"(no {plan_json.relative_to(ROOT)}: the planned recipe's record is missing)"]
+    record = json.loads(plan_json.read_text())
+    chosen, machine = record["plan"]["chosen"], record["probe"]["machine"]
+    planned = entry["arms"].get("planned")
+    trained = ", ".join(map(str, planned["epochs"])) if planned else "—"
+    return [
+        f"Planned by `{record['command']}` on {machine['name']} ({machine['cores']} cores, {machine['precision']}): "
+        f"{chosen['backbone']}, {chosen['mode']} {chosen['size'][0]}x{chosen['size'][1]}, batch {chosen['batch']}, "
+        f"validation every {chosen['val_every']} epoch(s); predicted {chosen['epochs']} epochs, trained {trained}. "
+        f"Every decision and its reason: `{plan_json.relative_to(ROOT).with_suffix('').with_suffix('.md')}`.",
+    ]
+
+
+def report(series: list[Path]) -> list[str]:
+    lines = [
+        "# segopt plan: the planned recipe against amp.yaml and the peer",
+        "",
+        "Written by `python scripts/plan_report.py --overwrite` from the runs of `bash scripts/plan_evidence.sh NAME MINUTES "
+        "DATA_CONFIG...` (which calls `scripts/side_by_side.py`). Per data set and budget: the recipe `segopt plan` wrote "
+        "(`planned`), `configs/amp.yaml` with the same `TimeBudget` added (`amp`), and the hand-written peer (smp UNet on "
+        "ResNet34, no weights, CE + Dice, Adam 1e-4, its size from the median image fitted to 256 a side); seeds 1 and 2; "
+        "final-epoch val mIoU at the labels' resolution, mean ± sample std [range]. A lead counts as resolved only when it "
+        "exceeds both arms' seed range. Each run's JSON holds its settings, hardware and the command that repeats it.",
+    ]
+    for out in series:
+        summary = summarise(out)
+        match = re.fullmatch(r"(.+)_(\d+(?:\.\d+)?)min", out.name)
+        name, minutes = (match.group(1), match.group(2)) if match else (out.name, "?")
+        lines += ["", f"## {name}, {minutes} minutes ({', '.join(f'`{d}`' for d in summary['data'])})"]
+        for label, entry in summary["machines"].items():
+            lines += ["", f"### {label}", "", *_plan_lines(ROOT / "configs" / "recipes" / f"{out.name}.plan.json", entry), "", *_machine_lines(entry)]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=Path, default=ROOT / "results" / "plan", help="folder of the series (one sub-folder each)")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "plan.md")
+    add_overwrite_flag(p)
+    args = p.parse_args(argv)
+    refuse_to_overwrite([args.out], args.overwrite)
+    series = sorted(d for d in args.runs.iterdir() if d.is_dir() and any(d.glob("*_seed*.json")))
+    if not series:
+        raise SystemExit(f"error: {args.runs} holds no series with finished runs; run scripts/plan_evidence.sh first")
+    args.out.write_text("\n".join(report(series)) + "\n")
+    print(f"wrote {args.out}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
