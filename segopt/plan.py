@@ -3,6 +3,7 @@ the recipe that should reach the most mIoU out.
 
     python -m segopt.plan --config configs/data/membrane.yaml --minutes 10 --out configs/recipes/membrane.yaml
     python -m segopt.cli fit --config configs/recipes/membrane.yaml
+    python -m segopt.plan --config path/to/folder --minutes 30 --out configs/recipes/mine.yaml
 
 It measures the data (:mod:`segopt.planning.fingerprint`, through the data check: bad data
 stops it with the check's message), times a few training steps of each candidate network on
@@ -18,6 +19,7 @@ import argparse
 import logging
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any
 import yaml
 
 from segopt.planning.fingerprint import Fingerprint, PlanError, fingerprint
+from segopt.planning.folder_config import folder_data_config
 from segopt.planning.probe import BACKBONES, Probe, probe_machine
 from segopt.planning.recipe import plan_paths, write_plan
 from segopt.planning.rules import geometries, plan
@@ -33,7 +36,8 @@ from segopt.planning.rules import geometries, plan
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segopt plan", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, type=Path, action="append", help="the data config fit takes; several stack as in fit")
+    p.add_argument("--config", required=True, type=Path, action="append",
+                   help="the data config fit takes (several stack as in fit), or a data set's folder (images/ + masks/, ...)")
     p.add_argument("--minutes", required=True, type=float, help="the wall-clock budget of the fit")
     p.add_argument("--out", required=True, type=Path, help="the recipe to write, e.g. configs/recipes/NAME.yaml")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -43,9 +47,13 @@ def _parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     if not args.minutes > 0:
         raise PlanError(f"--minutes is {args.minutes:g}; give the fit's budget in minutes, e.g. --minutes 30")
-    for config in args.config:
+    folder = len(args.config) == 1 and args.config[0].is_dir()
+    for config in [] if folder else args.config:
         if not config.is_file():
-            raise PlanError(f"--config {config} is not a file; give the data config fit takes, e.g. configs/data/membrane.yaml")
+            raise PlanError(
+                f"--config {config} is not a file; give the data config fit takes (e.g. configs/data/membrane.yaml) "
+                "or a data set's folder"
+            )
     if args.out.suffix not in (".yaml", ".yml"):
         raise PlanError(f"--out {args.out} is not a .yaml file; name the recipe to write, e.g. configs/recipes/mydata.yaml")
     existing = [str(p) for p in plan_paths(args.out) if p.exists()]
@@ -100,7 +108,12 @@ def _without_none(tree: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace, command: str) -> list[Path]:
     """Fingerprint, probe, plan and write; return the files written."""
     _check_args(args)
-    data, datamodule = _data_section(args.config)
+    with tempfile.TemporaryDirectory() as scratch:
+        configs = args.config
+        if len(configs) == 1 and configs[0].is_dir():  # a bare folder: a data config made for it
+            configs = [Path(scratch) / "data.yaml"]
+            configs[0].write_text(yaml.safe_dump({"data": folder_data_config(args.config[0])}))
+        data, datamodule = _data_section(configs)
     fp: Fingerprint = fingerprint(datamodule.source, datamodule.ignore_index)
     print(f"segopt plan: fingerprint of {sum(fp.images.values())} images in {fp.seconds:.1f} s", flush=True)
     geoms = geometries(fp)

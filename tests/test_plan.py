@@ -302,3 +302,47 @@ def test_the_console_form_runs_the_planner(tiny: Path, tmp_path: Path, described
         cli_main(["plan", "--config", str(tiny), "--minutes", "5", "--out", str(out)])
     assert exc.value.code == 0
     assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- a bare folder
+def _bare(root: Path, masks: list[np.ndarray], colour: bool = False) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, mask in enumerate(masks):
+        cv2.imwrite(str(root / "images" / f"p{i}.png"), np.full((40, 48, 3), 90 + i, np.uint8))
+        cv2.imwrite(str(root / "masks" / f"p{i}.png"), mask[..., ::-1] if colour else mask)  # cv2 writes BGR
+    return root
+
+
+def test_a_bare_folder_of_binary_index_or_colour_masks_gets_its_decoding(tmp_path: Path) -> None:
+    from segopt.planning.folder_config import folder_data_config
+
+    binary = np.zeros((40, 48), np.uint8)
+    binary[:, 10:20] = 255
+    config = folder_data_config(_bare(tmp_path / "binary", [binary] * 5))
+    source = config["source"]["init_args"]
+    assert source["masks"] == {"class_path": "segopt.data.BinaryMask", "init_args": {"threshold": 128}}
+    assert (source["class_names"], source["image_dirs"], source["val_fraction"]) == (["background", "foreground"], {"train": "images"}, 0.2)
+    index = np.zeros((40, 48), np.uint8)
+    index[:, :5], index[:, 5:9], index[0, :] = 1, 2, 255
+    source = folder_data_config(_bare(tmp_path / "index", [index] * 5))["source"]["init_args"]
+    assert source["masks"] == {"class_path": "segopt.data.IndexMask", "init_args": {"void": [255]}}
+    assert source["class_names"] == ["class_0", "class_1", "class_2"]
+    colours = np.zeros((40, 48, 3), np.uint8)
+    colours[:, :10] = (200, 0, 0)
+    colours[:, 10:20] = (0, 0, 200)
+    source = folder_data_config(_bare(tmp_path / "colour", [colours] * 5, colour=True))["source"]["init_args"]
+    assert source["masks"] == {"class_path": "segopt.data.PaletteMask", "init_args": {"colours": [[0, 0, 0], [0, 0, 200], [200, 0, 0]]}}
+
+
+def test_a_bare_folder_plans_and_an_unknown_layout_is_one_error_line(tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
+    binary = np.zeros((40, 48), np.uint8)
+    binary[:, 10:13] = 255
+    folder = _bare(tmp_path / "set", [binary] * 10)
+    code, printed, _ = _run(capsys, "--config", str(folder), "--minutes", "5", "--out", str(tmp_path / "r.yaml"))
+    assert code == 0, printed
+    assert yaml.safe_load((tmp_path / "r.yaml").read_text())["data"]["source"]["init_args"]["root"] == str(folder)
+    (tmp_path / "odd").mkdir()
+    code, _, err = _run(capsys, "--config", str(tmp_path / "odd"), "--minutes", "5", "--out", str(tmp_path / "s.yaml"))
+    assert code == 1 and err.startswith(f"error: {tmp_path / 'odd'} is a folder in none of the layouts segopt plan knows")
+    assert not (tmp_path / "s.yaml").exists()
