@@ -1,0 +1,67 @@
+"""How long segopt plan's fingerprint and machine probe take, per data set, on this machine.
+
+    python scripts/bench_plan.py --overwrite
+
+The targets (issue: at most 30 s for CamVid's 367 training masks, at most 60 s for the probe on
+2 cores) are figures to read here, not timed unit tests. Each data config is planned as
+``python -m segopt.plan`` would plan it; nothing is written but the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from bench_common import add_overwrite_flag, cpu_name, refuse_to_overwrite, result_files, write_results
+
+from segopt.from_config import build_from_config
+from segopt.planning.fingerprint import fingerprint
+from segopt.planning.probe import probe_machine
+from segopt.planning.rules import geometries
+
+DATA = {
+    "CamVid": ["configs/data/camvid.yaml"],
+    "membranes": ["configs/data/membrane.yaml", "configs/data/membrane_by_slice.yaml"],
+    "magnetic tiles": ["configs/data/magnetic_tiles.yaml"],
+}
+
+
+def measure(configs: list[str]) -> dict[str, object]:
+    datamodule = build_from_config([a for c in configs for a in ("--config", c)]).datamodule
+    start = time.perf_counter()
+    fp = fingerprint(datamodule.source, datamodule.ignore_index)
+    fp_s = time.perf_counter() - start
+    sizes = sorted({g[1] for g in geometries(fp)} | {tuple(fp.median_size)}, key=lambda s: s[0] * s[1])
+    probe = probe_machine([sizes[0], sizes[-1]] if len(sizes) > 1 else sizes, fp.channels, fp.num_classes)
+    return {"configs": configs, "training_masks": fp.images["train"], "fingerprint_s": round(fp_s, 1),
+            "probe_s": probe.seconds, "probed": len(probe.timings)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("results/plan_speed"), help="writes OUT.json and OUT.md")
+    add_overwrite_flag(p)
+    args = p.parse_args(argv)
+    refuse_to_overwrite(result_files(args.out), args.overwrite)
+    rows = [{"data": name, **measure(configs)} for name, configs in DATA.items()]
+    hardware = {"cpu": cpu_name(), "cores": os.cpu_count()}
+    lines = [
+        "# segopt plan: fingerprint and probe time",
+        "",
+        "`python scripts/bench_plan.py --overwrite`",
+        "",
+        f"Hardware: {hardware['cpu']}, {hardware['cores']} cores, no other job running. The fingerprint decodes every "
+        "training and validation pair through the data check and every training mask again for the widths; the probe "
+        "times 2 training steps (after a warm-up) and an evaluation pass of each candidate network at two sizes.",
+        "",
+        "| data | training masks | fingerprint (s) | probe (s) | network/size pairs probed |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['data']} | {r['training_masks']} | {r['fingerprint_s']} | {r['probe_s']} | {r['probed']} |" for r in rows]
+    write_results(args.out, {"hardware": hardware, "rows": rows}, lines)
+
+
+if __name__ == "__main__":
+    main()
