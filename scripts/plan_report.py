@@ -37,7 +37,7 @@ def _plan_lines(plan_json: Path, entry: dict[str, Any]) -> list[str]:
         f"Planned by `{record['command']}` on {machine['name']} ({machine['cores']} cores, {machine['precision']}): "
         f"{chosen['backbone']}, {chosen['mode']} {chosen['size'][0]}x{chosen['size'][1]}, batch {chosen['batch']}, "
         f"validation every {chosen['val_every']} epoch(s); predicted {chosen['epochs']} epochs, trained {trained}. "
-        f"Every decision and its reason: `{plan_json.relative_to(ROOT).with_suffix('').with_suffix('.md')}`.",
+        f"Every decision and its reason: `{plan_json.relative_to(ROOT).with_name(plan_json.name.replace('.plan.json', '.plan.md'))}`.",
     ]
 
 

@@ -350,3 +350,29 @@ def test_stacked_data_configs_and_a_planned_recipe_reading_the_same_pairs(sbs: M
     amp = sbs.parse_args(["--arm", "segopt", "--label", "amp", "--config", "configs/amp.yaml", "--minutes", "10", "--data-config", *overlay])
     cmd = sbs.segopt_command(amp, sbs.plan_recipe(amp, data), 1, tmp_path / "amp_seed1")
     assert cmd[4:10] == ["--config", "configs/amp.yaml", "--config", overlay[0], "--config", overlay[1]]
+
+
+def test_plan_report_is_written_from_the_series_files_and_the_plan_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    report = _script("plan_report")
+    runs = tmp_path / "plan" / "tiny_10min"
+    runs.mkdir(parents=True)
+    for label, arm, mious in [("peer", "peer", (0.45, 0.49)), ("amp", "segopt", (0.47, 0.50)), ("planned", "segopt", (0.60, 0.62))]:
+        for seed, miou in enumerate(mious, start=1):
+            _fake_run(runs, arm, seed, miou, label=label)
+    recipes = tmp_path / "configs" / "recipes"
+    recipes.mkdir(parents=True)
+    chosen = {"backbone": "resnet18_unet", "mode": "crop", "size": [256, 256], "batch": 6, "val_every": 4, "epochs": 120}
+    machine = {"name": "Test CPU", "cores": 2, "precision": "bf16-mixed"}
+    (recipes / "tiny_10min.plan.json").write_text(json.dumps({"command": "python -m segopt.plan ...", "plan": {"chosen": chosen}, "probe": {"machine": machine}}))
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    out = tmp_path / "plan.md"
+    report.main(["--runs", str(tmp_path / "plan"), "--out", str(out)])
+    text = out.read_text()
+    assert "## tiny, 10 minutes (`data/x`)" in text
+    assert ("resnet18_unet, crop 256x256, batch 6, validation every 4 epoch(s); predicted 120 epochs, trained 10, 10. "
+            "Every decision and its reason: `configs/recipes/tiny_10min.plan.md`.") in text  # fmt: skip
+    assert "| planned | 1, 2 | 0.610 ± 0.014 [0.600–0.620] | 0.600, 0.620 | 10, 10 | 60.0, 60.0 |" in text
+    assert "planned − amp: +0.125 mIoU; resolved: this exceeds the larger seed range of the two arms (0.040)." in text
+    with pytest.raises(SystemExit, match="already exists; nothing was written"):
+        report.main(["--runs", str(tmp_path / "plan"), "--out", str(out)])
