@@ -373,6 +373,6 @@ def test_plan_report_is_written_from_the_series_files_and_the_plan_record(tmp_pa
     assert ("resnet18_unet, crop 256x256, batch 6, validation every 4 epoch(s); predicted 120 epochs, trained 10, 10. "
             "Every decision and its reason: `configs/recipes/tiny_10min.plan.md`.") in text  # fmt: skip
     assert "| planned | 1, 2 | 0.610 ± 0.014 [0.600–0.620] | 0.600, 0.620 | 10, 10 | 60.0, 60.0 |" in text
-    assert "planned − amp: +0.125 mIoU; resolved: this exceeds the larger seed range of the two arms (0.040)." in text
+    assert "planned − amp: +0.125 mIoU; resolved: this exceeds the larger seed range of the two arms (0.030)." in text
     with pytest.raises(SystemExit, match="already exists; nothing was written"):
         report.main(["--runs", str(tmp_path / "plan"), "--out", str(out)])
