@@ -175,7 +175,6 @@ def test_validation_is_thinned_to_a_tenth_of_the_budget() -> None:
     result = plan(_fp(train=100, val=100, widths=(160.0, 2.0, 80.0)), _probe(), 60)
     assert result.chosen.val_every == 4
     assert result.value("trainer.check_val_every_n_epoch") == 4
-    assert result.chosen.epochs % 4 == 0
 
 
 def test_a_described_gpu_plans_fp16_and_the_largest_batch_that_fits() -> None:

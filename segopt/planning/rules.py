@@ -71,7 +71,8 @@ class Candidate:
     scale: float
     batch: int
     steps_per_epoch: int
-    epoch_s: float
+    epoch_s: float  # training plus a 1/val_every share of validation
+    val_s: float  # one validation pass
     val_every: int
     epochs: int
     steps: int
@@ -177,11 +178,10 @@ def weigh(fp: Fingerprint, probe: Probe, minutes: float, backbone: Backbone, geo
     val_every = max(1, math.ceil(val_s / (MAX_VAL_SHARE * train_s)))
     epoch_s = train_s + val_s / val_every + EPOCH_OVERHEAD_S
     usable = minutes * 60.0 * 0.99 - STARTUP_S
-    epochs = max(0, math.floor(usable / epoch_s))
-    epochs -= epochs % val_every
+    epochs = max(0, math.floor((usable - val_s) / epoch_s))  # the last epoch always validates
     steps_per_epoch = max(1, fp.images["train"] // batch)
     return Candidate(
-        backbone.name, mode, size, scale, batch, steps_per_epoch, round(epoch_s, 2), val_every, epochs,
+        backbone.name, mode, size, scale, batch, steps_per_epoch, round(epoch_s, 2), round(val_s, 2), val_every, epochs,
         epochs * steps_per_epoch, epochs * fp.images["train"],
     )
 
@@ -200,7 +200,7 @@ def choose(fp: Fingerprint, probe: Probe, minutes: float, backbones: tuple[Backb
             return c, weighed, f"sees {c.images_seen} training images (>= {MIN_IMAGES}) in {minutes:g} min at {c.size[0]}x{c.size[1]}"
     if max(c.epochs for c in weighed) < 1:
         cheapest = min(weighed, key=lambda c: c.epoch_s)
-        need = math.ceil((cheapest.epoch_s * cheapest.val_every + STARTUP_S) / 60 / 0.99)
+        need = math.ceil((cheapest.epoch_s + cheapest.val_s + STARTUP_S) / 60 / 0.99)
         raise PlanError(
             f"--minutes {minutes:g} buys no full epoch on this machine: the cheapest plan ({cheapest.backbone} at "
             f"{cheapest.size[0]}x{cheapest.size[1]}) takes {cheapest.epoch_s:.0f} s an epoch with validation; give --minutes {need} or more"
