@@ -34,7 +34,8 @@ class TimeBudget(pl.Callback):
     limits); late changes move the end of the curve by an epoch or so.
 
     With ``trainer.check_val_every_n_epoch`` k above 1, the estimate averages whole cycles of k
-    epochs and the planned total is a multiple of k, so the last epoch validates.
+    epochs, and the last planned epoch validates whatever k (Lightning alone validates only
+    every k-th): the final score and checkpoint are of the weights the run ends with.
 
     The plan and the time already spent are saved in checkpoints: a resumed run counts the
     time it trained before the interruption (not the time lost in between) against the budget.
@@ -61,6 +62,8 @@ class TimeBudget(pl.Callback):
         self._start = 0.0
         self._epoch_starts: list[float] = []
         self._upper_bound: int | None = None
+        self._every = 1  # the configured check_val_every_n_epoch
+        self._validated = False  # whether the current epoch has validated
 
     @property
     def seconds(self) -> float:
@@ -79,6 +82,7 @@ class TimeBudget(pl.Callback):
                 f"which {type(pl_module).__name__} does not have; use segopt.module.SegModule or add that method"
             )
         self._start = _now()
+        self._every = trainer.check_val_every_n_epoch or 1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A checkpoint, if any, was restored by now: count the time it had trained.
@@ -89,6 +93,14 @@ class TimeBudget(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_starts.append(_now())
+        self._validated = False
+        if self._every > 1:  # the last planned epoch validates, the others every k-th
+            last = self.planned_epochs is not None and trainer.current_epoch + 1 >= self.planned_epochs
+            trainer.check_val_every_n_epoch = 1 if last else self._every
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = _now()
@@ -97,17 +109,16 @@ class TimeBudget(pl.Callback):
         durations = [b - a for a, b in zip(self._epoch_starts, [*self._epoch_starts[1:], now])]
         if len(durations) > 1:
             durations = durations[1:]
-        # Validating every k epochs: average whole cycles of k, and end on an epoch that validates
-        # (Lightning does not validate a last epoch that is not a multiple of k).
-        every = trainer.check_val_every_n_epoch or 1
-        window = -(-self.window // every) * every
+        # Validating every k epochs: average whole cycles of k.
+        window = -(-self.window // self._every) * self._every
         per_epoch = sum(durations[-window:]) / len(durations[-window:])
         left = self.seconds * (1 - self.margin) - (now - self._start)
         done = trainer.current_epoch + 1
         epochs = done + max(0, math.floor(left / per_epoch))
         if self._upper_bound is not None:
             epochs = min(epochs, self._upper_bound)
-        epochs = max(done, epochs - epochs % every)
+        if epochs <= done and not self._validated and (self._upper_bound is None or done < self._upper_bound):
+            epochs = done + 1  # the budget ran out early, on an epoch that did not validate: one more that does
         if epochs != self.planned_epochs:
             self._plan(trainer, pl_module, epochs, per_epoch)
 

@@ -100,15 +100,15 @@ class ValidatedEpochs(pl.Callback):
         self.epochs.append(trainer.current_epoch)
 
 
-def test_budget_validating_every_k_epochs_ends_on_an_epoch_that_validates(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_budget_validating_every_k_epochs_still_validates_the_last_epoch(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     validated = ValidatedEpochs()
-    # 30 s at 4 s per epoch buys 7 epochs; validating every 3rd, the plan is 6, and epoch 6 (index 5) validates.
+    # 30 s at 4 s per epoch buys 7 epochs; validating every 3rd, epochs 3 and 6 validate, and so does the last, 7.
     budget = TimeBudget(minutes=0.5, margin=0.0)
     trainer = _fit(tmp_path, budget, [validated], monkeypatch, val_every=3)
-    assert budget.planned_epochs == 6
-    assert trainer.current_epoch == 6
-    assert validated.epochs == [2, 5]
-    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 24
+    assert budget.planned_epochs == 7
+    assert trainer.current_epoch == 7
+    assert validated.epochs == [2, 5, 6]
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 28
 
 
 class SlowingClock(StepClock):
