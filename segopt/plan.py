@@ -136,13 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run the planner; a problem ends as one ``error:`` line, exit status 1, nothing written."""
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    # Building fit's objects to read the data config logs Lightning's start-up lines: not the planner's news.
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)
     start = time.perf_counter()
     try:
         run(args, "python -m segopt.plan " + shlex.join(argv))
     except PlanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        lightning_log.setLevel(level)
     print(f"segopt plan: done in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -38,6 +38,7 @@ ENTRY_POINTS = {
     "segopt.planning.probe",
     "segopt.planning.rules",
     "segopt.planning.recipe",
+    "segopt.planning.folder_config",
 }
 # segopt.data re-exports SegDataModule by name, loaded on first access (PEP 562), so
 # `segopt.data.SegDataModule` stays a config class path without the core importing Lightning.

@@ -93,6 +93,8 @@ def test_thickness_of_a_line_a_bar_and_a_network() -> None:
     assert histogram_median(hist[1]) == 1.0
     assert histogram_median(hist[2]) == 3.0
     assert histogram_median(thickness_histograms(grid, 2)[1]) == 5.0
+    # a class filling the whole mask (a defect-free tile) has no boundary: its side, not an overflow
+    assert histogram_median(thickness_histograms(np.zeros((30, 50), np.uint8), 2)[0]) == 99.0
 
 
 def test_fingerprint_measures_splits_sizes_shares_and_widths(tiny: Path) -> None:

@@ -84,6 +84,9 @@ def thickness_histograms(mask: np.ndarray, num_classes: int) -> np.ndarray:
         region = (mask == c).astype(np.uint8)
         # padded by replication so that the image border is not a boundary
         dist = cv2.distanceTransform(cv2.copyMakeBorder(region, 1, 1, 1, 1, cv2.BORDER_REPLICATE), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        # a class that fills the whole mask has no boundary (OpenCV's distances are then huge): its
+        # thickness is taken as the mask's larger side
+        dist = np.minimum(dist, float(max(mask.shape)))
         ridge = (dist > 0) & (dist >= cv2.dilate(dist, kernel) - 1e-3)
         widths = 2.0 * dist[ridge] - 1.0
         # each ridge pixel stands for the cross-section through it: weighted by its width, the
