@@ -56,7 +56,7 @@ def _check_rates(max_lr: float | None, div_factor: float, final_div_factor: floa
 
 
 class OneCycle(OneCycleLR):
-    """OneCycleLR (the seed's schedule) with its length given by the Trainer.
+    """OneCycleLR (the tutorial's schedule) with its length given by the Trainer.
 
     Warm up from ``max_lr / div_factor`` to ``max_lr`` over ``pct_start`` of the run, then
     anneal to ``max_lr / div_factor / final_div_factor``, reached at the last step.

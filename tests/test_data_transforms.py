@@ -67,7 +67,7 @@ def test_image_and_mask_stay_aligned_under_each_transform(step):
 
 def test_alignment_measure_catches_a_misaligned_pair():
     image, mask = pattern(seed=1)
-    assert agreement(image[:, ::-1], mask) < 0.7  # the seed's bug: image flipped, mask not
+    assert agreement(image[:, ::-1], mask) < 0.7  # the tutorial's bug: image flipped, mask not
 
 
 def test_full_training_pipeline_keeps_alignment_and_valid_values():

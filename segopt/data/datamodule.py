@@ -86,7 +86,7 @@ class SegDataModule(pl.LightningDataModule):
             batches in flight in all (2 per worker from 2 workers on).
         ignore_index: mask value excluded from loss and metrics; a source's void value
             and the fill of rotated-in pixels are mapped to it.
-        augment: the training augmentation (the seed's recipe by default).
+        augment: the training augmentation (the tutorial's recipe by default).
         normalize: per-channel mean/std applied after scaling to [0, 1].
         train_size: (height, width) of training images; None keeps them as they are.
         eval_size: (height, width) for validation/test (resized); None keeps the original size.

@@ -1,4 +1,4 @@
-"""The seed's training augmentation and the deterministic evaluation pipeline.
+"""The tutorial's training augmentation and the deterministic evaluation pipeline.
 
 Both are albumentations pipelines called as ``t(image=..., mask=...)`` so that every
 geometric change hits image and mask together. Masks are always resampled
@@ -31,12 +31,12 @@ ResizeMode = Literal["resize", "crop"]
 
 @dataclass
 class Augment:
-    """Training augmentation, defaulting to the seed's recipe.
+    """Training augmentation, defaulting to the tutorial's recipe.
 
     Args:
         enabled: False trains on un-augmented images (for ablations).
         hflip: probability of a horizontal flip.
-        vflip: probability of a vertical flip (0 in the seed; useful for aerial/EM images).
+        vflip: probability of a vertical flip (0 in the tutorial; useful for aerial/EM images).
         rotate: maximum rotation in degrees (uniform in ±rotate).
         shear: maximum horizontal shear in degrees (uniform in ±shear).
         scale: range of the affine zoom factor; (1, 1) keeps the scale.
@@ -125,9 +125,9 @@ def _finish(norm: Normalize, in_channels: int) -> list[A.BasicTransform]:
 
 
 def augmentation(augment: Augment, ignore_index: int, in_channels: int = 3) -> list[A.BasicTransform]:
-    """The seed's joint augmentation: flips, rotation+shear (+scale, shift), colour jitter.
+    """The tutorial's joint augmentation: flips, rotation+shear (+scale, shift), colour jitter.
 
-    The seed's separate rotation and shear become one affine warp: the same distribution
+    The tutorial's separate rotation and shear become one affine warp: the same distribution
     of geometry with one interpolation of the image instead of two.
     """
     if not augment.enabled:
@@ -138,7 +138,7 @@ def augmentation(augment: Augment, ignore_index: int, in_channels: int = 3) -> l
     steps.append(
         A.Affine(
             rotate=(-augment.rotate, augment.rotate),
-            # Horizontal shear only, as the seed's torchvision RandomAffine(shear=10).
+            # Horizontal shear only, as the tutorial's torchvision RandomAffine(shear=10).
             shear={"x": (-augment.shear, augment.shear), "y": (0.0, 0.0)},
             scale=tuple(augment.scale),
             translate_percent=(-augment.translate, augment.translate),

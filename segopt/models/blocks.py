@@ -1,4 +1,4 @@
-"""Building blocks shared by the backbones: conv-BN-ReLU, the seed's ResidualBlock, up-sampling."""
+"""Building blocks shared by the backbones: conv-BN-ReLU, the tutorial's ResidualBlock, up-sampling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 
 class ConvBlock(nn.Sequential):
-    """Two 3x3 conv + BatchNorm + ReLU layers (the classic UNet block, with the seed's BN)."""
+    """Two 3x3 conv + BatchNorm + ReLU layers (the classic UNet block, with the tutorial's BN)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
@@ -22,7 +22,7 @@ class ConvBlock(nn.Sequential):
 
 
 class ResidualBlock(nn.Module):
-    """The seed's residual block: two 3x3 conv + BN with an identity skip.
+    """The tutorial's residual block: two 3x3 conv + BN with an identity skip.
 
     When the channel count changes, the skip is a 1x1 conv + BN projection.
     """

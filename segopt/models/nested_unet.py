@@ -24,7 +24,7 @@ class NestedUNet(nn.Module):
         deep_supervision: put a 1x1 head on every ``X[0][j]``; in training the forward
             returns those ``depth`` logits (the full-depth head last) for a weighted loss
             (``SegModule.aux_weights``); in evaluation it returns the last head only.
-        residual: use the seed's ResidualBlock in every node.
+        residual: use the tutorial's ResidualBlock in every node.
     """
 
     def __init__(

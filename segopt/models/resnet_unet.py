@@ -84,7 +84,7 @@ def load_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 class ResNetUNet(FinetunableEncoder):
-    """UNet whose encoder is a torchvision ResNet (the seed's pretrained ResNet34 step).
+    """UNet whose encoder is a torchvision ResNet (the tutorial's pretrained ResNet34 step).
 
     The five encoder stages (strides 2, 4, 8, 16, 32) feed a UNet decoder of five blocks
     (up-sample x2, concatenate the skip, two conv-BN-ReLU), followed by a 3x3 head at full

@@ -1,4 +1,4 @@
-"""UNet with BatchNorm, optionally built from the seed's residual blocks."""
+"""UNet with BatchNorm, optionally built from the tutorial's residual blocks."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class UNet(nn.Module):
         base_channels: width of the first stage.
         depth: number of 2x down-samplings; input sides must be multiples of
             ``2**depth`` (``size_multiple``; :class:`segopt.module.SegModule` pads to it).
-        residual: use the seed's ResidualBlock instead of the plain conv block.
+        residual: use the tutorial's ResidualBlock instead of the plain conv block.
         up_mode: "bilinear" (interpolation + 1x1 conv) or "transpose".
     """
 
