@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from segopt.losses import CombinedLoss
+from segopt.precision import cpu_name  # noqa: F401 (the scripts import it from here)
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
@@ -99,15 +100,6 @@ def hardware(device: str) -> dict[str, Any]:
     else:
         info["cpu"] = cpu_name()
     return info
-
-
-def cpu_name() -> str:
-    """The CPU model, as /proc/cpuinfo names it."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> Iterator[str]:

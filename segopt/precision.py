@@ -8,6 +8,8 @@ elsewhere PyTorch emulates it and it runs 2-3x slower, so float32 is used instea
 
 from __future__ import annotations
 
+import contextlib
+import platform
 from functools import cache
 from pathlib import Path
 
@@ -25,6 +27,15 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
         if key.strip().lower() in ("flags", "features"):
             return bool(_NATIVE_BF16_FLAGS & set(value.split()))
     return True
+
+
+def cpu_name() -> str:
+    """The CPU model, as /proc/cpuinfo names it (the platform's processor name elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def resolve_precision(requested: str, cuda: bool, native_bf16: bool | None = None) -> tuple[str, str]:

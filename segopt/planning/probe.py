@@ -8,7 +8,6 @@ its name, memory and step times), so every branch of the rules runs on a CPU.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from segopt.precision import cpu_has_native_bf16, resolve_precision
+from segopt.precision import cpu_has_native_bf16, cpu_name, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -95,16 +94,6 @@ class Probe:
         return asdict(self)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _memory_gb() -> float:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -120,7 +109,7 @@ def describe_machine() -> Machine:
     if cuda:
         props = torch.cuda.get_device_properties(0)
         return Machine("cuda", props.name, cores, round(_memory_gb(), 1), precision, round(props.total_memory / 2**30, 1))
-    return Machine("cpu", _cpu_name(), cores, round(_memory_gb(), 1), precision)
+    return Machine("cpu", cpu_name(), cores, round(_memory_gb(), 1), precision)
 
 
 def _autocast(machine: Machine) -> Any:
