@@ -72,6 +72,26 @@ def _as_is(item: Any) -> Any:
     return item
 
 
+def class_pixels_per_image(
+    samples: Dataset[Any], num_classes: int, ignore_index: int, num_workers: int = 0
+) -> np.ndarray:
+    """Labelled pixels of each class in each mask of ``samples`` (items ``(image, mask)``):
+    int64 ``[N, K]``, ``ignore_index`` skipped."""
+    table = np.zeros((len(samples), num_classes), np.int64)  # type: ignore[arg-type]
+    counts = _MaskCounts(samples, num_classes, ignore_index)
+    loader = DataLoader(counts, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+    for index, (class_pixels, _) in enumerate(loader):
+        table[index] = class_pixels
+    return table
+
+
+def pixel_totals(per_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels, present_pixels)`` of a :func:`class_pixels_per_image` table, both int64 ``[K]``:
+    the pixels of each class, and the labelled pixels of the masks in which that class occurs."""
+    labelled = per_image.sum(axis=1, keepdims=True)  # every labelled pixel is some class's
+    return per_image.sum(axis=0), np.where(per_image > 0, labelled, 0).sum(axis=0)
+
+
 def class_pixel_counts(
     samples: Dataset[Any], num_classes: int, ignore_index: int, num_workers: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -80,14 +100,7 @@ def class_pixel_counts(
     Returns ``(pixels, present_pixels)``, both int64 ``[K]``: the pixels of each class, and
     the labelled pixels of the masks in which that class occurs at all.
     """
-    pixels = np.zeros(num_classes, np.int64)
-    present = np.zeros(num_classes, np.int64)
-    counts = _MaskCounts(samples, num_classes, ignore_index)
-    loader = DataLoader(counts, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
-    for class_pixels, total in loader:
-        pixels += class_pixels
-        present += np.where(class_pixels > 0, total, 0)
-    return pixels, present
+    return pixel_totals(class_pixels_per_image(samples, num_classes, ignore_index, num_workers))
 
 
 def median_frequency_weights(pixels: np.ndarray, present_pixels: np.ndarray) -> torch.Tensor:

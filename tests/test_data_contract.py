@@ -275,20 +275,29 @@ def test_fit_refuses_mixed_validation_sizes_before_writing_anything(tmp_path: Pa
 # -- rare-class crops need a rare class ----------------------------------------------------------------------------
 
 
-def test_rare_crops_without_a_rare_class_are_reported_by_the_check_as_fit_reports_them(tmp_path: Path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("key", "data", "kwargs"),
+    [
+        ("data.augment.rare_crop_share", dict(train_size="[8, 8]", resize_mode="crop", augment="{rare_crop_share: 0.5}"),
+         dict(train_size=(8, 8), resize_mode="crop", augment=Augment(rare_crop_share=0.5))),
+        ("data.rare_image_share", dict(rare_image_share=0.5), dict(rare_image_share=0.5)),
+    ],
+    ids=["crops", "images"],
+)
+def test_rare_sampling_without_a_rare_class_is_reported_by_the_check_as_fit_reports_it(
+    tmp_path: Path, monkeypatch, capsys, key, data, kwargs
+):
     root = tmp_path / "data"
     _pairs(root, "train", [(16, 16), (16, 16)])
     _pairs(root, "val", [(16, 16)])
     expected = (
-        "data.augment.rare_crop_share is 0.5 but no class holds less than 2.00% of the training pixels (the rarest, "
-        "'c', holds 2.34%); raise data.augment.rare_class_below or set rare_crop_share: 0"
+        f"{key} is 0.5 but no class holds less than 2.00% of the training pixels (the rarest, "
+        f"'c', holds 2.34%); raise data.augment.rare_class_below or set {key.rsplit('.', 1)[-1]}: 0"
     )
-    code, out = _check(tmp_path, root, monkeypatch, capsys, train_size="[8, 8]", resize_mode="crop",
-                       augment="{rare_crop_share: 0.5}")
+    code, out = _check(tmp_path, root, monkeypatch, capsys, **data)
     assert code == 1
     assert f"PROBLEMS (1):\n  - {expected}" in out
-    dm = SegDataModule(_folder(root), num_workers=0, train_size=(8, 8), resize_mode="crop",
-                       augment=Augment(rare_crop_share=0.5))
+    dm = SegDataModule(_folder(root), num_workers=0, **kwargs)
     with pytest.raises(ValueError) as error:
         dm.setup("fit")
     assert str(error.value) == expected

@@ -145,7 +145,9 @@ def test_two_processes_killed_after_an_epoch_and_resumed_on_two_end_bit_identica
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     whole.mkdir()
     crashed.mkdir()
-    fit = ["--trainer.max_epochs=2", "--trainer.callbacks+=tests.test_exact_resume.DrawPerRank"]
+    # Rare-image oversampling on: the ranks must split one resampled order, before and after the kill.
+    fit = ["--trainer.max_epochs=2", "--trainer.callbacks+=tests.test_exact_resume.DrawPerRank",
+           "--data.rare_image_share=0.5", "--data.augment.rare_class_below=0.5"]
     _ok(_ddp(whole, *fit))
     killed = _ddp(crashed, *fit, "--trainer.callbacks+=tests.test_exact_resume.KillAtEpochStart", "--trainer.callbacks.epoch=1")
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-4000:]

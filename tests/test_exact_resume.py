@@ -71,7 +71,7 @@ class KillAtEpochStart(pl.Callback):
 
 def _config(tmp_path: Path) -> Path:
     """amp.yaml, tiny, 32-bit, a step checkpoint every 3 steps (mid-epoch with 4 steps per epoch),
-    global random numbers drawn every batch."""
+    global random numbers drawn every batch, rare images oversampled."""
     cfg = yaml.safe_load((CONFIGS / "amp.yaml").read_text())
     cfg["trainer"]["callbacks"] = yaml.safe_load(TRAINER_DEFAULTS.read_text())["trainer"]["callbacks"]
     cfg["trainer"]["callbacks"].append({"class_path": "tests.test_exact_resume.DrawPerRank"})
@@ -79,7 +79,8 @@ def _config(tmp_path: Path) -> Path:
         if "every_n_train_steps" in callback.get("init_args", {}):
             callback["init_args"]["every_n_train_steps"] = 3
     cfg["trainer"].update(max_epochs=3, log_every_n_steps=1, precision="32-true", accelerator="cpu", num_sanity_val_steps=0)
-    cfg["data"].update(batch_size=8, num_workers=0)
+    # Rare-image oversampling on (every shape class is under half the pixels): its draws must resume exactly too.
+    cfg["data"].update(batch_size=8, num_workers=0, rare_image_share=0.5, augment={"rare_class_below": 0.5})
     cfg["data"]["source"]["init_args"].update(size=32, num_train=32, num_val=8)
     cfg["model"]["backbone"]["init_args"].update(base_channels=4, depth=2)
     path = tmp_path / "tiny.yaml"

@@ -22,7 +22,7 @@ from segopt.planning.fingerprint import (
 )
 from segopt.planning.probe import Machine, Probe, StepTiming
 from segopt.planning.recipe import plan_paths
-from segopt.planning.rules import MIN_IMAGES, RARE_CROP_SHARE, plan
+from segopt.planning.rules import MIN_IMAGES, RARE_CROP_SHARE, RARE_IMAGE_SHARE, plan
 from tests.conftest import CONFIGS
 
 CPU = Machine("cpu", "Test CPU", 2, 24.0, "bf16-mixed")
@@ -155,15 +155,22 @@ def test_class_weighting_follows_the_imbalance() -> None:
     assert balanced.value("model.loss.init_args.class_weights") is None
 
 
-def test_rare_class_crops_only_for_crops_of_rare_classes() -> None:
+def test_classes_in_few_images_get_oversampled_images_and_in_crop_mode_crops() -> None:
     # local structures in large images: crops at full resolution; c1 is in 10 % of the images
     crops = plan(_fp(size=(1024, 1024), widths=(30.0, 3.0, 20.0), presence=(1.0, 0.1, 1.0)), _probe(), 60)
     assert crops.chosen.mode == "crop" and crops.chosen.size == (256, 256)
+    assert crops.value("data.rare_image_share") == RARE_IMAGE_SHARE
     assert crops.value("data.augment.rare_crop_share") == RARE_CROP_SHARE
     assert crops.value("data.augment.rare_class_below") == pytest.approx(0.015)
     resized = plan(_fp(presence=(1.0, 0.1, 1.0)), _probe(), 60)
     assert resized.chosen.mode == "resize"
+    assert resized.value("data.rare_image_share") == RARE_IMAGE_SHARE
     assert resized.value("data.augment.rare_crop_share") == 0.0
+    assert resized.value("data.augment.rare_class_below") == pytest.approx(0.015)
+    common = plan(_fp(presence=(1.0, 0.25, 1.0)), _probe(), 60)  # in a quarter of the images: not rare
+    assert common.value("data.rare_image_share") == 0.0
+    assert common.value("data.augment.rare_crop_share") == 0.0
+    assert "data.augment.rare_class_below" not in [d.key for d in common.decisions]
 
 
 def test_scale_jitter_does_not_shrink_a_class_below_a_pixel_and_a_half() -> None:

@@ -35,7 +35,7 @@ from segopt.data.files import DataError, decode_threads, read_image, read_mask
 from segopt.data.folder import Pair, PairedFolder, decode_mask
 from segopt.data.groups import shared_groups, shared_groups_warning
 from segopt.data.masks import invalid_mask_values
-from segopt.data.rare_crop import no_rare_class_problem
+from segopt.data.rare_crop import RARE_CLASS_BELOW, no_rare_class_problem
 from segopt.data.synthetic import SyntheticShapes
 
 _SHOWN_PROBLEMS = 25  # per-file problems printed in full; the rest are counted (all in --json)
@@ -153,14 +153,14 @@ def check_source(
     ignore_index: int,
     limit: int | None = None,
     batching: Batching | None = None,
-    rare_crops: tuple[float, float] | None = None,
+    rare: list[tuple[str, float, float]] | None = None,
 ) -> CheckResult:
     """Decode every sample (or the first ``limit`` per split) and collect statistics and problems.
 
     With ``batching`` (the data config's batch and size keys), a split whose images differ in
     size where batches would stack them unresized is a problem too, as it is for ``fit``; with
-    ``rare_crops`` (``data.augment.rare_crop_share`` and ``rare_class_below``), training masks
-    without a rare class to centre crops on.
+    ``rare`` (``(key, share, rare_class_below)`` of rare-class crops and rare-image
+    oversampling that are on), training masks without a rare class for them to favour.
     """
     result = CheckResult()
     if 0 <= ignore_index < source.num_classes:
@@ -192,10 +192,11 @@ def check_source(
             if problem:
                 result.problems.append(problem)
     train = result.splits.get("train")
-    if rare_crops is not None and limit is None and not result.file_problems and train is not None and train.pixels is not None:
-        problem = no_rare_class_problem(train.pixels, *rare_crops, source.class_names)
-        if problem:
-            result.problems.append(problem)
+    if rare and limit is None and not result.file_problems and train is not None and train.pixels is not None:
+        for key, share, below in rare:
+            problem = no_rare_class_problem(train.pixels, key, share, below, source.class_names)
+            if problem:
+                result.problems.append(problem)
     _check_classes_seen(source, result, limit)
     if isinstance(source, PairedFolder):
         _check_groups(source, result)
@@ -313,7 +314,7 @@ def as_json(source: SegSource, ignore_index: int, result: CheckResult) -> dict[s
 
 def _source_from_config(
     argv: list[str] | None,
-) -> tuple[SegSource, int, int | None, str | None, Batching, tuple[float, float] | None]:
+) -> tuple[SegSource, int, int | None, str | None, Batching, list[tuple[str, float, float]]]:
     """Parse the training YAML with segopt's own CLI parser; instantiate only the data source."""
     from segopt.cli import SegCLI
     from segopt.data.datamodule import SegDataModule
@@ -347,8 +348,12 @@ def _source_from_config(
         bool(data.full_res_masks),
     )
     augment = data.augment
-    on = augment is not None and augment.enabled and augment.rare_crop_share > 0
-    rare = (augment.rare_crop_share, augment.rare_class_below) if on else None
+    below = augment.rare_class_below if augment is not None else RARE_CLASS_BELOW
+    rare = []
+    if augment is not None and augment.enabled and augment.rare_crop_share > 0:
+        rare.append(("data.augment.rare_crop_share", augment.rare_crop_share, below))
+    if data.get("rare_image_share"):
+        rare.append(("data.rare_image_share", data.rare_image_share, below))
     return source, data.ignore_index, cli.config.limit, cli.config.json, batching, rare
 
 
@@ -396,8 +401,8 @@ def source_from_mapping(source: dict[str, Any]) -> SegSource:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the check; the exit status is 1 when a problem was found."""
-    source, ignore_index, limit, json_path, batching, rare_crops = _source_from_config(argv)
-    result = check_source(source, ignore_index, limit, batching, rare_crops)
+    source, ignore_index, limit, json_path, batching, rare = _source_from_config(argv)
+    result = check_source(source, ignore_index, limit, batching, rare)
     print(render(source, ignore_index, result))
     if json_path:
         Path(json_path).write_text(json.dumps(as_json(source, ignore_index, result), indent=2))

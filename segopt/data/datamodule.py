@@ -18,7 +18,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from segopt.class_weights import class_pixel_counts
+from segopt.class_weights import class_pixels_per_image, pixel_totals
 from segopt.data.batching import Batching
 from segopt.data.classes import absent_classes, absent_classes_warning
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
@@ -26,6 +26,7 @@ from segopt.data.files import DataError
 from segopt.data.folder import FolderSplit
 from segopt.data.predict_folder import PredictFolder, collate_predict
 from segopt.data.rare_crop import no_rare_class_problem, rare_classes
+from segopt.data.rare_images import RareImages
 from segopt.data.resumable import ResumableLoader, ResumableSampler
 from segopt.data.synthetic import SyntheticShapes
 from segopt.data.transforms import (
@@ -97,6 +98,10 @@ class SegDataModule(pl.LightningDataModule):
         resize_mode: how training images reach ``train_size``: "resize" scales the whole
             image, "crop" takes a random crop at full resolution (smaller images padded,
             mask padding = ``ignore_index``).
+        rare_image_share: probability that a place in an epoch's training order goes to an
+            image holding a rare class (one with less than ``augment.rare_class_below`` of the
+            training pixels) instead (:mod:`segopt.data.rare_images`); 0 (default) keeps every
+            epoch a plain permutation.
         train_pipeline: a file saved by ``albumentations.save`` (.yaml/.json) that replaces
             ``augment``; ``train_size`` still applies first, normalisation is appended
             unless the file ends with it.
@@ -131,6 +136,7 @@ class SegDataModule(pl.LightningDataModule):
         eval_size: tuple[int, int] | None = None,
         full_res_masks: bool = False,
         resize_mode: ResizeMode = "resize",
+        rare_image_share: float = 0.0,
         train_pipeline: str | None = None,
         cache: bool = False,
         pin_memory: bool | None = None,
@@ -153,6 +159,7 @@ class SegDataModule(pl.LightningDataModule):
         self.eval_size = eval_size
         self.full_res_masks = full_res_masks
         self.resize_mode = resize_mode
+        self.rare_image_share = rare_image_share
         self.train_pipeline = train_pipeline
         self.cache = cache
         self.pin_memory = pin_memory
@@ -167,6 +174,7 @@ class SegDataModule(pl.LightningDataModule):
         self._norm_stats: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._resume_from: dict[str, Any] | None = None
         self._train_pixels: np.ndarray | None = None
+        self._rare_images: RareImages | None = None
 
     @property
     def num_classes(self) -> int:
@@ -202,6 +210,10 @@ class SegDataModule(pl.LightningDataModule):
         self.source.validate()
         self._validate_scale()
         self._validate_rare_crops()
+        if not 0 <= self.rare_image_share <= 1:
+            raise ValueError(
+                f"data.rare_image_share is {self.rare_image_share}; give a probability in [0, 1], e.g. 0.33, or 0 for none"
+            )
         if self.train_pipeline is not None:
             load_pipeline(self.train_pipeline)
 
@@ -252,30 +264,45 @@ class SegDataModule(pl.LightningDataModule):
         self.dataset("train")
         return self._train_pixels  # type: ignore[return-value]
 
+    @property
+    def rare_images(self) -> RareImages | None:
+        """The training split's rare-image oversampling (``rare_image_share``); None when it is off."""
+        self.dataset("train")
+        return self._rare_images
+
     def _count_train(self, samples: Dataset) -> np.ndarray:
         # A folder's masks are counted without decoding its images, unless the cache holds both.
         counted = samples.masks_only() if isinstance(samples, FolderSplit) else samples
         # In this process: a bad mask met here is one clean error, not a loader worker's traceback.
-        pixels, _ = class_pixel_counts(counted, self.num_classes, self.ignore_index)
+        per_image = class_pixels_per_image(counted, self.num_classes, self.ignore_index)
+        pixels, _ = pixel_totals(per_image)
+        if self.rare_image_share > 0:
+            classes = self._rare_classes(pixels, "data.rare_image_share", self.rare_image_share)
+            self._rare_images = RareImages.from_pixels(per_image, classes, self.rare_image_share)
         absent = absent_classes(pixels)
         if absent:
             rank_zero_only(log.warning)("segopt: warning: %s", absent_classes_warning(absent, self.class_names))
         self._train_pixels = pixels
         return pixels
 
-    def _rare_classes(self, pixels: np.ndarray) -> list[int]:
-        """The classes rare-class crops centre on, from the training masks' pixel counts."""
-        if not (self.augment.enabled and self.augment.rare_crop_share > 0):
-            return []
+    def _rare_classes(self, pixels: np.ndarray, key: str, share: float) -> list[int]:
+        """The rare classes that ``key`` (rare-class crops or images, at ``share``) favours, from
+        the training masks' pixel counts."""
         below = self.augment.rare_class_below
-        problem = no_rare_class_problem(pixels, self.augment.rare_crop_share, below, self.class_names)
+        problem = no_rare_class_problem(pixels, key, share, below, self.class_names)
         if problem:
             raise ValueError(problem)
         rare = rare_classes(pixels, below)
-        share = pixels / max(int(pixels.sum()), 1)
-        shown = ", ".join(f"{self.class_names[c]} ({share[c]:.2%})" for c in rare)
-        rank_zero_info(f"segopt: rare-class crops (share {self.augment.rare_crop_share}) centre on {shown}")
+        fraction = pixels / max(int(pixels.sum()), 1)
+        shown = ", ".join(f"{self.class_names[c]} ({fraction[c]:.2%})" for c in rare)
+        rank_zero_info(f"segopt: {key} {share} favours {shown}")
         return rare
+
+    def _crop_classes(self, pixels: np.ndarray) -> list[int]:
+        """The classes rare-class crops centre on (none when they are off)."""
+        if not (self.augment.enabled and self.augment.rare_crop_share > 0):
+            return []
+        return self._rare_classes(pixels, "data.augment.rare_crop_share", self.augment.rare_crop_share)
 
     def batching(self) -> Batching:
         """The keys that decide whether a split's images of several sizes can be batched."""
@@ -330,7 +357,7 @@ class SegDataModule(pl.LightningDataModule):
                     pipeline=self.train_pipeline,
                     seed=torch.initial_seed() % 2**32,
                     normalize=not on_device,
-                    rare_classes=self._rare_classes(self._count_train(samples)),
+                    rare_classes=self._crop_classes(self._count_train(samples)),
                 )
                 if self.train_pipeline is not None:
                     hint["mask_hint"] = (
@@ -403,7 +430,12 @@ class SegDataModule(pl.LightningDataModule):
         # the batches, in the order and with the augmentation, the interrupted one would have.
         trainer = self.trainer
         sampler = ResumableSampler(
-            dataset, torch.initial_seed() % 2**31, self.batch_size, trainer.world_size, trainer.global_rank
+            dataset,
+            torch.initial_seed() % 2**31,
+            self.batch_size,
+            trainer.world_size,
+            trainer.global_rank,
+            rare_images=self._rare_images,
         )
         resume, self._resume_from = self._resume_from, None
         return ResumableLoader(dataset, sampler, _trained_batches(trainer), resume, **options)

@@ -16,6 +16,9 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+#: The default ``data.augment.rare_class_below``: a class is rare under 2 % of the training pixels.
+RARE_CLASS_BELOW = 0.02
+
 
 def rare_classes(pixels: np.ndarray, below: float) -> list[int]:
     """Ids of the classes that occur but hold less than ``below`` of the labelled pixels."""
@@ -24,18 +27,20 @@ def rare_classes(pixels: np.ndarray, below: float) -> list[int]:
     return np.flatnonzero((pixels > 0) & (share < below)).tolist()
 
 
-def no_rare_class_problem(pixels: np.ndarray, share: float, below: float, class_names: Sequence[str]) -> str | None:
-    """Why rare-class crops (``rare_crop_share`` ``share``) have nothing to centre on, or None
-    when some class of the training pixel counts ``pixels`` is rare."""
+def no_rare_class_problem(
+    pixels: np.ndarray, key: str, share: float, below: float, class_names: Sequence[str]
+) -> str | None:
+    """Why the config key ``key`` (rare-class crops or images, at ``share``) has no rare class to
+    favour, or None when some class of the training pixel counts ``pixels`` is rare."""
     pixels = np.asarray(pixels)
     if rare_classes(pixels, below):
         return None
     fraction = pixels / max(int(pixels.sum()), 1)
     rarest = int(np.argmin(np.where(pixels > 0, fraction, np.inf)))
     return (
-        f"data.augment.rare_crop_share is {share} but no class holds less than {below:.2%} of the training pixels "
+        f"{key} is {share} but no class holds less than {below:.2%} of the training pixels "
         f"(the rarest, {class_names[rarest]!r}, holds {fraction[rarest]:.2%}); raise data.augment.rare_class_below "
-        "or set rare_crop_share: 0"
+        f"or set {key.rsplit('.', 1)[-1]}: 0"
     )
 
 

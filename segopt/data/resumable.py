@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from segopt.data.rare_images import RareImages
+
 
 class SeededIndex(NamedTuple):
     """A sample index with the seed of its augmentation."""
@@ -39,19 +41,34 @@ class SeededIndex(NamedTuple):
 class ResumableSampler(DistributedSampler):
     """Shuffled indices with per-sample seeds; ``skip`` drops the first batches of the next pass.
 
+    With ``rare_images``, a share of the order goes to images that hold a rare class
+    (:class:`segopt.data.rare_images.RareImages`), drawn from ``(seed, epoch)`` as the order is.
+
     A :class:`DistributedSampler` (one process: ``num_replicas=1``), so Lightning neither
     wraps nor replaces it and calls ``set_epoch`` every epoch.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        seed: int,
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        rare_images: RareImages | None = None,
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.batch_size = batch_size
+        #: Oversampling of images that hold a rare class (applied to the whole order, before it is split by rank).
+        self.rare_images = rare_images
         #: Batches of this process to leave out at the start of the next pass (set on resume).
         self.skip = 0
 
     def __iter__(self) -> Iterator[SeededIndex]:  # type: ignore[override]
         n = len(self.dataset)  # type: ignore[arg-type]
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        if self.rare_images is not None:
+            order = self.rare_images.resample(order, self.seed, self.epoch)
         total = math.ceil(n / self.num_replicas) * self.num_replicas
         order += order[: total - n]  # pad so every process gets as many (DistributedSampler's rule)
         positions = range(self.rank, total, self.num_replicas)

@@ -20,7 +20,7 @@ import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from segopt.data.files import DataError
-from segopt.data.rare_crop import RareClassCrop
+from segopt.data.rare_crop import RARE_CLASS_BELOW, RareClassCrop
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,7 +72,7 @@ class Augment:
     fill: float = 0.0
     random_scale: tuple[float, float] = (1.0, 1.0)
     rare_crop_share: float = 0.0
-    rare_class_below: float = 0.02
+    rare_class_below: float = RARE_CLASS_BELOW
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from segopt.planning.fingerprint import Fingerprint, PlanError
 from segopt.planning.probe import BACKBONES, Backbone, Probe
@@ -42,9 +42,10 @@ MAX_VAL_SHARE = 0.10
 #: this many times the pixels of the rarest (CamVid: 108x, where it beat both no weights and
 #: median frequency, results/side_by_side.md); membranes (3.6x) train unweighted.
 WEIGHTING_IMBALANCE = 10.0
-#: A class in fewer than this share of the training images gets rare-class crops (nnU-Net
+#: A class in fewer than this share of the training images gets a third of the draws given to
+#: the images that hold it, and in crop mode a third of the crops centred on it (nnU-Net
 #: oversamples foreground in a third of its patches).
-RARE_PRESENCE, RARE_CROP_SHARE = 0.25, 0.33
+RARE_PRESENCE, RARE_IMAGE_SHARE, RARE_CROP_SHARE = 0.25, 0.33, 0.33
 #: The decoded training set is cached in RAM when it takes at most this share of the memory.
 CACHE_MEMORY_SHARE = 0.25
 #: Seconds of a fit outside its epochs (model build, sanity check, decoding the cache), and of
@@ -221,16 +222,25 @@ def class_weighting(fp: Fingerprint) -> tuple[str | None, str]:
     return None, f"the commonest class has {ratio:.1f}x the pixels of the rarest (< {WEIGHTING_IMBALANCE:g}): unweighted"
 
 
-def rare_crops(fp: Fingerprint, mode: str) -> tuple[float, float | None, str]:
-    """(rare_crop_share, rare_class_below, reason)."""
+class RareSampling(NamedTuple):
+    """How training favours the classes found in few images, and why."""
+
+    image_share: float  # data.rare_image_share
+    crop_share: float  # data.augment.rare_crop_share
+    below: float | None  # data.augment.rare_class_below: catches those classes' pixel shares
+    reason: str
+
+
+def rare_sampling(fp: Fingerprint, mode: str) -> RareSampling:
+    """Rare-image oversampling, and rare-class crops in crop mode, for classes in under ``RARE_PRESENCE`` of the images."""
     rare = [fp.classes[i] for i in learnable_classes(fp) if fp.classes[i].image_share < RARE_PRESENCE]
     if not rare:
-        return 0.0, None, f"every class is in {RARE_PRESENCE:.0%}+ of the training images"
+        return RareSampling(0.0, 0.0, None, f"every class is in {RARE_PRESENCE:.0%}+ of the training images")
     names = ", ".join(f"{c.name} ({c.image_share:.0%})" for c in rare)
-    if mode != "crop":
-        return 0.0, None, f"{names} in under {RARE_PRESENCE:.0%} of the images, but whole images are trained, not crops"
     below = round(max(c.pixel_share for c in rare) * 1.5, 6)
-    return RARE_CROP_SHARE, below, f"{names} in under {RARE_PRESENCE:.0%} of the training images"
+    crops = RARE_CROP_SHARE if mode == "crop" else 0.0
+    why = f"{names} in under {RARE_PRESENCE:.0%} of the training images"
+    return RareSampling(RARE_IMAGE_SHARE, crops, below, why if mode == "crop" else f"{why}; whole images are trained, not crops")
 
 
 def scale_jitter(fp: Fingerprint, chosen: Candidate) -> tuple[list[float], str]:
@@ -283,10 +293,11 @@ def plan(fp: Fingerprint, probe: Probe, minutes: float) -> Plan:
     result.add("data.eval_batch_size", 1 if vary else None, "validation images differ in size" if vary else "validation images share one size")
     weighting, why_w = class_weighting(fp)
     result.add("model.loss.init_args.class_weights", weighting, why_w)
-    share, below, why_r = rare_crops(fp, chosen.mode)
-    result.add("data.augment.rare_crop_share", share, why_r)
-    if below is not None:
-        result.add("data.augment.rare_class_below", below, "catches the rare classes' pixel shares")
+    rare = rare_sampling(fp, chosen.mode)
+    result.add("data.rare_image_share", rare.image_share, rare.reason)
+    result.add("data.augment.rare_crop_share", rare.crop_share, rare.reason)
+    if rare.below is not None:
+        result.add("data.augment.rare_class_below", rare.below, "catches the rare classes' pixel shares")
     jitter, why_j = scale_jitter(fp, chosen)
     result.add("data.augment.random_scale", jitter, why_j)
     decay, why_e = ema_decay(chosen)
