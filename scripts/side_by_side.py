@@ -29,7 +29,8 @@ seed on the same machine:
 - ``--arm segopt``: ``python -m segopt.cli fit --config <recipe> --seed_everything <seed>`` in a
   subprocess. A recipe without data of its own (its ``data.source`` reads no folder, e.g.
   ``configs/amp.yaml``) gets ``--config <data config>`` stacked after it; a recipe with its own
-  must name the data config's very source. With ``--minutes`` and no ``TimeBudget`` callback in
+  must name the data config's very source, or that of the first of several data configs, whose
+  overlays (e.g. a split by sequence) are then stacked after it. With ``--minutes`` and no ``TimeBudget`` callback in
   the recipe, one is added with that budget (and a large ``max_epochs``), so a fixed-epoch recipe
   runs "with the same time budget added". ``--segopt-arg`` passes more flags. The final epoch's
   val mIoU and per-class IoU (not the best epoch's) come from its TensorBoard run.
@@ -447,19 +448,24 @@ def plan_recipe(args: argparse.Namespace, data: DataConfig) -> Recipe:
     """What runs for the segopt arm: the recipe, the data config stacked or not, a budget added or not."""
     config = _recipe_yaml(args.config)
     own = own_data_source(config)
+    stacked: tuple[Path, ...] | None = None if own is not None else data.paths
     if own is not None and own != data.source_mapping and not same_pairs(own, data.source):
-        fail(
-            f"{args.config} trains on its own data.source (root {own['init_args']['root']}), not the pairs of "
-            f"--data-config {data.label} (root {data.root}); give the data config the recipe was written for, "
-            "or a recipe without data of its own (e.g. configs/amp.yaml)"
-        )
+        if len(data.paths) > 1 and same_pairs(own, load_data_config(data.paths[0]).source):
+            # The recipe reads the base data config's pairs: its overlays (a split by group) stack on it.
+            stacked = data.paths[1:]
+        else:
+            fail(
+                f"{args.config} trains on its own data.source (root {own['init_args']['root']}), not the pairs of "
+                f"--data-config {data.label} (root {data.root}); give the data config the recipe was written for "
+                "(then any overlays), or a recipe without data of its own (e.g. configs/amp.yaml)"
+            )
     budget, own_minutes = None, time_budget_minutes(config)
     if args.minutes is not None:
         if own_minutes is not None:
             print(f"note: {args.config} has its own TimeBudget; --minutes {args.minutes:g} is not added", flush=True)
         else:
             budget = args.minutes
-    return Recipe(args.config, sha256_hex(args.config.read_bytes()), own_minutes, None if own is not None else data.paths, budget)
+    return Recipe(args.config, sha256_hex(args.config.read_bytes()), own_minutes, stacked, budget)
 
 
 def added_args(recipe: Recipe) -> list[str]:
