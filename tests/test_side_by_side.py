@@ -135,8 +135,8 @@ def test_a_recipe_on_other_data_than_the_data_config_is_one_error_line(sbs: Modu
         sbs.plan_recipe(args, sbs.load_data_config(data))
     assert str(exc.value) == (
         f"error: configs/recipes/camvid.yaml trains on its own data.source (root data/camvid), not the pairs of --data-config "
-        f"{data} (root {tmp_path / 'data'}); give the data config the recipe was written for, or a recipe without data "
-        "of its own (e.g. configs/amp.yaml)"
+        f"{data} (root {tmp_path / 'data'}); give the data config the recipe was written for (then any overlays), or a "
+        "recipe without data of its own (e.g. configs/amp.yaml)"
     )
 
 
@@ -350,6 +350,14 @@ def test_stacked_data_configs_and_a_planned_recipe_reading_the_same_pairs(sbs: M
     amp = sbs.parse_args(["--arm", "segopt", "--label", "amp", "--config", "configs/amp.yaml", "--minutes", "10", "--data-config", *overlay])
     cmd = sbs.segopt_command(amp, sbs.plan_recipe(amp, data), 1, tmp_path / "amp_seed1")
     assert cmd[4:10] == ["--config", "configs/amp.yaml", "--config", overlay[0], "--config", overlay[1]]
+    # a recipe written for the base data config (as configs/recipes/camvid.yaml is for camvid.yaml) gets only the overlay
+    base = tmp_path / "base_recipe.yaml"
+    base.write_text(yaml.safe_dump({"data": {"source": sbs.load_data_config(Path(overlay[0])).source_mapping}}))
+    tuned = sbs.parse_args(["--arm", "segopt", "--label", "tuned", "--config", str(base), "--data-config", *overlay])
+    stacked = sbs.plan_recipe(tuned, data)
+    assert stacked.data_config == (Path(overlay[1]),)
+    cmd = sbs.segopt_command(tuned, stacked, 1, tmp_path / "tuned_seed1")
+    assert cmd[4:8] == ["--config", str(base), "--config", overlay[1]]
 
 
 def test_plan_report_is_written_from_the_series_files_and_the_plan_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
