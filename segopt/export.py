@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from segopt.models.contracts import size_multiple
+
 
 def _require_onnx() -> None:
     try:
@@ -36,7 +38,7 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, opset: int
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     # Padding and cropping are branch-free shape arithmetic, so a trace at one size holds for all.
-    multiple = int(getattr(model, "size_multiple", 32))
+    multiple = size_multiple(model)
     example = torch.zeros(1, in_channels, 2 * multiple, 2 * multiple)
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings():

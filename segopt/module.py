@@ -33,6 +33,8 @@ from segopt.inference import TTA, SlidingWindow, masks_at_size, predict_probs
 from segopt.losses import CombinedLoss
 from segopt.models import FinetunableEncoder, UNet
 from segopt.models.blocks import pad_to_multiple
+from segopt.models.contracts import lr_scale
+from segopt.models.contracts import size_multiple as backbone_size_multiple
 from segopt.schedules import OneCycle
 from segopt.time_budget import TimeBudget
 
@@ -161,8 +163,8 @@ class SegModule(pl.LightningModule):
 
     @property
     def size_multiple(self) -> int:
-        """What the backbone needs its input sides to be a multiple of (its ``size_multiple``, else 1)."""
-        return int(getattr(self.net, "size_multiple", 1))
+        """What the backbone needs its input sides to be a multiple of (:func:`segopt.models.contracts.size_multiple`)."""
+        return backbone_size_multiple(self.net)
 
     def _loss(self, out: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         if not isinstance(out, (list, tuple)):
@@ -327,7 +329,7 @@ class SegModule(pl.LightningModule):
         optimizer = self.optimizer_factory(self._param_groups())
         # A backbone's group may ask for a fraction of the learning rate (e.g. a pretrained encoder).
         for group in optimizer.param_groups:
-            group["lr"] *= group.get("lr_scale", 1.0)
+            group["lr"] *= lr_scale(group)
         if self.scheduler_factory is None:
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches

@@ -17,6 +17,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 
+from segopt.models.contracts import lr_scale
+
 
 def _check_total_steps(name: str, total_steps: float) -> int:
     if not math.isfinite(total_steps) or total_steps < 1:
@@ -95,7 +97,7 @@ class OneCycle(OneCycleLR):
         if max_lr is None:
             peaks = [group["lr"] for group in optimizer.param_groups]
         else:
-            peaks = [max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+            peaks = [max_lr * lr_scale(group) for group in optimizer.param_groups]
         super().__init__(
             optimizer,
             max_lr=peaks,

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 #: The clock budgets are measured with (a module attribute so tests can simulate time).
 _now = time.monotonic
+
+
+@runtime_checkable
+class Replannable(Protocol):
+    """A LightningModule whose schedule TimeBudget can rebuild for another length (SegModule is one)."""
+
+    def build_scheduler(self, optimizer: Optimizer, total_steps: int) -> LRScheduler | None:
+        """The module's schedule for ``total_steps`` optimiser steps (None: a constant rate)."""
+        ...
 
 
 class TimeBudget(pl.Callback):
@@ -76,7 +87,7 @@ class TimeBudget(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not callable(getattr(pl_module, "build_scheduler", None)):
+        if not isinstance(pl_module, Replannable):
             raise TypeError(
                 f"TimeBudget re-plans the schedule through the module's build_scheduler(optimizer, total_steps), "
                 f"which {type(pl_module).__name__} does not have; use segopt.module.SegModule or add that method"

@@ -10,9 +10,9 @@ and registers :class:`segopt.callbacks.EncoderFreeze`, which calls
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
+
+from segopt.models.contracts import ParamGroup
 
 
 def check_finetune_options(freeze_encoder_epochs: int, encoder_lr_scale: float) -> None:
@@ -47,15 +47,15 @@ class FinetunableEncoder(nn.Module):
         self.freeze_encoder_epochs = freeze_encoder_epochs
         self.encoder_lr_scale = encoder_lr_scale
 
-    def param_groups(self) -> list[dict[str, Any]]:
+    def param_groups(self) -> list[ParamGroup]:
         """Optimiser groups: everything outside the encoder ("decoder") at the base rate, then
         the encoder ("encoder") with ``lr_scale``: the factor by which
         :class:`segopt.module.SegModule` and :mod:`segopt.schedules` multiply that group's rate."""
         in_encoder = {id(p) for p in self.encoder.parameters()}
         rest = [p for p in self.parameters() if id(p) not in in_encoder]
         return [
-            {"params": rest, "name": "decoder"},
-            {"params": list(self.encoder.parameters()), "name": "encoder", "lr_scale": self.encoder_lr_scale},
+            ParamGroup(params=rest, name="decoder"),
+            ParamGroup(params=list(self.encoder.parameters()), name="encoder", lr_scale=self.encoder_lr_scale),
         ]
 
     def freeze_encoder(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from segopt.models.contracts import size_multiple
 from segopt.precision import cpu_has_native_bf16, cpu_name, resolve_precision
 
 
@@ -193,7 +194,7 @@ def probe_machine(
     timings = []
     for backbone in backbones:
         net = build_backbone(backbone, in_channels, num_classes).to(machine.device)
-        multiple = getattr(net, "size_multiple", 32)
+        multiple = size_multiple(net)
         for size in sizes:
             padded = (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
             shape = (batch, in_channels, *padded)
