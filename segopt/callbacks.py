@@ -164,9 +164,9 @@ class PurgeStaleEvents(pl.Callback):
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
         for writer in _tensorboards(trainer):
-            # Private torch API: SummaryWriter writes raw events only through its file writer, and the
+            # SummaryWriter writes raw events only through its file writer (built with it), and the
             # public purge_step is fixed when the logger builds the writer, before the resumed step is known.
-            file_writer = writer._get_file_writer()
+            file_writer = writer.file_writer
             file_writer.add_event(Event(step=trainer.global_step, session_log=SessionLog(status=SessionLog.START)))
             file_writer.flush()
 

@@ -185,11 +185,19 @@ class SegModule(pl.LightningModule):
         accumulating during the epoch; callbacks read it in ``on_validation_epoch_end``."""
         return self.val_metrics["confmat"]  # type: ignore[return-value]
 
+    def _attached_trainer(self) -> pl.Trainer | None:
+        """The Trainer running this module, or None (``self.trainer`` raises when none is attached)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     def configure_model(self) -> None:
         """Compile the backbone in place when ``compile`` is on (once; Lightning calls this per run)."""
         if not self.compile_net or self._compile_done:
             return
-        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        trainer = self._attached_trainer()
+        device = trainer.strategy.root_device if trainer is not None else self.device
         problem = compile_backbone(self.net, self.compile_mode, device)
         self._compile_done = True  # or skipped: either way, said once
         if problem is not None:
@@ -359,9 +367,7 @@ class SegModule(pl.LightningModule):
         "Tried to step N times" at the first step past its end). Stretching it would bend the
         curve already followed, so the run stops here, before any step, and says what to do.
         """
-        # Private Lightning attribute: the public self.trainer raises when no Trainer is attached
-        # (a checkpoint loaded outside a fit), where this hook has nothing to check.
-        trainer = self._trainer
+        trainer = self._attached_trainer()  # none: a checkpoint loaded outside a fit, nothing to check
         if trainer is None or trainer.state.fn != TrainerFn.FITTING:
             return
         # Before anything below builds the training loader (estimated_stepping_batches does).
