@@ -30,9 +30,11 @@ GPU = Machine("cuda", "Test GPU 80GB", 16, 128.0, "16-mixed", gpu_memory_gb=80.0
 
 
 # ----------------------------------------------------------------------------- data on disk
-def _write_set(root: Path, n_train: int = 6, n_val: int = 2, size: tuple[int, int] = (64, 96), classes: int = 3) -> None:
-    """Grey images; masks of background (0), a 3 px wide vertical bar (1) and, in every other
-    training image, a 10x10 square (2)."""
+def _write_set(
+    root: Path, n_train: int = 6, n_val: int = 2, size: tuple[int, int] = (64, 96), classes: int = 3, square_every: int = 2
+) -> None:
+    """Grey images; masks of background (0), a 3 px wide vertical bar (1) and, in every
+    ``square_every``-th training image, a 10x10 square (2)."""
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("val", n_val)):
         (root / split / "images").mkdir(parents=True)
@@ -40,7 +42,7 @@ def _write_set(root: Path, n_train: int = 6, n_val: int = 2, size: tuple[int, in
         for i in range(n):
             mask = np.zeros(size, np.uint8)
             mask[:, 20:23] = 1
-            if classes > 2 and (i % 2 == 0 or split == "val"):
+            if classes > 2 and (i % square_every == 0 or split == "val"):
                 mask[30:40, 50:60] = 2
             image = rng.integers(0, 255, size, dtype=np.uint8)
             cv2.imwrite(str(root / split / "images" / f"f{i}.png"), image)
@@ -221,13 +223,19 @@ def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.slow
-def test_the_written_recipe_parses_and_fits_one_step(tiny: Path, tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
+def test_the_written_recipe_parses_and_fits_one_step(tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
+    _write_set(tmp_path / "set", square_every=6)  # the square in 1 of the 6 training images: rare
+    tiny = _data_config(tmp_path / "data.yaml", tmp_path / "set", ["background", "bar", "square"])
     out = tmp_path / "recipes" / "tiny.yaml"
     code, printed, _ = _run(capsys, "--config", str(tiny), "--minutes", "5", "--out", str(out))
     assert code == 0, printed
     assert [p.exists() for p in plan_paths(out)] == [True, True, True]
     text = out.read_text()
     assert "  train_size: [64, 96]  # resize at 64x96: bar is 3 px wide at median (full resolution)" in text
+    assert (
+        "  rare_image_share: 0.33  # square (17%) in under 25% of the training images; whole images are trained, not crops"
+        in text
+    )
     record = json.loads(plan_paths(out)[1].read_text())
     assert record["fingerprint"]["classes"][1]["width_px"] == 3.0
     assert record["plan"]["chosen"]["backbone"] == "resnet18_unet"

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,8 @@ class CheckResult:
     file_problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: ``check_source``'s ``measure`` of each decoded training mask, in file order.
+    measured: list[Any] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -97,37 +100,53 @@ def _add(stats: SplitStats, result: tuple, num_classes: int) -> None:
 
 
 def _check_folder_split(
-    source: PairedFolder, pairs: list[Pair], ignore_index: int, stats: SplitStats, result: CheckResult
+    source: PairedFolder,
+    pairs: list[Pair],
+    ignore_index: int,
+    stats: SplitStats,
+    result: CheckResult,
+    measure: Callable[[np.ndarray], Any] | None = None,
 ) -> None:
     decoder, k = source.masks, source.num_classes
 
-    def one(pair: Pair) -> tuple[Any, list[object], str | None]:
+    def one(pair: Pair) -> tuple[Any, list[object], str | None, Any]:
         if pair.image_header.size != pair.mask_header.size:
-            return None, [], None  # already reported from the headers
+            return None, [], None, None  # already reported from the headers
         if pair.mask_header.lossy and not source.allow_lossy_masks:
-            return None, [], None  # refused from the headers; its values would blame the class list instead
+            return None, [], None, None  # refused from the headers; its values would blame the class list instead
         try:
             image = read_image(pair.image, source.in_channels, pair.image_header.orientation)
             raw = read_mask(pair.mask, decoder.colour)
             values = decoder.raw_values(raw)
             mask = decode_mask(pair, raw, decoder, k, ignore_index)
-            return _sample_stats(image, mask, k, ignore_index), values, None
+            # Measured here, in the decoding thread, so the mask is decoded once for both.
+            return _sample_stats(image, mask, k, ignore_index), values, None, measure(mask) if measure else None
         except DataError as err:
-            return None, [], "; ".join(err.problems)
+            return None, [], "; ".join(err.problems), None
 
     with ThreadPoolExecutor(decode_threads()) as pool:
         for pair in pairs:
             stats.sizes[pair.image_header.size] += 1
             stats.channels["grey" if pair.image_header.grey else pair.image_header.mode] += 1
-        for sample, values, problem in pool.map(one, pairs):
+        for sample, values, problem, measured in pool.map(one, pairs):
             stats.raw_values.update(values)
             if problem:
                 result.file_problems.append(problem)
             elif sample is not None:
                 _add(stats, sample, k)
+                if measure is not None:
+                    result.measured.append(measured)
 
 
-def _check_generic_split(source: SegSource, name: str, ignore_index: int, limit: int | None, stats: SplitStats, result: CheckResult) -> None:
+def _check_generic_split(
+    source: SegSource,
+    name: str,
+    ignore_index: int,
+    limit: int | None,
+    stats: SplitStats,
+    result: CheckResult,
+    measure: Callable[[np.ndarray], Any] | None = None,
+) -> None:
     samples = source.split(name, ignore_index)
     count = len(samples) if limit is None else min(limit, len(samples))  # type: ignore[arg-type]
     for i in range(count):
@@ -146,6 +165,8 @@ def _check_generic_split(source: SegSource, name: str, ignore_index: int, limit:
             result.file_problems.append(f"{name} sample {i}: mask values {bad} are neither a class nor ignore_index")
             continue
         _add(stats, _sample_stats(image, mask, source.num_classes, ignore_index), source.num_classes)
+        if measure is not None:
+            result.measured.append(measure(mask))
 
 
 def check_source(
@@ -154,13 +175,16 @@ def check_source(
     limit: int | None = None,
     batching: Batching | None = None,
     rare: list[tuple[str, float, float]] | None = None,
+    measure: Callable[[np.ndarray], Any] | None = None,
 ) -> CheckResult:
     """Decode every sample (or the first ``limit`` per split) and collect statistics and problems.
 
     With ``batching`` (the data config's batch and size keys), a split whose images differ in
     size where batches would stack them unresized is a problem too, as it is for ``fit``; with
     ``rare`` (``(key, share, rare_class_below)`` of rare-class crops and rare-image
-    oversampling that are on), training masks without a rare class for them to favour.
+    oversampling that are on), training masks without a rare class for them to favour. With
+    ``measure``, each training mask that decodes is also passed to it as it is decoded, and the
+    results are kept in ``result.measured`` (the planner's structure widths).
     """
     result = CheckResult()
     if 0 <= ignore_index < source.num_classes:
@@ -174,7 +198,8 @@ def check_source(
         result.notes.extend(index.notes)
         for name, pairs in index.pairs.items():
             stats = result.splits.setdefault(name, SplitStats(pairs=len(pairs)))
-            _check_folder_split(source, pairs[:limit] if limit else pairs, ignore_index, stats, result)
+            train_measure = measure if name == "train" else None
+            _check_folder_split(source, pairs[:limit] if limit else pairs, ignore_index, stats, result, train_measure)
     else:
         try:
             source.validate()
@@ -183,7 +208,7 @@ def check_source(
         for name in ("train", "val", "test"):
             if source.has_split(name):
                 stats = result.splits.setdefault(name, SplitStats())
-                _check_generic_split(source, name, ignore_index, limit, stats, result)
+                _check_generic_split(source, name, ignore_index, limit, stats, result, measure if name == "train" else None)
                 stats.pairs = len(source.split(name, ignore_index))  # type: ignore[arg-type]
     if batching is not None:
         for name, stats in result.splits.items():

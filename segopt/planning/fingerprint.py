@@ -11,7 +11,6 @@ distance transform (a pole 3 px wide measures 3, and so does a network of 3 px m
 from __future__ import annotations
 
 import statistics
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,8 +19,6 @@ import numpy as np
 
 from segopt.data.check import CheckResult, check_source
 from segopt.data.datasets import SegSource
-from segopt.data.files import DataError, decode_threads, read_mask
-from segopt.data.folder import PairedFolder, decode_mask
 
 
 class PlanError(ValueError):
@@ -104,20 +101,6 @@ def histogram_median(hist: np.ndarray) -> float | None:
     return float(np.searchsorted(np.cumsum(hist), total / 2.0) * _BIN_PX)
 
 
-def _train_masks(source: SegSource, ignore_index: int) -> tuple[int, Any]:
-    """The number of training masks and a function decoding the i-th one (mask only where possible)."""
-    if isinstance(source, PairedFolder):
-        pairs = source.index.pairs["train"]
-
-        def folder_mask(i: int) -> np.ndarray:
-            pair = pairs[i]
-            return decode_mask(pair, read_mask(pair.mask, source.masks.colour), source.masks, source.num_classes, ignore_index)
-
-        return len(pairs), folder_mask
-    samples = source.split("train", ignore_index)
-    return len(samples), lambda i: np.asarray(samples[i][1])  # type: ignore[arg-type]
-
-
 def _sizes(result: CheckResult, split: str) -> list[tuple[int, int]]:
     sizes = []
     for size, count in result.splits[split].sizes.items():
@@ -140,7 +123,8 @@ def fingerprint(source: SegSource, ignore_index: int) -> Fingerprint:
     import time
 
     start = time.perf_counter()
-    result = check_source(source, ignore_index)
+    k = source.num_classes
+    result = check_source(source, ignore_index, measure=lambda mask: thickness_histograms(mask, k))
     problem = check_problems(result)
     if problem:
         raise PlanError(problem)
@@ -152,21 +136,12 @@ def fingerprint(source: SegSource, ignore_index: int) -> Fingerprint:
             f"class_names has {source.num_classes} class ({source.class_names}); segmentation needs at least two "
             "(e.g. background and the object)"
         )
-    count, read = _train_masks(source, ignore_index)
-    k = source.num_classes
+    count = len(result.measured)
     hist = np.zeros((k, _WIDTH_BINS), np.int64)
     images = np.zeros(k, np.int64)
-
-    def one(i: int) -> np.ndarray:
-        try:
-            return thickness_histograms(read(i), k)
-        except DataError as err:  # the check decoded it already; a file changed since
-            raise PlanError("; ".join(err.problems)) from None
-
-    with ThreadPoolExecutor(decode_threads()) as pool:
-        for per_mask in pool.map(one, range(count)):
-            hist += per_mask
-            images += per_mask.sum(1) > 0
+    for per_mask in result.measured:
+        hist += per_mask
+        images += per_mask.sum(1) > 0
     train = result.splits["train"]
     pixels = train.pixels if train.pixels is not None else np.zeros(k, np.int64)
     labelled = max(int(pixels.sum()), 1)

@@ -78,6 +78,16 @@ class Candidate:
     epochs: int
     steps: int
     images_seen: int
+    why_size: str  # why this geometry: the thinnest class's width at its scale, or the crops' context
+
+
+class Geometry(NamedTuple):
+    """A training geometry to weigh: resize or crop, its size and scale, and why."""
+
+    mode: str
+    size: tuple[int, int]
+    scale: float
+    reason: str
 
 
 @dataclass
@@ -136,22 +146,22 @@ def keep_scale(fp: Fingerprint) -> tuple[float, str]:
     return scale, f"{name} is {width:g} px wide at median (full resolution)"
 
 
-def geometries(fp: Fingerprint) -> list[tuple[str, tuple[int, int], float, str]]:
-    """(mode, size, scale, reason) of each training geometry to weigh, most resolution first."""
+def geometries(fp: Fingerprint) -> list[Geometry]:
+    """Each training geometry to weigh, most resolution first."""
     scale, why = keep_scale(fp)
     h, w = fp.median_size
     context = context_width(fp)
     if context * CROP_CONTEXT <= CROP_SIDE and min(h, w) > CROP_SIDE:
-        return [("crop", (CROP_SIDE, CROP_SIDE), 1.0, f"{why}; most pixels' structures are {context:g} px wide, "
+        return [Geometry("crop", (CROP_SIDE, CROP_SIDE), 1.0, f"{why}; most pixels' structures are {context:g} px wide, "
                  f"within a quarter of a {CROP_SIDE}px crop, so crops at full resolution keep their context")]
     found = []
     for s in sorted({1.0, round((1.0 + scale) / 2, 3), round(scale, 3)}, reverse=True):
         size = (h, w) if s == 1.0 else (_round_to(h * s), _round_to(w * s))  # the network pads to its multiple
         if size[0] * size[1] > MAX_WHOLE_PIXELS:
             continue
-        found.append(("resize", size, s, f"{why}: {s:.2f} of the median {h}x{w} keeps it {s * thinnest(fp)[1]:.1f} px"))
+        found.append(Geometry("resize", size, s, f"{why}: {s:.2f} of the median {h}x{w} keeps it {s * thinnest(fp)[1]:.1f} px"))
     if not found:  # too large to train whole even at the smallest scale that keeps the thin classes
-        found.append(("crop", (CROP_SIDE, CROP_SIDE), 1.0, f"{why}; the median image ({h}x{w}) is too large to train "
+        found.append(Geometry("crop", (CROP_SIDE, CROP_SIDE), 1.0, f"{why}; the median image ({h}x{w}) is too large to train "
                       f"whole at a scale that keeps it, so crops at full resolution"))
     return found
 
@@ -168,9 +178,9 @@ def batch_size(fp: Fingerprint, probe: Probe, backbone: str, size: tuple[int, in
     return batch, f"{CPU_BATCH_PIXELS / 1e6:.2f} M pixels per batch on a CPU at {size[0]}x{size[1]}, {MIN_STEPS_PER_EPOCH}+ steps per epoch of {train} images"
 
 
-def weigh(fp: Fingerprint, probe: Probe, minutes: float, backbone: Backbone, geometry: tuple) -> Candidate:
+def weigh(fp: Fingerprint, probe: Probe, minutes: float, backbone: Backbone, geometry: Geometry) -> Candidate:
     """What the probe predicts ``backbone`` at ``geometry`` buys in ``minutes``."""
-    mode, size, scale, _ = geometry
+    mode, size, scale, why_size = geometry
     batch, _ = batch_size(fp, probe, backbone.name, size)
     timing = probe.timing(backbone.name, size)
     eval_size = size if mode == "resize" else fp.median_size
@@ -183,7 +193,7 @@ def weigh(fp: Fingerprint, probe: Probe, minutes: float, backbone: Backbone, geo
     steps_per_epoch = max(1, fp.images["train"] // batch)
     return Candidate(
         backbone.name, mode, size, scale, batch, steps_per_epoch, round(epoch_s, 2), round(val_s, 2), val_every, epochs,
-        epochs * steps_per_epoch, epochs * fp.images["train"],
+        epochs * steps_per_epoch, epochs * fp.images["train"], why_size,
     )
 
 
@@ -279,7 +289,7 @@ def plan(fp: Fingerprint, probe: Probe, minutes: float) -> Plan:
     chosen, result.candidates, why = choose(fp, probe, minutes)
     result.chosen = chosen
     backbone = next(b for b in BACKBONES if b.name == chosen.backbone)
-    reason = next(g[3] for g in geometries(fp) if g[1] == chosen.size and g[0] == chosen.mode)
+    reason = chosen.why_size
     result.add("model.backbone", {"class_path": backbone.class_path, "init_args": backbone.init_args}, f"{backbone.name}: {why}")
     result.add("data.resize_mode", chosen.mode, reason)
     result.add("data.train_size", list(chosen.size), f"{chosen.mode} at {chosen.size[0]}x{chosen.size[1]}: {reason}")
