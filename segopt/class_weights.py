@@ -27,8 +27,8 @@ class DataWeighted(Protocol):
     """A loss whose class weights may be counted from the data (``CombinedLoss``, ``FocalLoss``).
 
     ``class_weight_mode`` names how (one of ``CLASS_WEIGHT_MODES``), or is None when the loss
-    needs nothing; :class:`segopt.module.SegModule` then counts the decoded training masks when
-    fitting starts and hands the weights ``[K]`` to ``set_class_weights``.
+    needs nothing; as fitting starts the data side hands its training mask counts to the model
+    (:class:`TakesClassPixels`), which turns them into weights ``[K]`` for ``set_class_weights``.
     """
 
     class_weight_beta: float  # beta of the "effective_number" mode
@@ -37,6 +37,20 @@ class DataWeighted(Protocol):
     def class_weight_mode(self) -> str | None: ...
 
     def set_class_weights(self, weights: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class TakesClassPixels(Protocol):
+    """A model that takes the training masks' class pixel counts as fitting starts (``SegModule``).
+
+    ``SegDataModule.setup("fit")`` counts every training mask once, as it builds the training
+    split, and hands the table to the model it is fitted with; the model derives its loss's
+    class weights from it. The data side computes data facts, and the model imports no data module.
+    """
+
+    def set_class_pixels(self, per_image: np.ndarray) -> None:
+        """Take the labelled pixels of each class in each training mask, int64 ``[N, K]``."""
+        ...
 
 
 def pixel_counts(mask: np.ndarray, num_classes: int, ignore_index: int) -> tuple[np.ndarray, int]:
@@ -186,9 +200,16 @@ def compute_class_weights(
 
     ``beta`` is used by ``effective_number`` only.
     """
+    pixels, present = class_pixel_counts(samples, num_classes, ignore_index, num_workers)
+    return class_weights_from_counts(mode, pixels, present, beta)
+
+
+def class_weights_from_counts(
+    mode: str, pixels: np.ndarray, present: np.ndarray, beta: float = DEFAULT_BETA
+) -> torch.Tensor:
+    """Weights ``[K]`` for ``mode`` from class pixel counts (:func:`pixel_totals`)."""
     if mode not in CLASS_WEIGHT_MODES:
         raise ValueError(f"class weight mode {mode!r} is unknown; use one of {sorted(CLASS_WEIGHT_MODES)}")
-    pixels, present = class_pixel_counts(samples, num_classes, ignore_index, num_workers)
     if mode == "effective_number":
         return effective_number_weights(pixels, present, beta)
     return CLASS_WEIGHT_MODES[mode](pixels, present)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
@@ -25,7 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from segopt.callbacks import EncoderFreeze
 from segopt.checkpoints import warm_start
-from segopt.class_weights import DataWeighted, compute_class_weights
+from segopt.class_weights import DataWeighted, class_weights_from_counts, pixel_totals
 from segopt.compiling import CompileMode, compile_backbone
 from segopt.data.datamodule import SegDataModule
 from segopt.data.resumable import loader_state, restore_random_states
@@ -206,29 +207,29 @@ class SegModule(pl.LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        """Before fitting: warm start from ``init_weights``; give a :class:`~segopt.class_weights.DataWeighted`
-        loss the class weights it asked for by mode (e.g. "median_frequency"), counted from the training masks."""
+        """Before fitting: warm start from ``init_weights``; make sure a loss that asked for class
+        weights by mode (e.g. "median_frequency") got them (:meth:`set_class_pixels`)."""
         if stage == "fit" and self.init_weights and not self.trainer.ckpt_path:
             loaded, skipped = warm_start(self.net, self.init_weights)
             note = f"; skipped (initialised afresh): {', '.join(skipped)}" if skipped else ""
             rank_zero_info(f"segopt: warm start from {self.init_weights}: {len(loaded)} tensors loaded{note}")
-        if stage != "fit" or not isinstance(self.criterion, DataWeighted) or self.criterion.class_weight_mode is None:
+        if stage == "fit" and isinstance(self.criterion, DataWeighted) and self.criterion.class_weight_mode is not None:
+            raise ValueError(
+                f"loss class weights {self.criterion.class_weight_mode!r} are counted from the training masks by a "
+                "SegDataModule, but this fit's datamodule handed no counts; pass a SegDataModule or give one weight per class"
+            )
+
+    def set_class_pixels(self, per_image: np.ndarray) -> None:
+        """Give a :class:`~segopt.class_weights.DataWeighted` loss the weights of its mode from the
+        training masks' class pixels ``[N, K]`` (the datamodule hands them as fitting starts)."""
+        if not isinstance(self.criterion, DataWeighted) or self.criterion.class_weight_mode is None:
             return
         mode = self.criterion.class_weight_mode
-        datamodule = self.trainer.datamodule
-        if not isinstance(datamodule, SegDataModule):
-            raise ValueError(
-                f"loss class weights {mode!r} are counted from a SegDataModule's training masks, "
-                "but this fit has none; pass a SegDataModule or give one weight per class"
-            )
-        samples = datamodule.decoded("train")
-        weights = compute_class_weights(
-            mode, samples, self.num_classes, self.ignore_index,
-            num_workers=datamodule.num_workers, beta=self.criterion.class_weight_beta,
-        )
+        pixels, present = pixel_totals(per_image)
+        weights = class_weights_from_counts(mode, pixels, present, self.criterion.class_weight_beta)
         self.criterion.set_class_weights(weights)
         shown = ", ".join(f"{n}={w:.3g}" for n, w in zip(self.class_names, weights.tolist()))
-        rank_zero_info(f"segopt: class weights ({mode}) from {len(samples)} training masks: {shown}")
+        rank_zero_info(f"segopt: class weights ({mode}) from {len(per_image)} training masks: {shown}")
 
     def on_train_start(self) -> None:
         # The sanity check ran validation; its numbers must not count as an epoch. The best

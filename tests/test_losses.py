@@ -449,6 +449,20 @@ def test_module_computes_class_weights_from_training_masks(mode: str, tmp_path) 
     assert len(set(expected.tolist())) > 1  # really computed, not the placeholder ones
 
 
+def test_a_fit_without_a_segdatamodule_refuses_weights_by_mode(tmp_path) -> None:  # noqa: ANN001
+    data = SegDataModule(source=SyntheticShapes(size=32, num_train=8, num_val=4), batch_size=4, num_workers=0)
+    model = SegModule(
+        backbone=partial(UNet, base_channels=4, depth=1), num_classes=5, loss=partial(CombinedLoss, class_weights="median_frequency")
+    )
+    loader = torch.utils.data.DataLoader(data.dataset("train"), batch_size=4)  # loaders only, no datamodule
+    with pytest.raises(ValueError) as error:
+        quiet_trainer(fast_dev_run=1, default_root_dir=tmp_path).fit(model, train_dataloaders=loader)
+    assert str(error.value) == (
+        "loss class weights 'median_frequency' are counted from the training masks by a SegDataModule, but this fit's "
+        "datamodule handed no counts; pass a SegDataModule or give one weight per class"
+    )
+
+
 @pytest.mark.parametrize(
     "name,weights",
     [

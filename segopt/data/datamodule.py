@@ -18,7 +18,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from segopt.class_weights import class_pixels_per_image, pixel_totals
+from segopt.class_weights import TakesClassPixels, class_pixels_per_image, pixel_totals
 from segopt.data.batching import Batching
 from segopt.data.classes import absent_classes, absent_classes_warning
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
@@ -173,7 +173,7 @@ class SegDataModule(pl.LightningDataModule):
         self._splits: dict[str, TransformedDataset] = {}
         self._norm_stats: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._resume_from: dict[str, Any] | None = None
-        self._train_pixels: np.ndarray | None = None
+        self._train_per_image: np.ndarray | None = None
         self._rare_images: RareImages | None = None
 
     @property
@@ -261,8 +261,13 @@ class SegDataModule(pl.LightningDataModule):
     def train_class_pixels(self) -> np.ndarray:
         """Pixels of each class ``[K]`` in the decoded training masks (``ignore_index`` left out),
         counted once as the training split is built."""
+        return pixel_totals(self.train_pixels_per_image())[0]
+
+    def train_pixels_per_image(self) -> np.ndarray:
+        """Pixels of each class in each decoded training mask, int64 ``[N, K]``, counted once as the
+        training split is built (what class weights and rare-image oversampling are made from)."""
         self.dataset("train")
-        return self._train_pixels  # type: ignore[return-value]
+        return self._train_per_image  # type: ignore[return-value]
 
     @property
     def rare_images(self) -> RareImages | None:
@@ -282,7 +287,7 @@ class SegDataModule(pl.LightningDataModule):
         absent = absent_classes(pixels)
         if absent:
             rank_zero_only(log.warning)("segopt: warning: %s", absent_classes_warning(absent, self.class_names))
-        self._train_pixels = pixels
+        self._train_per_image = per_image
         return pixels
 
     def _rare_classes(self, pixels: np.ndarray, key: str, share: float) -> list[int]:
@@ -332,6 +337,11 @@ class SegDataModule(pl.LightningDataModule):
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": [self._eval_split()]}.get(stage, [])
         for split in splits:
             self.dataset(split)
+        # Lightning sets up the datamodule before the model: a model that derives class weights
+        # from the data gets the counts made as the training split was built.
+        model = self.trainer.lightning_module if stage == "fit" and self.trainer is not None else None
+        if isinstance(model, TakesClassPixels):
+            model.set_class_pixels(self.train_pixels_per_image())
 
     def _eval_split(self) -> str:
         return "test" if self.source.has_split("test") else "val"
