@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 
 # Test models are tiny: one thread avoids thread hand-off costs that dominate their steps.
 torch.set_num_threads(1)
@@ -20,6 +22,17 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # The shipped configs read data/<name>; in tests that folder is ../shared/data (.ci/run says the
 # same). Set unconditionally so a developer's own SEGOPT_DATA_ROOT cannot change what tests see.
 os.environ["SEGOPT_DATA_ROOT"] = str(SHARED_DATA)
+
+
+#: The test files that take longest, longest first (measured with ``pytest --durations=0``). Run
+#: first, they overlap the rest on the other worker instead of ending the suite alone: the
+#: suite's files are handed to the workers whole (``--dist loadfile``), in collection order.
+LONGEST_FIRST = ["test_gpu_report.py", "test_ddp.py", "test_data_fetch.py", "test_checkpoints.py", "test_scripts_results.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture
@@ -54,3 +67,44 @@ def quiet_trainer(**overrides: Any) -> pl.Trainer:
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
     return pl.Trainer(**{**settings, **overrides})
+
+
+class LogLines(logging.Handler):
+    """Keeps the messages of the log records it handles (attach it to a logger to read what a run said)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def tiny_config_file(
+    tmp_path: Path,
+    every_n_train_steps: int,
+    *,
+    trainer: dict[str, Any],
+    data: dict[str, Any] | None = None,
+    source: dict[str, Any],
+    backbone: dict[str, Any],
+    callbacks: list[dict[str, Any]] | None = None,
+) -> Path:
+    """``configs/amp.yaml`` written to ``tmp_path/tiny.yaml``, shrunk as ``tiny_cli_args`` shrinks it
+    (batch 8, no loader workers, a log line every step, a two-level UNet on 32 px shapes), with the
+    Trainer's default callbacks spelled out, the step checkpoint every ``every_n_train_steps``
+    steps, and the given updates of trainer, data, source and backbone settings."""
+    from segopt.cli import TRAINER_DEFAULTS  # here: the CLI is heavy to import, and few tests need it
+
+    cfg = yaml.safe_load((CONFIGS / "amp.yaml").read_text())
+    cfg["trainer"]["callbacks"] = yaml.safe_load(TRAINER_DEFAULTS.read_text())["trainer"]["callbacks"] + (callbacks or [])
+    step_ckpts = [c for c in cfg["trainer"]["callbacks"] if "every_n_train_steps" in c.get("init_args", {})]
+    assert len(step_ckpts) == 1
+    step_ckpts[0]["init_args"]["every_n_train_steps"] = every_n_train_steps
+    cfg["trainer"].update(log_every_n_steps=1, **trainer)
+    cfg["data"].update(batch_size=8, num_workers=0, **(data or {}))
+    cfg["data"]["source"]["init_args"].update(size=32, **source)
+    cfg["model"]["backbone"]["init_args"].update(depth=2, **backbone)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -71,6 +71,7 @@ def _fails(subcommand: str, *extra: str) -> str:
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+@pytest.mark.slow
 def test_ckpt_path_last_loads_the_newest_last_checkpoint(in_trained: Path, subcommand: str) -> None:
     cli = _cli(subcommand, "--ckpt_path=last", "--trainer.logger=false")
     assert Path(cli.config[subcommand].ckpt_path).resolve() == (RUN / "checkpoints" / "last.ckpt").resolve()
@@ -80,6 +81,7 @@ def test_ckpt_path_last_loads_the_newest_last_checkpoint(in_trained: Path, subco
     assert all(torch.equal(loaded[k], expected[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_ckpt_path_best_loads_the_best_checkpoint_of_the_newest_run(in_trained: Path) -> None:
     cli = _cli("validate", "--ckpt_path=best", "--trainer.logger=false")
     best = [p for p in (RUN / "checkpoints").glob("epoch*.ckpt")]
@@ -88,6 +90,7 @@ def test_ckpt_path_best_loads_the_best_checkpoint_of_the_newest_run(in_trained: 
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+@pytest.mark.slow
 def test_evaluating_without_a_checkpoint_stops_unless_asked(in_trained: Path, subcommand: str) -> None:
     message = _fails(subcommand, "--trainer.logger=false")
     assert message == (
@@ -107,6 +110,7 @@ def test_last_or_best_without_a_run_says_what_to_do(tmp_path: Path, monkeypatch:
     assert not Path("runs").exists()
 
 
+@pytest.mark.slow
 def test_best_cannot_resume_a_fit(in_trained: Path) -> None:
     assert _fails("fit", "--ckpt_path=best").startswith("error: --ckpt_path best cannot resume a fit")
 
@@ -123,6 +127,7 @@ def test_best_cannot_resume_a_fit(in_trained: Path) -> None:
     ids=["missing", "empty", "truncated", "garbage", "foreign"],
 )
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "predict"])
+@pytest.mark.slow
 def test_an_unusable_checkpoint_is_named(in_trained: Path, tmp_path: Path, make, expected: str, subcommand: str) -> None:  # noqa: ANN001
     bad = tmp_path / "bad.ckpt"
     make(bad, (RUN / "checkpoints" / "last.ckpt").read_bytes())
@@ -141,6 +146,7 @@ def _edited(tmp_path: Path, **hparams: object) -> Path:
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "predict"])
+@pytest.mark.slow
 def test_a_checkpoint_for_other_classes_is_refused_in_class_terms(in_trained: Path, tmp_path: Path, subcommand: str) -> None:
     path = _edited(tmp_path, num_classes=3, class_names=["a", "b", "c"])
     message = _fails(subcommand, f"--ckpt_path={path}")
@@ -150,6 +156,7 @@ def test_a_checkpoint_for_other_classes_is_refused_in_class_terms(in_trained: Pa
     ), message
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_other_class_names_names_them(in_trained: Path, tmp_path: Path) -> None:
     path = _edited(tmp_path, class_names=["background", "disk", "box", "triangle", "ring"])
     message = _fails("validate", f"--ckpt_path={path}")
@@ -164,17 +171,20 @@ def test_a_fit_failing_before_its_first_checkpoint_leaves_no_run_folder(tmp_path
     assert not Path("runs").exists()
 
 
+@pytest.mark.slow
 def test_a_resume_refused_for_its_schedule_leaves_the_run_byte_identical(in_trained: Path) -> None:
     message = _fails("fit", "--ckpt_path=last", "--trainer.max_epochs=3")
     assert message.startswith("error: cannot resume: the checkpoint's learning-rate schedule was planned for 4")
 
 
+@pytest.mark.slow
 def test_segopt_traceback_shows_the_original_error(in_trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEGOPT_TRACEBACK", "1")
     with pytest.raises(CheckpointError, match="no such file"):
         _cli("validate", "--ckpt_path=missing.ckpt")
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_one_message_and_no_traceback(in_trained: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SEGOPT_TRACEBACK", None)
@@ -187,6 +197,7 @@ def test_the_command_line_prints_one_message_and_no_traceback(in_trained: Path) 
     assert done.stderr.strip().splitlines()[-1].startswith("error: --ckpt_path nope.ckpt: no such file;")
 
 
+@pytest.mark.slow
 def test_warm_start_loads_matching_tensors_and_lists_the_new_head(trained: Path) -> None:
     from segopt.checkpoints import warm_start
     from segopt.models import UNet
@@ -203,6 +214,7 @@ def test_warm_start_loads_matching_tensors_and_lists_the_new_head(trained: Path)
     assert len(loaded) + len(skipped) == len(state)
 
 
+@pytest.mark.slow
 def test_warm_start_from_an_unusable_file_names_the_key(in_trained: Path) -> None:
     message = _fails("fit", "--model.init_weights=nowhere.ckpt")
     assert message.startswith("error: model.init_weights nowhere.ckpt: no such file;")
@@ -240,6 +252,7 @@ def _listing(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+@pytest.mark.slow
 def test_a_checkpoint_of_another_width_names_both_networks_and_writes_nothing(in_trained: Path, subcommand: str) -> None:
     before = _listing(in_trained)
     message = _fails(subcommand, "--ckpt_path=last", "--model.backbone.init_args.base_channels=4")
@@ -247,6 +260,7 @@ def test_a_checkpoint_of_another_width_names_both_networks_and_writes_nothing(in
     assert _listing(in_trained) == before
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_a_backbone_record_is_named_by_a_tensor(in_trained: Path, tmp_path: Path) -> None:
     ckpt = torch.load(RUN / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     del ckpt["backbone"]  # written before checkpoints recorded their backbone
@@ -260,6 +274,7 @@ def test_a_checkpoint_without_a_backbone_record_is_named_by_a_tensor(in_trained:
     ), message
 
 
+@pytest.mark.slow
 def test_a_resume_with_another_width_is_one_line_and_leaves_the_run_untouched(in_trained: Path) -> None:
     before = _listing(in_trained)
     message = _fails("fit", "--ckpt_path=last", "--model.backbone.init_args.base_channels=4")
@@ -278,6 +293,7 @@ class FailsAtFitStart(pl.Callback):
         raise RuntimeError("an unforeseen failure")
 
 
+@pytest.mark.slow
 def test_any_failure_of_a_resume_before_a_checkpoint_puts_the_run_back(in_trained: Path) -> None:
     before = _listing(in_trained)
     with pytest.raises(RuntimeError, match="an unforeseen failure"):

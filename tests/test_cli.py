@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from segopt.cli import main
 from segopt.precision import cpu_has_native_bf16, resolve_precision
-from tests.conftest import CONFIGS, tiny_cli_args
+from tests.conftest import CONFIGS, LogLines, tiny_cli_args
 
 TINY = tiny_cli_args()
 STEPS_PER_EPOCH = 32 // 8
@@ -29,20 +29,11 @@ def _events(run: Path) -> EventAccumulator:
     return acc
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, object, list[str]]]:
     """One tiny fit shared by the tests below (they only read what it wrote)."""
     root = tmp_path_factory.mktemp("fit")
-    handler = _Lines()
+    handler = LogLines()
     logging.getLogger("lightning.pytorch").addHandler(handler)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -130,6 +121,7 @@ def test_test_and_predict_accept_ckpt_path(trained: tuple[Path, object, list[str
         assert cli.trainer.state.finished
 
 
+@pytest.mark.slow
 def test_print_config_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
@@ -187,6 +179,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
     assert cpu_has_native_bf16(str(without)) is False
 
 
+@pytest.mark.slow
 def test_progress_bar_off_simply_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     # The shared Trainer defaults list a TQDMProgressBar, which Lightning refuses beside this flag.

@@ -13,7 +13,7 @@ from segopt.from_config import load_weights
 from segopt.losses import CombinedLoss
 from segopt.models import UNet
 from segopt.module import SegModule
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, LogLines
 
 
 def _module(compile: bool) -> SegModule:
@@ -42,22 +42,13 @@ def test_compiled_backbone_gives_the_same_logits_loss_and_gradients() -> None:
         torch.testing.assert_close(compiled(x), plain(x), atol=1e-5, rtol=1e-4)
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def test_a_platform_that_cannot_compile_runs_uncompiled_and_says_so_once(monkeypatch) -> None:
     def no_dynamo(*args, **kwargs):
         raise RuntimeError("Dynamo is not supported on Python 3.99+\nmore detail")
 
     monkeypatch.setattr(torch, "compile", no_dynamo)
     model = _module(True)
-    handler = _Lines()
+    handler = LogLines()
     logging.getLogger("lightning.pytorch").addHandler(handler)
     try:
         model.configure_model()

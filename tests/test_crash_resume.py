@@ -11,12 +11,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from segopt.cli import TRAINER_DEFAULTS
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import ROOT, tiny_config_file
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -39,18 +37,9 @@ class KillAtStep(pl.Callback):
 
 def _config(tmp_path: Path) -> Path:
     """amp.yaml, tiny, with the step checkpoint every EVERY_N_STEPS steps."""
-    cfg = yaml.safe_load((CONFIGS / "amp.yaml").read_text())
-    cfg["trainer"]["callbacks"] = yaml.safe_load(TRAINER_DEFAULTS.read_text())["trainer"]["callbacks"]
-    step_ckpts = [c for c in cfg["trainer"]["callbacks"] if "every_n_train_steps" in c.get("init_args", {})]
-    assert len(step_ckpts) == 1
-    step_ckpts[0]["init_args"]["every_n_train_steps"] = EVERY_N_STEPS
-    cfg["trainer"].update(max_epochs=2, log_every_n_steps=1)
-    cfg["data"].update(batch_size=8, num_workers=0)
-    cfg["data"]["source"]["init_args"].update(size=32, num_train=64, num_val=16)
-    cfg["model"]["backbone"]["init_args"].update(base_channels=8, depth=2)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return tiny_config_file(
+        tmp_path, EVERY_N_STEPS, trainer=dict(max_epochs=2), source=dict(num_train=64, num_val=16), backbone=dict(base_channels=8)
+    )
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

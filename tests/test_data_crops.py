@@ -108,6 +108,7 @@ def test_same_seed_same_scale_jitter():
     np.testing.assert_array_equal(one[1], two[1])
 
 
+@pytest.mark.slow
 def test_scale_jitter_is_switched_on_from_yaml():
     text = """
     data:

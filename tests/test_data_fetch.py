@@ -530,6 +530,7 @@ PINNED = [*sorted(REAL_CONTENT), "magnetic_tiles"]
 
 
 @pytest.mark.parametrize("name", sorted(REAL_CONTENT))
+@pytest.mark.slow
 def test_recorded_content_is_the_real_data_sets_pixels(name: str, shared_data: Path):
     pins = [pin for pin in DATA_SETS[name].content if pin.sha256 is not None]
     assert [pin.folder for pin in pins] == REAL_CONTENT[name]

@@ -166,6 +166,7 @@ def _counts(source: dict) -> dict[str, dict[str, int]]:
 
 
 @pytest.mark.usefixtures("shared_data")
+@pytest.mark.slow
 def test_camvid_by_sequence_on_the_recipe_changes_only_which_files_form_each_split(monkeypatch, capsys):
     recipe = _resolved(monkeypatch, capsys, "recipes/camvid.yaml")
     stacked = _resolved(monkeypatch, capsys, "recipes/camvid.yaml", "data/camvid_by_sequence.yaml")

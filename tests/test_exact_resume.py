@@ -13,15 +13,14 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from segopt.cli import TRAINER_DEFAULTS, main
+from segopt.cli import main
 from segopt.data import SegDataModule
 from segopt.data.resumable import ResumableSampler
 from segopt.data.synthetic import SyntheticShapes
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import ROOT, tiny_config_file
 
 STEPS_PER_EPOCH = 32 // 8
 
@@ -72,20 +71,16 @@ class KillAtEpochStart(pl.Callback):
 def _config(tmp_path: Path) -> Path:
     """amp.yaml, tiny, 32-bit, a step checkpoint every 3 steps (mid-epoch with 4 steps per epoch),
     global random numbers drawn every batch, rare images oversampled."""
-    cfg = yaml.safe_load((CONFIGS / "amp.yaml").read_text())
-    cfg["trainer"]["callbacks"] = yaml.safe_load(TRAINER_DEFAULTS.read_text())["trainer"]["callbacks"]
-    cfg["trainer"]["callbacks"].append({"class_path": "tests.test_exact_resume.DrawPerRank"})
-    for callback in cfg["trainer"]["callbacks"]:
-        if "every_n_train_steps" in callback.get("init_args", {}):
-            callback["init_args"]["every_n_train_steps"] = 3
-    cfg["trainer"].update(max_epochs=3, log_every_n_steps=1, precision="32-true", accelerator="cpu", num_sanity_val_steps=0)
-    # Rare-image oversampling on (every shape class is under half the pixels): its draws must resume exactly too.
-    cfg["data"].update(batch_size=8, num_workers=0, rare_image_share=0.5, augment={"rare_class_below": 0.5})
-    cfg["data"]["source"]["init_args"].update(size=32, num_train=32, num_val=8)
-    cfg["model"]["backbone"]["init_args"].update(base_channels=4, depth=2)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return tiny_config_file(
+        tmp_path,
+        3,
+        trainer=dict(max_epochs=3, precision="32-true", accelerator="cpu", num_sanity_val_steps=0),
+        # Rare-image oversampling on (every shape class is under half the pixels): its draws must resume exactly too.
+        data=dict(rare_image_share=0.5, augment={"rare_class_below": 0.5}),
+        source=dict(num_train=32, num_val=8),
+        backbone=dict(base_channels=4),
+        callbacks=[{"class_path": "tests.test_exact_resume.DrawPerRank"}],
+    )
 
 
 def _killed(tmp_path: Path, *args: str) -> None:

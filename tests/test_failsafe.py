@@ -318,6 +318,7 @@ def _paired_folder_with_a_bad_mask() -> str:
     return "{class_path: segopt.data.PairedFolder, init_args: {root: pairs, class_names: [a, b, c]}}"
 
 
+@pytest.mark.slow
 def test_bad_data_met_in_a_loader_worker_is_the_same_one_line(in_tmp: Path) -> None:
     source = _paired_folder_with_a_bad_mask()
     messages = [_refused(f"--data.source={source}", f"--data.num_workers={n}") for n in (0, 1)]

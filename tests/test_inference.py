@@ -114,6 +114,7 @@ def test_tiles_of_a_pointwise_model_blend_to_the_whole_image_result(blend: str, 
     ids=["whole", "tiled", "tiled+tta"],
 )
 @torch.no_grad()
+@pytest.mark.slow
 def test_probabilities_keep_the_input_size(
     trained: SegModule, size: tuple[int, int], window: SlidingWindow | None, tta: TTA | None
 ) -> None:
@@ -125,6 +126,7 @@ def test_probabilities_keep_the_input_size(
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_flip_tta_of_a_mirror_symmetric_image_is_mirror_symmetric(trained: SegModule) -> None:
     x = _normalised(_mosaic(2, seed=3))[..., :61]  # an odd width, so padding is one-sided
     x = (x + x.flip(-1)) / 2  # exactly mirror-symmetric
@@ -147,6 +149,7 @@ def test_gaussian_weights_peak_at_the_centre_and_stay_positive() -> None:
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_validate_uses_the_configured_tta(trained: SegModule) -> None:
     datamodule = _datamodule()
     datamodule.setup("validate")

@@ -91,6 +91,7 @@ def test_no_module_imports_a_higher_layer(name: str) -> None:
     assert upward == [], f"{name} (layer {_layer(name)}) imports {sorted(set(upward))}"
 
 
+@pytest.mark.slow
 def test_core_imports_without_lightning_installed() -> None:
     block = "import sys; sys.modules.update(dict.fromkeys(['lightning', 'pytorch_lightning']))\n"
     code = block + "".join(f"import {name}\n" for name in CORE)

@@ -346,6 +346,7 @@ BIG_LOSSES = {
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name", list(BIG_LOSSES))
+@pytest.mark.slow
 def test_losses_under_autocast_equal_float32(big_batch, name: str, dtype: torch.dtype) -> None:  # noqa: ANN001
     logits, target, reference = big_batch
     # Under autocast the network hands over half-precision logits; fp16 autocast is used on
@@ -609,6 +610,7 @@ def test_every_shipped_loss_config_is_a_case() -> None:
 
 
 @pytest.mark.parametrize("recipe", PLANNED_RECIPES)
+@pytest.mark.slow
 def test_a_planned_recipes_loss_is_a_recorded_case(recipe: str) -> None:
     SHIPPED_LOSSES[f"planned:{recipe}"] = [recipe]
     try:

@@ -138,6 +138,7 @@ def test_the_trap_catches_each_kind_of_host_read(trap: SyncTrap) -> None:
 
 
 @pytest.mark.parametrize("name", list(SHIPPED_LOSSES))
+@pytest.mark.slow
 def test_every_shipped_loss_reads_nothing_back_from_the_device(trap: SyncTrap, name: str) -> None:
     loss = build_shipped_loss(name)  # each config as the CLI resolves it; class weights filled in
     logits, target = shipped_batch()

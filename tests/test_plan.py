@@ -294,6 +294,7 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path: Path, describ
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_stacked_data_configs_plan_as_fit_reads_them(shared_data: Path, tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
     out = tmp_path / "membrane.yaml"
     membrane, by_slice = CONFIGS / "data" / "membrane.yaml", CONFIGS / "data" / "membrane_by_slice.yaml"

@@ -85,6 +85,7 @@ def test_writes_a_mask_and_an_overlay_per_image_and_skips_the_bad_one(
         assert np.array_equal(drawn, overlay(image, mask, 5, 0.5))
 
 
+@pytest.mark.slow
 def test_batches_of_mixed_sizes_and_resized_evaluation_still_give_original_sizes(
     folder: Path, tmp_path: Path
 ) -> None:
@@ -240,6 +241,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_predicting_a_split_refuses_to_replace_an_earlier_runs_masks_and_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -148,6 +148,7 @@ def _fit(
 
 
 @pytest.mark.parametrize("stop_after", [8, 13], ids=["epoch-end", "mid-epoch"])
+@pytest.mark.slow
 def test_resumed_run_follows_the_uninterrupted_lr_curve(tmp_path: Path, stop_after: int) -> None:
     whole = RecordLR()
     _fit(tmp_path / "whole", 3, [whole])

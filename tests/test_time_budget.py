@@ -70,6 +70,7 @@ def _fit(
     return trainer
 
 
+@pytest.mark.slow
 def test_budget_plans_epochs_that_fit_and_completes_the_schedule(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     record = RecordLR()
     # 30 s at 4 s per epoch: after epoch 0 (4 s used) 26 s buy 6 more -> 7 epochs, confirmed after epoch 1.
@@ -119,6 +120,7 @@ class SlowingClock(StepClock):
         return steps if steps <= 12 else 12 + 2 * (steps - 12)
 
 
+@pytest.mark.slow
 def test_budget_replans_when_the_machine_slows_down_and_still_ends_on_time(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     record, clock = RecordLR(), SlowingClock()
     budget = TimeBudget(minutes=1, margin=0.0)
@@ -131,6 +133,7 @@ def test_budget_replans_when_the_machine_slows_down_and_still_ends_on_time(tmp_p
     assert record.lrs[-1] == pytest.approx(MAX_LR / DIV / FINAL_DIV)
 
 
+@pytest.mark.slow
 def test_budget_never_exceeds_the_configured_max_epochs(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     # 10 minutes would buy 150 epochs of 4 s; the configured 9 is the ceiling.
     budget = TimeBudget(minutes=10, margin=0.0)
@@ -139,6 +142,7 @@ def test_budget_never_exceeds_the_configured_max_epochs(tmp_path: Path, monkeypa
     assert trainer.current_epoch == 9
 
 
+@pytest.mark.slow
 def test_resumed_budget_run_keeps_its_plan_and_curve(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     whole = RecordLR()
     _fit(tmp_path / "whole", TimeBudget(minutes=0.5, margin=0.0), [whole], monkeypatch)
