@@ -91,7 +91,8 @@ def steps(out: Path, dry: bool) -> dict[str, list[list[str]]]:
             _python("bench_data.py", "--images", "16" if dry else "160", "--repeats", "1", "--workers", workers,
                     "--out", str(out / "loader"))
         ],  # fmt: skip
-        "tests": [[sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")]],
+        # One process: the two GPU tests do not repay starting test workers that each collect the suite.
+        "tests": [[sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")]],
     }
 
 

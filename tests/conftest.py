@@ -24,10 +24,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ["SEGOPT_DATA_ROOT"] = str(SHARED_DATA)
 
 
-#: The test files that take longest, longest first (measured with ``pytest --durations=0``). Run
-#: first, they overlap the rest on the other worker instead of ending the suite alone: the
-#: suite's files are handed to the workers whole (``--dist loadfile``), in collection order.
-LONGEST_FIRST = ["test_gpu_report.py", "test_ddp.py", "test_data_fetch.py", "test_checkpoints.py", "test_scripts_results.py"]
+#: The test files that take longest, longest first (measured with ``pytest --durations=0`` on 2
+#: cores). Run first, they overlap the rest on the other worker instead of ending the suite
+#: alone: files are handed to the workers whole (``--dist loadfile``) in collection order
+#: (``--no-loadscope-reorder``; xdist would otherwise put the files with most tests first, and
+#: the one-test, two-minute GPU report dry run last).
+LONGEST_FIRST = [
+    "test_gpu_report.py", "test_ddp.py", "test_checkpoints.py", "test_data_fetch.py", "test_scripts_results.py",
+    "test_side_by_side.py", "test_exact_resume.py", "test_crash_resume.py",
+]  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
