@@ -11,11 +11,9 @@ batch, all backbones run round-robin so that changes in machine load hit them al
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 import torch
-import yaml
 from bench_common import (
     add_overwrite_flag,
     hardware,
@@ -34,12 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5  # the built-in SyntheticShapes data
 
 
-def build_from_config(path: Path, in_channels: int = 3, num_classes: int = NUM_CLASSES) -> nn.Module:
-    """The backbone a configs/model/*.yaml file selects, built as the CLI builds it."""
-    spec = yaml.safe_load(path.read_text())["model"]["backbone"]
-    module_name, cls_name = spec["class_path"].rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(in_channels, num_classes, **spec.get("init_args", {}))
+def build_backbone(path: Path) -> nn.Module:
+    """The backbone a configs/model/*.yaml file selects, built by segopt's own parser from
+    ``configs/amp.yaml`` with that file stacked on it (the built-in data: 3 channels, 5 classes)."""
+    from segopt.from_config import build_from_config
+
+    return build_from_config(["--config", str(ROOT / "configs" / "amp.yaml"), "--config", str(path)]).model.net
 
 
 def default_configs() -> list[Path]:
@@ -79,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, steps = [], {}
     for path in args.configs:
         torch.manual_seed(0)
-        net = build_from_config(path)
+        net = build_backbone(path)
         name = path.stem
         rows.append(
             {

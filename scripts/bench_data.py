@@ -35,6 +35,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import albumentations
 import cv2
@@ -132,7 +133,7 @@ def loader_rate(samples: Dataset, fmt: str, workers: int) -> dict[str, float]:
 
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=64, help="CamVid training images per epoch")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of every setting")
@@ -141,14 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--note", default="", help="the conditions of the run, written into the results")
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench_data")
     add_overwrite_flag(parser)
-    args = parser.parse_args(argv)
-    refuse_to_overwrite(result_files(args.out), args.overwrite)
-    if not CAMVID.is_dir():
-        raise SystemExit(
-            f"CamVid not found at {CAMVID}; put the SegNet copy there "
-            "or point SEGOPT_DATA_ROOT at the folder holding camvid/"
-        )
+    return parser.parse_args(argv)
 
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every loop setting's runs, interleaved with their bare loops, and where the time goes."""
     # One core per loop, like one loader worker: the comparison is per core.
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
@@ -174,14 +172,19 @@ def main(argv: list[str] | None = None) -> None:
             parts[fmt].append(breakdown(decoded, args.images, fmt))
     load_after = os.getloadavg()
     where = {fmt: {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]} for fmt, rs in parts.items()}
+    return {"runs": runs, "where": where, "cache_fill_s": cache_fill_s, "load": (load_before[0], load_after[0])}
 
+
+def record(args: argparse.Namespace, measured: dict[str, Any]) -> dict[str, Any]:
+    """The JSON record: settings, hardware, and the rates of every setting against its bare loop."""
+    runs = measured["runs"]
     # CPU-time rates barely move with the machine's load: their median. Wall-clock rates
     # do: the best run, the one least slowed by other work.
     cpu = {k: statistics.median(r["cpu"] for r in v) for k, v in runs.items()}
     wall = {k: max(r["wall"] for r in v) for k, v in runs.items()}
     main_ms = {k: statistics.median(r["main_ms"] for r in v) for k, v in runs.items() if "main_ms" in v[0]}
     base = {k: k.split("/")[0] + "/bare" for k in runs}
-    result = {
+    return {
         "script": "scripts/bench_data.py",
         "command": f"python scripts/bench_data.py --images {args.images} --repeats {args.repeats} "
         f"--workers {' '.join(map(str, args.workers))}" + (" --no-cache" if args.no_cache else ""),
@@ -192,14 +195,14 @@ def main(argv: list[str] | None = None) -> None:
         "batch_size": BATCH,
         "repeats": args.repeats,
         "hardware": f"{cpu_name()}, {os.cpu_count()} logical cores, shared with other jobs while measured",
-        "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
+        "load_average_1min": [round(v, 2) for v in measured["load"]],
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "albumentations": albumentations.__version__,
             "opencv": cv2.__version__,
         },
-        "cache_fill_s": round(cache_fill_s, 2),
+        "cache_fill_s": round(measured["cache_fill_s"], 2),
         "images_per_cpu_s_per_worker": {k: round(v, 1) for k, v in cpu.items()},
         "ratio_to_bare_cpu": {k: round(cpu[k] / cpu[base[k]], 2) for k in runs if not k.endswith("bare")},
         "images_per_wall_s_per_worker": {k: round(v, 1) for k, v in wall.items()},
@@ -208,27 +211,33 @@ def main(argv: list[str] | None = None) -> None:
         "worker_extra_cpu_ms_per_image": {
             k: round(1000 / cpu[k] - 1000 / cpu[base[k]], 3) for k in runs if not k.endswith("bare") and "cache" not in k
         },
-        "where_the_time_goes_cpu_ms_per_image": where,
+        "where_the_time_goes_cpu_ms_per_image": measured["where"],
         "all_runs": {k: [{m: round(x, 2) for m, x in r.items()} for r in v] for k, v in runs.items()},
         "targets": {"loader_vs_bare": 0.95, "cached_loader_vs_bare": 1.8},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
 
+
+def _setting_rows(result: dict[str, Any]) -> list[str]:
+    cpu, wall = result["images_per_cpu_s_per_worker"], result["images_per_wall_s_per_worker"]
     rows = []
-    for key in runs:
+    for key in cpu:
         fmt, *rest = key.split("/")
         if rest == ["bare"]:
-            setting, main = "bare loop, 1 process", "—"
+            setting, main, cpu_ratio, wall_ratio = "bare loop, 1 process", "—", 1.0, 1.0
         else:
             w = int(rest[0][1:])
             setting = f"DataLoader, {w} worker{'s' if w > 1 else ''}" + (", cache" if "cache" in rest else "")
-            main = f"{main_ms[key]:.2f}"
-        rows.append(
-            f"| {fmt} | {setting} | {cpu[key]:.1f} | {cpu[key] / cpu[base[key]]:.2f} | "
-            f"{wall[key]:.1f} | {wall[key] / wall[base[key]]:.2f} | {main} |"
-        )
-    text = "\n".join(
+            main = f"{result['main_process_cpu_ms_per_image'][key]:.2f}"
+            cpu_ratio, wall_ratio = result["ratio_to_bare_cpu"][key], result["ratio_to_bare_wall"][key]
+        rows.append(f"| {fmt} | {setting} | {cpu[key]:.1f} | {cpu_ratio:.2f} | {wall[key]:.1f} | {wall_ratio:.2f} | {main} |")
+    return rows
+
+
+def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    """The Markdown report of :func:`record`'s result."""
+    extra, where = result["worker_extra_cpu_ms_per_image"], result["where_the_time_goes_cpu_ms_per_image"]
+    load_before, load_after = result["load_average_1min"]
+    return "\n".join(
         [
             "# Data loading throughput (CamVid, training augmentation)",
             "",
@@ -237,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             "| batches | loop | images / CPU-s per worker | × bare | images / wall-s per worker | × bare "
             "| main process CPU ms / image |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
-            *rows,
+            *_setting_rows(result),
             "",
             f"- Data: {result['data']}; shuffled batches of {BATCH}, persistent workers, OpenCV single-threaded, "
             "torch 1 thread.",
@@ -252,23 +261,37 @@ def main(argv: list[str] | None = None) -> None:
             "| --- | ---: | ---: | ---: | ---: |",
             *[
                 f"| {fmt} | {w['sample_ms']:.3f} | {w['stack_ms']:.3f} | {w['stack_shared_ms']:.3f} | "
-                + (f"{1000 / cpu[f'{fmt}/w1'] - 1000 / cpu[f'{fmt}/bare']:.3f} |" if f"{fmt}/w1" in cpu else "— |")
+                + (f"{extra[f'{fmt}/w1']:.3f} |" if f"{fmt}/w1" in extra else "— |")
                 for fmt, w in where.items()
             ],
             "",
             f"- Conditions: {result['conditions']}.",
             "- Targets: ≥ 0.95x the bare loop without cache, ≥ 1.8x with cache. Cache fill (decode "
-            f"{args.images} pairs up front, threads): {cache_fill_s:.2f} s, not in the rates.",
+            f"{args.images} pairs up front, threads): {result['cache_fill_s']:.2f} s, not in the rates.",
             "- images / CPU-s: images per CPU second of the worker processes (bare loop: of the process), "
             f"median of {args.repeats} interleaved runs; it counts the work per image and hardly depends on other "
             "jobs. images / wall-s: best run; it does depend on them (2 workers share 2 busy cores here).",
-            f"- Hardware: {result['hardware']}; 1-min load average {load_before[0]:.2f} before, "
-            f"{load_after[0]:.2f} after. Every run is in the JSON.",
+            f"- Hardware: {result['hardware']}; 1-min load average {load_before:.2f} before, "
+            f"{load_after:.2f} after. Every run is in the JSON.",
             f"- Versions: Python {platform.python_version()}, torch {torch.__version__}, albumentations "
             f"{albumentations.__version__}, OpenCV {cv2.__version__}.",
             "",
         ]
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    refuse_to_overwrite(result_files(args.out), args.overwrite)
+    if not CAMVID.is_dir():
+        raise SystemExit(
+            f"CamVid not found at {CAMVID}; put the SegNet copy there "
+            "or point SEGOPT_DATA_ROOT at the folder holding camvid/"
+        )
+    result = record(args, measure(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    text = render(args, result)
     args.out.with_suffix(".md").write_text(text)
     print(text)
 

@@ -28,6 +28,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import lightning.pytorch as pl
@@ -158,6 +159,100 @@ def _segopt_predict(cli, folder: Path, out: Path, precision: str) -> None:  # no
     trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
 
 
+def _time_arms(arms: dict[str, Any], scratch: Path, repeats: int, count: int) -> tuple[dict[str, list[float]], float]:
+    """Seconds of each arm's runs (alternating; a first round warms up and is not counted), and
+    the share of pixels on which the arms' last masks agree."""
+    seconds: dict[str, list[float]] = {name: [] for name in arms}
+    for repeat in range(repeats + 1):  # the first round warms up (page cache, allocator) and is not counted
+        for index, (name, arm) in enumerate(arms.items()):
+            out = scratch / f"out_{repeat}_{index}"
+            out.mkdir()
+            start = time.perf_counter()
+            arm(out)
+            if repeat:
+                seconds[name].append(time.perf_counter() - start)
+            assert len(list(out.glob("*.png"))) == count, f"{name} wrote {len(list(out.glob('*.png')))} masks"
+    # The two arms do the same work: their masks must agree (up to argmax ties of softmax vs logits).
+    same = total = 0
+    for mask in (scratch / f"out_{repeats}_0").glob("*.png"):
+        ours, bare = (cv2.imread(str(scratch / f"out_{repeats}_{i}" / mask.name), cv2.IMREAD_UNCHANGED) for i in (0, 1))
+        same, total = same + int((ours == bare).sum()), total + ours.size
+    return seconds, same / total
+
+
+def _onnx_vs_torch(model: torch.nn.Module, scratch: Path, in_channels: int, size: tuple[int, int], passes: int) -> tuple[list[dict], str]:
+    """Images/s of the exported ONNX graph in ONNX Runtime and of the module in torch, alternating."""
+    import statistics
+
+    from segopt.export import export_onnx
+
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        return [], f"not measured: {err}"
+    session = ort.InferenceSession(str(export_onnx(model, scratch / "model.onnx", in_channels)), providers=["CPUExecutionProvider"])
+    h, w = size
+    x = torch.randn(1, in_channels, h, w, generator=torch.Generator().manual_seed(0))
+    engines = {
+        "torch (float32)": lambda: model(x),
+        "ONNX Runtime (float32, CPUExecutionProvider)": lambda: session.run(["logits"], {"image": x.numpy()}),
+    }
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    with torch.inference_mode():
+        for i in range(passes + 1):
+            for k, run in engines.items():
+                start = time.perf_counter()
+                run()
+                if i:
+                    times[k].append(time.perf_counter() - start)
+    rows = [{"engine": k, "images_per_s": round(1 / statistics.median(t), 2)} for k, t in times.items()]
+    rows[1]["vs_torch"] = round(rows[1]["images_per_s"] / rows[0]["images_per_s"], 2)
+    return rows, f"{passes} passes each of one {h}x{w} image, alternating, median"
+
+
+def _report_lines(args: argparse.Namespace, payload: dict[str, Any], num_workers: int) -> list[str]:
+    """The Markdown report of :func:`throughput`'s payload."""
+    rates, ratio = payload["images_per_s"], payload["segopt_vs_bare"]
+    names = list(rates)
+    load, onnx_rows = payload["load_average_1min"], payload["onnx"]
+    lines = [
+        "# Prediction throughput on a folder",
+        "",
+        f"`{payload['command']}`",
+        "",
+        "| loop | images / s (median of runs) | × bare loop |",
+        "| --- | ---: | ---: |",
+        *[f"| {k} | {rates[k]:.2f} | {rates[k] / rates[names[1]]:.2f} |" for k in names],
+        "",
+        f"- segopt / bare: **{ratio:.2f}x** (target ≥ 0.9x). The two loops' masks agree on "
+        f"{100 * payload['masks_agree_pixel_fraction']:.3f} % of pixels.",
+        f"- Work per image in both loops: decode {payload['image_size'][0]}x{payload['image_size'][1]} from "
+        f"{args.folder.name}/ ({payload['images']} images), normalise, edge-pad to 32, network at {payload['precision']}, "
+        "argmax at the original size, write the mask PNG (no overlays). segopt: `trainer.predict` with the config's data "
+        f"module ({num_workers} loader worker(s)) and `PredictionWriter(overlay=False)`, a new Trainer "
+        "per run, timed whole (setup and worker start included); bare: a Python loop with OpenCV and the same "
+        "network. Alternating arms, one warm-up round not counted, "
+        f"{args.repeats} counted runs each; all runs in the JSON.",
+        f"- Hardware: {payload['hardware']}; torch {torch.__version__}, {payload['torch_threads']} torch thread(s); "
+        f"1-min load average {load[0]:.2f} before, {load[1]:.2f} after.",
+        "",
+        "## ONNX Runtime against torch (network only)",
+        "",
+    ]
+    if onnx_rows:
+        lines += [
+            "| engine | images / s | × torch |",
+            "| --- | ---: | ---: |",
+            *[f"| {r['engine']} | {r['images_per_s']} | {r.get('vs_torch', 1.0)} |" for r in onnx_rows],
+            "",
+            f"- The exported graph (`segopt.export.export_onnx`: SegModule's edge-pad + network + crop) and the "
+            f"same module in torch: {payload['onnx_note']}.",
+        ]
+    else:
+        lines.append(f"- {payload['onnx_note']}")
+    return lines
+
+
 def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
     """Images/s of segopt's predict against a bare loop, and ONNX Runtime against torch."""
     import shutil
@@ -168,7 +263,6 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
 
     from segopt.data.files import EXTENSIONS, read_header
     from segopt.data.roots import resolve_data_path
-    from segopt.export import export_onnx
     from segopt.precision import resolve_precision
 
     cli = build_from_config([*cli_args, "--trainer.accelerator=cpu"])
@@ -194,57 +288,15 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
             model.net, sorted(folder.iterdir()), out, cli.datamodule.in_channels, cli.datamodule.normalize, precision
         ),
     }
-    seconds: dict[str, list[float]] = {name: [] for name in arms}
     load = [os.getloadavg()[0]]
-    for repeat in range(args.repeats + 1):  # the first round warms up (page cache, allocator) and is not counted
-        for index, (name, arm) in enumerate(arms.items()):
-            out = scratch / f"out_{repeat}_{index}"
-            out.mkdir()
-            start = time.perf_counter()
-            arm(out)
-            if repeat:
-                seconds[name].append(time.perf_counter() - start)
-            assert len(list(out.glob("*.png"))) == len(paths), f"{name} wrote {len(list(out.glob('*.png')))} masks"
-    # The two arms do the same work: their masks must agree (up to argmax ties of softmax vs logits).
-    same = total = 0
-    for mask in (scratch / f"out_{args.repeats}_0").glob("*.png"):
-        ours, bare = (cv2.imread(str(scratch / f"out_{args.repeats}_{i}" / mask.name), cv2.IMREAD_UNCHANGED) for i in (0, 1))
-        same, total = same + int((ours == bare).sum()), total + ours.size
+    seconds, agree = _time_arms(arms, scratch, args.repeats, len(paths))
     load.append(os.getloadavg()[0])
     rates = {name: len(paths) / statistics.median(s) for name, s in seconds.items()}
     names = list(arms)
-
     # ONNX Runtime against torch, network only, on the same normalised images.
-    onnx_rows = []
-    try:
-        import onnxruntime as ort
-
-        onnx_path = export_onnx(model, scratch / "model.onnx", cli.datamodule.in_channels)
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        c = cli.datamodule.in_channels
-        h, w = image_size
-        x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))
-        engines = {
-            "torch (float32)": lambda: model(x),
-            "ONNX Runtime (float32, CPUExecutionProvider)": lambda: session.run(["logits"], {"image": x.numpy()}),
-        }
-        times: dict[str, list[float]] = {k: [] for k in engines}
-        with torch.inference_mode():
-            for i in range(len(paths) + 1):
-                for k, run in engines.items():
-                    start = time.perf_counter()
-                    run()
-                    if i:
-                        times[k].append(time.perf_counter() - start)
-        for k, t in times.items():
-            onnx_rows.append({"engine": k, "images_per_s": round(1 / statistics.median(t), 2)})
-        onnx_rows[1]["vs_torch"] = round(onnx_rows[1]["images_per_s"] / onnx_rows[0]["images_per_s"], 2)
-        onnx_note = f"{len(paths)} passes each of one {h}x{w} image, alternating, median"
-    except ImportError as err:
-        onnx_note = f"not measured: {err}"
+    onnx_rows, onnx_note = _onnx_vs_torch(model, scratch, cli.datamodule.in_channels, image_size, len(paths))
     shutil.rmtree(scratch, ignore_errors=True)
 
-    ratio = rates[names[0]] / rates[names[1]]
     command = "python scripts/bench_inference.py " + " ".join(
         [*cli_args, f"--folder {args.folder}", f"--repeats {args.repeats}"]
         + ([f"--images {args.images}"] if args.images else [])
@@ -263,48 +315,14 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
         "load_average_1min": [round(v, 2) for v in load],
         "seconds": {k: [round(v, 3) for v in s] for k, s in seconds.items()},
         "images_per_s": {k: round(v, 2) for k, v in rates.items()},
-        "segopt_vs_bare": round(ratio, 3),
-        "masks_agree_pixel_fraction": round(same / total, 6),
+        "segopt_vs_bare": round(rates[names[0]] / rates[names[1]], 3),
+        "masks_agree_pixel_fraction": round(agree, 6),
         "target": 0.9,
         "onnx": onnx_rows,
         "onnx_note": onnx_note,
         "torch": torch.__version__,
     }
-    lines = [
-        "# Prediction throughput on a folder",
-        "",
-        f"`{command}`",
-        "",
-        "| loop | images / s (median of runs) | × bare loop |",
-        "| --- | ---: | ---: |",
-        *[f"| {k} | {rates[k]:.2f} | {rates[k] / rates[names[1]]:.2f} |" for k in names],
-        "",
-        f"- segopt / bare: **{ratio:.2f}x** (target ≥ 0.9x). The two loops' masks agree on "
-        f"{100 * same / total:.3f} % of pixels.",
-        f"- Work per image in both loops: decode {payload['image_size'][0]}x{payload['image_size'][1]} from "
-        f"{args.folder.name}/ ({len(paths)} images), normalise, edge-pad to 32, network at {precision}, argmax at "
-        "the original size, write the mask PNG (no overlays). segopt: `trainer.predict` with the config's data "
-        f"module ({cli.datamodule.num_workers} loader worker(s)) and `PredictionWriter(overlay=False)`, a new Trainer "
-        "per run, timed whole (setup and worker start included); bare: a Python loop with OpenCV and the same "
-        "network. Alternating arms, one warm-up round not counted, "
-        f"{args.repeats} counted runs each; all runs in the JSON.",
-        f"- Hardware: {payload['hardware']}; torch {torch.__version__}, {torch.get_num_threads()} torch thread(s); "
-        f"1-min load average {load[0]:.2f} before, {load[1]:.2f} after.",
-        "",
-        "## ONNX Runtime against torch (network only)",
-        "",
-    ]
-    if onnx_rows:
-        lines += [
-            "| engine | images / s | × torch |",
-            "| --- | ---: | ---: |",
-            *[f"| {r['engine']} | {r['images_per_s']} | {r.get('vs_torch', 1.0)} |" for r in onnx_rows],
-            "",
-            f"- The exported graph (`segopt.export.export_onnx`: SegModule's edge-pad + network + crop) and the "
-            f"same module in torch: {onnx_note}.",
-        ]
-    else:
-        lines.append(f"- {onnx_note}")
+    lines = _report_lines(args, payload, cli.datamodule.num_workers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")

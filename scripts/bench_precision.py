@@ -272,6 +272,71 @@ def cli_args(args: argparse.Namespace, precision: str) -> list[str]:
     return out + list(args.extra) + [f"--trainer.precision={precision}"]
 
 
+def run_precisions(args: argparse.Namespace, precisions: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every precision's runs, each a fresh process, round-robin over the repeats."""
+    scratch = Path("runs/bench_precision")
+    scratch.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in precisions}
+    for repeat in range(args.repeats):
+        for precision in precisions:
+            result = scratch / f"{precision}_{repeat}.json"
+            log = scratch / f"{precision}_{repeat}.log"
+            print(f"bench_precision: {precision} (repeat {repeat + 1}/{args.repeats}), log {log}", flush=True)
+            with log.open("w") as handle:
+                done = subprocess.run(child_command(args, precision, result), stdout=handle, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                raise SystemExit(f"error: the {precision} run failed (exit {done.returncode}); see {log}")
+            runs[precision].append(json.loads(result.read_text()))
+            print(f"  epochs {runs[precision][-1]['epoch_seconds']} s, val mIoU {runs[precision][-1]['val_mIoU']}", flush=True)
+    return runs
+
+
+def _where(hw: dict[str, Any]) -> str:
+    return hw.get("gpu") or f"{hw.get('cpu')}, {hw['cpu_cores']} cores"
+
+
+def report_md(args: argparse.Namespace, payload: dict[str, Any], device: str) -> list[str]:
+    """The Markdown report of the payload :func:`main` writes as JSON."""
+    hw, settings, memory_kind, loads = payload["hardware"], payload["settings"], payload["memory"], payload["load_average_1min"]
+    columns = {
+        "precision": "precision",
+        "epoch_s": "s / epoch (steady)",
+        "images_per_s": "images / s",
+        "speedup": "speed-up vs 32-true",
+        "peak_memory_mib": "peak memory (MiB)",
+        "memory_change_pct": "memory vs 32-true (%)",
+        **({"training_rise_mib": "added by training (MiB)", "rise_change_pct": "added vs 32-true (%)"} if device == "cpu" else {}),
+        "val_mIoU": "final val mIoU",
+        "mIoU_change": "mIoU vs 32-true",
+        "first_epoch_s": "first epoch s",
+    }
+    return [
+        f"# Mixed precision: training time, memory and mIoU ({device})",
+        "",
+        f"`{payload['command']}`",
+        "",
+        *markdown_table(payload["rows"], columns),
+        "",
+        f"- Hardware: {_where(hw)}; torch {hw['torch']}, {hw['torch_threads']} torch threads.",
+        f"- Configs: {' + '.join(settings['configs'])}; flags: {' '.join(settings['extra_flags']) or 'none'}.",
+        f"- Budget: {args.epochs} epochs of {args.steps} training batches per precision, same seed; the first "
+        f"{args.warmup_epochs} epoch(s) left out of s / epoch (median of the rest) and images / s. "
+        f"{args.repeats} fresh process(es) per precision, round-robin; medians over them.",
+        f"- Memory: {memory_kind}"
+        + (
+            " (from the start of training: libraries, model and data cache included, loader workers not); "
+            "added by training: that peak less the RSS when training started (activations, gradients, optimiser state)."
+            if device == "cpu"
+            else "."
+        ),
+        "- mIoU: validation split once after the fit; after so few steps it shows that training works under each "
+        "precision, not the precision's effect on a converged model.",
+        f"- channels_last: {args.channels_last}; torch.compile: {args.compile}.",
+        f"- 1-min load average {loads['before']:.2f} before, {loads['after']:.2f} after.",
+        *[f"- {n}" for n in payload["notes"]],
+    ]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
@@ -287,22 +352,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_precisions(precisions, device)
     out = Path(args.out or f"results/precision_{device}")
     refuse_to_overwrite(result_files(out, (".json", ".md", ".png")), args.overwrite)
-    scratch = Path("runs/bench_precision")
-    scratch.mkdir(parents=True, exist_ok=True)
 
     load_before = os.getloadavg()[0]
-    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in precisions}
-    for repeat in range(args.repeats):
-        for precision in precisions:
-            result = scratch / f"{precision}_{repeat}.json"
-            log = scratch / f"{precision}_{repeat}.log"
-            print(f"bench_precision: {precision} (repeat {repeat + 1}/{args.repeats}), log {log}", flush=True)
-            with log.open("w") as handle:
-                done = subprocess.run(child_command(args, precision, result), stdout=handle, stderr=subprocess.STDOUT)
-            if done.returncode != 0:
-                raise SystemExit(f"error: the {precision} run failed (exit {done.returncode}); see {log}")
-            runs[precision].append(json.loads(result.read_text()))
-            print(f"  epochs {runs[precision][-1]['epoch_seconds']} s, val mIoU {runs[precision][-1]['val_mIoU']}", flush=True)
+    runs = run_precisions(args, precisions)
     load_after = os.getloadavg()[0]
 
     rows = [summarise(p, runs[p], args.warmup_epochs) for p in precisions]
@@ -310,7 +362,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hw = hardware(device)
     hw["cpu_cores"] = os.cpu_count()
     hw["torch_threads"] = args.threads or hw["torch_threads"]
-    memory_kind = rows[0]["runs"][0]["memory_kind"]
     command = "python scripts/bench_precision.py " + " ".join(argv if argv is not None else sys.argv[1:])
     settings = {
         "configs": args.config or DEFAULT_CONFIGS,
@@ -323,58 +374,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "compile": args.compile,
         "threads": hw["torch_threads"],
     }
-    notes = [CPU_NOTE] if device == "cpu" else []
     payload = {
         "command": command.strip(),
         "hardware": hw,
         "settings": settings,
         "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},
-        "memory": memory_kind,
-        "notes": notes,
+        "memory": rows[0]["runs"][0]["memory_kind"],
+        "notes": [CPU_NOTE] if device == "cpu" else [],
         "rows": rows,
     }
-    where = hw.get("gpu") or f"{hw.get('cpu')}, {hw['cpu_cores']} cores"
-    columns = {
-        "precision": "precision",
-        "epoch_s": "s / epoch (steady)",
-        "images_per_s": "images / s",
-        "speedup": "speed-up vs 32-true",
-        "peak_memory_mib": "peak memory (MiB)",
-        "memory_change_pct": "memory vs 32-true (%)",
-        **({"training_rise_mib": "added by training (MiB)", "rise_change_pct": "added vs 32-true (%)"} if device == "cpu" else {}),
-        "val_mIoU": "final val mIoU",
-        "mIoU_change": "mIoU vs 32-true",
-        "first_epoch_s": "first epoch s",
-    }
-    md = [
-        f"# Mixed precision: training time, memory and mIoU ({device})",
-        "",
-        f"`{payload['command']}`",
-        "",
-        *markdown_table(rows, columns),
-        "",
-        f"- Hardware: {where}; torch {hw['torch']}, {hw['torch_threads']} torch threads.",
-        f"- Configs: {' + '.join(settings['configs'])}; flags: {' '.join(settings['extra_flags']) or 'none'}.",
-        f"- Budget: {args.epochs} epochs of {args.steps} training batches per precision, same seed; the first "
-        f"{args.warmup_epochs} epoch(s) left out of s / epoch (median of the rest) and images / s. "
-        f"{args.repeats} fresh process(es) per precision, round-robin; medians over them.",
-        f"- Memory: {memory_kind}"
-        + (
-            " (from the start of training: libraries, model and data cache included, loader workers not); "
-            "added by training: that peak less the RSS when training started (activations, gradients, optimiser state)."
-            if device == "cpu"
-            else "."
-        ),
-        "- mIoU: validation split once after the fit; after so few steps it shows that training works under each "
-        "precision, not the precision's effect on a converged model.",
-        f"- channels_last: {args.channels_last}; torch.compile: {args.compile}.",
-        f"- 1-min load average {load_before:.2f} before, {load_after:.2f} after.",
-        *[f"- {n}" for n in notes],
-    ]
+    md = report_md(args, payload, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    plot(rows, out.with_suffix(".png"), f"{where}, {hw['torch_threads']} torch thread(s): {args.epochs} epochs x {args.steps} steps per precision")
+    title = f"{_where(hw)}, {hw['torch_threads']} torch thread(s): {args.epochs} epochs x {args.steps} steps per precision"
+    plot(rows, out.with_suffix(".png"), title)
     print("\n".join(md))
     print(f"wrote {out}.md, .json and .png")
     return payload

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 from bench_common import (
@@ -45,7 +46,7 @@ def op_counts(net: torch.nn.Module, precision: str) -> Counter[str]:
     return Counter({e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")})
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
@@ -58,7 +59,68 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "resnet_vs_smp")
     parser.add_argument("--note", default="", help="a line about the conditions, e.g. a shared, loaded machine")
     add_overwrite_flag(parser)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def throughput_ratios(rows: list[dict[str, Any]], formats: list[bool]) -> dict[str, dict[str, float]]:
+    """Ours over theirs, per memory format: by median step and by fastest step."""
+    ratios = {}
+    for cl in formats:
+        suffix = " (channels_last)" if cl else ""
+        a = next(r for r in rows if r["model"] == "segopt ResNetUNet" + suffix)
+        b = next(r for r in rows if r["model"] == "smp Unet" + suffix)
+        ratios["channels_last" if cl else "contiguous"] = {
+            "median": round(a["images_per_s"] / b["images_per_s"], 3),
+            # The fastest run is the least disturbed by other work on a shared machine.
+            "fastest": round(b["step_ms_min"] / a["step_ms_min"], 3),
+        }
+    return ratios
+
+
+def report_lines(
+    args: argparse.Namespace, smp_version: str, hw: dict[str, Any], rows: list[dict[str, Any]],
+    ratios: dict[str, dict[str, float]], op_diff: dict[str, list[int]], op_calls: int,
+) -> list[str]:  # fmt: skip
+    """The Markdown report."""
+    lines = [
+        "# ResNetUNet(resnet34) vs segmentation_models_pytorch Unet(resnet34): training-step throughput",
+        "",
+        f"`python scripts/bench_smp.py --batch {args.batch} --size {args.size} --precision {args.precision} "
+        f"--device {args.device} --repeats {args.repeats} --warmup {args.warmup}"
+        + (f" --threads {args.threads}" if args.threads else "")
+        + (" --channels-last" if args.channels_last else "")
+        + "`",
+        "",
+        f"Hardware: {hw.get('gpu') or hw.get('cpu')}, {hw['torch_threads']} torch threads; torch {hw['torch']}, "
+        f"segmentation_models_pytorch {smp_version}.",
+        f"Step: forward + Dice/CE + backward + AdamW, batch {args.batch} of {args.size}x{args.size}, "
+        f"{args.precision}, {NUM_CLASSES} classes; median and fastest of {args.repeats} round-robin runs.",
+    ]
+    if args.note:
+        lines.append(f"Conditions: {args.note}")
+    columns = {
+        "model": "model",
+        "params": "parameters",
+        "step_ms_median": "step ms (median)",
+        "step_ms_min": "step ms (min)",
+        "images_per_s": "images/s",
+    }
+    lines += ["", *markdown_table(rows, columns), ""]
+    for layout, ratio in ratios.items():
+        verdict = "meets" if ratio["median"] >= TARGET else "misses"
+        lines.append(
+            f"- ours / theirs throughput ({layout}): **{ratio['median']:.3f}x** by median step, "
+            f"{ratio['fastest']:.3f}x by fastest step — {verdict} the {TARGET}x target"
+        )
+    if op_diff:
+        lines.append(f"- aten op counts per forward+backward differ (ours, theirs): {op_diff}")
+    else:
+        lines.append(f"- both run the same aten ops the same number of times per forward+backward ({op_calls} calls)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     refuse_to_overwrite(result_files(args.out), args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,58 +153,11 @@ def main(argv: list[str] | None = None) -> None:
                 build(), NUM_CLASSES, args.batch, args.size, args.device, args.precision, channels_last=cl
             )
     times = time_interleaved(steps, args.warmup, args.repeats)
-
-    rows = []
-    for name, seconds in times.items():
-        row = {"model": name, "params": params[name.split(" (")[0]], **summary(seconds, args.batch)}
-        rows.append(row)
-    ratios = {}
-    for cl in formats:
-        suffix = " (channels_last)" if cl else ""
-        a = next(r for r in rows if r["model"] == "segopt ResNetUNet" + suffix)
-        b = next(r for r in rows if r["model"] == "smp Unet" + suffix)
-        ratios["channels_last" if cl else "contiguous"] = {
-            "median": round(a["images_per_s"] / b["images_per_s"], 3),
-            # The fastest run is the least disturbed by other work on a shared machine.
-            "fastest": round(b["step_ms_min"] / a["step_ms_min"], 3),
-        }
-
+    rows = [{"model": name, "params": params[name.split(" (")[0]], **summary(seconds, args.batch)} for name, seconds in times.items()]
+    ratios = throughput_ratios(rows, formats)
     hw = hardware(args.device)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
-    lines = [
-        "# ResNetUNet(resnet34) vs segmentation_models_pytorch Unet(resnet34): training-step throughput",
-        "",
-        f"`python scripts/bench_smp.py --batch {args.batch} --size {args.size} --precision {args.precision} "
-        f"--device {args.device} --repeats {args.repeats} --warmup {args.warmup}"
-        + (f" --threads {args.threads}" if args.threads else "")
-        + (" --channels-last" if args.channels_last else "")
-        + "`",
-        "",
-        f"Hardware: {hw.get('gpu') or hw.get('cpu')}, {hw['torch_threads']} torch threads; torch {hw['torch']}, "
-        f"segmentation_models_pytorch {smp.__version__}.",
-        f"Step: forward + Dice/CE + backward + AdamW, batch {args.batch} of {args.size}x{args.size}, "
-        f"{args.precision}, {NUM_CLASSES} classes; median and fastest of {args.repeats} round-robin runs.",
-    ]
-    if args.note:
-        lines.append(f"Conditions: {args.note}")
-    columns = {
-        "model": "model",
-        "params": "parameters",
-        "step_ms_median": "step ms (median)",
-        "step_ms_min": "step ms (min)",
-        "images_per_s": "images/s",
-    }
-    lines += ["", *markdown_table(rows, columns), ""]
-    for layout, ratio in ratios.items():
-        verdict = "meets" if ratio["median"] >= TARGET else "misses"
-        lines.append(
-            f"- ours / theirs throughput ({layout}): **{ratio['median']:.3f}x** by median step, "
-            f"{ratio['fastest']:.3f}x by fastest step — {verdict} the {TARGET}x target"
-        )
-    if op_diff:
-        lines.append(f"- aten op counts per forward+backward differ (ours, theirs): {op_diff}")
-    else:
-        lines.append(f"- both run the same aten ops the same number of times per forward+backward ({sum(ours_ops.values())} calls)")
+    lines = report_lines(args, smp.__version__, hw, rows, ratios, op_diff, sum(ours_ops.values()))
     payload = {"settings": settings, "aten_op_count_differences": op_diff, "hardware": hw, "rows": rows, "ratio_ours_over_theirs": ratios, "times_s": times}
     write_results(args.out, payload, lines)
 
