@@ -24,7 +24,6 @@ TABLE[5, 2] = 1
 def test_holders_are_the_images_holding_each_rare_class() -> None:
     rare = RareImages.from_pixels(TABLE, [1, 2], 0.5)
     assert rare.holders == ((2, 7), (5,))
-    assert rare.counts() == [2, 1]
 
 
 def test_no_share_keeps_the_order() -> None:

@@ -49,7 +49,3 @@ class RareImages:
             holders = held[classes[place]]
             out[place] = holders[int(picks[place] * len(holders))]
         return out
-
-    def counts(self) -> list[int]:
-        """Images holding each rare class, for the log line."""
-        return [len(h) for h in self.holders]
