@@ -37,8 +37,9 @@ seed on the same machine:
 
 Both arms use ``--threads`` torch threads (default: all cores) and one persistent loader worker.
 Each (label, seed) writes ``--out``/<label>_seed<seed>_<machine>_<run sha256[:8]>.json atomically
-when it finishes; the hash covers what defines the run (the recipe file, and the data config,
-budget and flags added to it; for the peer its data config and settings), so a run whose JSON
+when it finishes; the hash covers what defines the run (the recipe, and the data config, budget
+and flags added to it; for the peer its data config and settings), with each config taken by what
+it says, not its bytes (comments and a class's module do not count), so a run whose JSON
 exists is skipped and the same command resumes across sessions, while another machine or changed
 settings run the seed afresh beside it. The JSON records the settings, the data config's path and
 sha256, and the command that repeats it. One ``--out`` holds one data set. After every run the
@@ -106,13 +107,36 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def config_identity(texts: list[bytes]) -> str:
+    """The sha256 of what config file(s) say, not of how they say it.
+
+    The YAML is parsed (comments, layout and key order drop out) and each ``segopt.`` class path is
+    reduced to its class name, so that a comment edit or a class moving to another module keeps
+    the runs recorded under the config.
+    """
+    return sha256_hex(json.dumps([_canonical(yaml.safe_load(text)) for text in texts], sort_keys=True).encode())
+
+
+def _canonical(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _class_name(v) if k == "class_path" and isinstance(v, str) else _canonical(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_canonical(v) for v in node]
+    return node
+
+
+def _class_name(class_path: str) -> str:
+    return "segopt:" + class_path.rsplit(".", 1)[-1] if class_path.startswith("segopt.") else class_path
+
+
 # ----------------------------------------------------------------------------- the data config
 @dataclass(frozen=True)
 class DataConfig:
     """A data config (``configs/data/<name>.yaml``) and the data source segopt builds from it."""
 
     paths: tuple[Path, ...]  # one data config, or several stacked as fit stacks them
-    sha256: str
+    sha256: str  # of the files' bytes
+    identity: str  # of what they say (config_identity)
     source_mapping: dict[str, Any]
     source: SegSource
     ignore_index: int
@@ -148,7 +172,7 @@ def load_data_config(paths: Path | list[Path]) -> DataConfig:
     for path in paths:
         if not path.is_file():
             fail(f"--data-config {path} does not exist; give a data config such as {DEFAULT_DATA_CONFIG}")
-    raw = b"".join(path.read_bytes() for path in paths)
+    texts = [path.read_bytes() for path in paths]
     data = _parsed_data(paths)
     if not isinstance(data, dict) or not isinstance(data.get("source"), dict):
         fail(f"{paths[0]} has no data.source; give a data config whose data.source names the data set (see {DEFAULT_DATA_CONFIG})")
@@ -161,7 +185,7 @@ def load_data_config(paths: Path | list[Path]) -> DataConfig:
     normalize = data.get("normalize") or {}
     mean = tuple(normalize.get("mean", IMAGENET_MEAN))[:channels]
     std = tuple(normalize.get("std", IMAGENET_STD))[:channels]
-    return DataConfig(tuple(paths), sha256_hex(raw), data["source"], source, int(data.get("ignore_index", 255)), mean, std)
+    return DataConfig(tuple(paths), sha256_hex(b"".join(texts)), config_identity(texts), data["source"], source, int(data.get("ignore_index", 255)), mean, std)
 
 
 def _parsed_data(paths: list[Path]) -> dict[str, Any] | None:
@@ -416,7 +440,8 @@ class Recipe:
     """The segopt arm's recipe and what this script adds to it."""
 
     path: Path
-    sha256: str  # of the recipe file
+    sha256: str  # of the recipe file's bytes
+    identity: str  # of what it says (config_identity)
     own_minutes: float | None  # the recipe's own TimeBudget
     data_config: tuple[Path, ...] | None  # stacked after the recipe when it has no data of its own
     budget_minutes: float | None  # the TimeBudget added when the recipe has none
@@ -465,7 +490,8 @@ def plan_recipe(args: argparse.Namespace, data: DataConfig) -> Recipe:
             print(f"note: {args.config} has its own TimeBudget; --minutes {args.minutes:g} is not added", flush=True)
         else:
             budget = args.minutes
-    return Recipe(args.config, sha256_hex(args.config.read_bytes()), own_minutes, stacked, budget)
+    text = args.config.read_bytes()
+    return Recipe(args.config, sha256_hex(text), config_identity([text]), own_minutes, stacked, budget)
 
 
 def added_args(recipe: Recipe) -> list[str]:
@@ -546,18 +572,17 @@ def hardware(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_sha256(args: argparse.Namespace, data: DataConfig, recipe: Recipe | None) -> str:
-    """What defines a run, hashed: the recipe file (plus what is added to it), or the peer's settings.
+    """What defines a run, hashed: the recipe (plus what is added to it), or the peer's settings.
 
-    A recipe run as it is hashes to its file's sha256, the name its earlier runs carry.
+    Configs enter by what they say (``config_identity``), not by their bytes.
     """
     if recipe is None:
-        peer = {"data_config_sha256": data.sha256, "size": list(args.size), "batch_size": args.batch_size,
+        peer = {"data_config": data.identity, "size": list(args.size), "batch_size": args.batch_size,
                 "lr": args.lr, "minutes": peer_minutes(args), "val_every": args.val_every, "max_epochs": args.max_epochs}  # fmt: skip
         return sha256_hex(json.dumps(peer, sort_keys=True).encode())
-    added = {"data_config_sha256": data.sha256 if recipe.data_config else None, "minutes": recipe.budget_minutes, "extra_args": args.segopt_arg}
-    if not any(added.values()):
-        return recipe.sha256
-    return sha256_hex(recipe.sha256.encode() + json.dumps(added, sort_keys=True).encode())
+    run = {"recipe": recipe.identity, "data_config": data.identity if recipe.data_config else None,
+           "minutes": recipe.budget_minutes, "extra_args": args.segopt_arg}  # fmt: skip
+    return sha256_hex(json.dumps(run, sort_keys=True).encode())
 
 
 def machine_name(args: argparse.Namespace) -> str:
@@ -669,7 +694,7 @@ def run_label(run: dict[str, Any]) -> str:
 
 def run_key(run: dict[str, Any]) -> str | None:
     """What defines a run: runs of one label are pooled only when this agrees."""
-    return run["settings"].get("run_sha256") or run["settings"].get("config_sha256")
+    return run["settings"].get("run_sha256")
 
 
 def _class_names(found: list[dict[str, Any]]) -> list[str]:

@@ -109,11 +109,11 @@ def test_a_recipe_without_data_or_budget_gets_both_added(sbs: ModuleType, tmp_pa
         "--trainer.max_epochs=100000",
         '--trainer.callbacks+={"class_path": "segopt.time_budget.TimeBudget", "init_args": {"minutes": 7.5}}',
     ]
-    recipe_sha = hashlib.sha256(Path("configs/amp.yaml").read_bytes()).hexdigest()
-    assert sbs.run_sha256(args, sbs.load_data_config(data), recipe) != recipe_sha  # what was added is part of the run
+    bare = sbs.Recipe(recipe.path, recipe.sha256, recipe.identity, None, None, None)
+    assert sbs.run_sha256(args, sbs.load_data_config(data), recipe) != sbs.run_sha256(args, sbs.load_data_config(data), bare)
 
 
-def test_a_recipe_with_its_own_budget_and_data_runs_as_it_is_under_its_earlier_name(sbs: ModuleType, tmp_path: Path) -> None:
+def test_a_recipe_with_its_own_budget_and_data_runs_as_it_is(sbs: ModuleType, tmp_path: Path) -> None:
     recipe_path = Path("configs/recipes/camvid.yaml")
     args = sbs.parse_args(["--arm", "segopt", "--config", str(recipe_path), "--minutes", "10", "--threads", "2"])
     data = sbs.load_data_config(args.data_config)  # configs/data/camvid.yaml, the recipe's own source
@@ -123,9 +123,28 @@ def test_a_recipe_with_its_own_budget_and_data_runs_as_it_is_under_its_earlier_n
     cmd = sbs.segopt_command(args, recipe, 2, tmp_path / "segopt_seed2")
     assert cmd[4:7] == ["--config", str(recipe_path), "--seed_everything=2"]
     assert not [a for a in cmd if "TimeBudget" in a or "max_epochs" in a]
-    sha = hashlib.sha256(recipe_path.read_bytes()).hexdigest()
-    stem = sbs.run_stem(args, 2, sbs.run_sha256(args, data, recipe))
-    assert stem == f"segopt_seed2_{sbs.machine_name(args)}_{sha[:8]}"  # today's segopt_... names stay valid
+
+
+def test_a_run_is_named_by_what_its_configs_say_not_their_bytes(sbs: ModuleType, tmp_path: Path) -> None:
+    """A comment edit or a class moved to another module keeps a recorded run; a changed value does not."""
+    text = Path("configs/recipes/camvid.yaml").read_text()
+    assert "segopt.time_budget.TimeBudget" in text and "minutes: 60" in text
+    variants = {
+        "same": text,
+        "comment": "# a new first line\n" + text.replace("  # ", "  #  "),
+        "moved": text.replace("segopt.time_budget.TimeBudget", "segopt.lightning.TimeBudget"),
+        "value": text.replace("minutes: 60", "minutes: 59"),
+        "other class": text.replace("segopt.time_budget.TimeBudget", "segopt.time_budget.OtherBudget"),
+    }
+    names = {}
+    for name, variant in variants.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(variant)
+        args = sbs.parse_args(["--arm", "segopt", "--config", str(path)])
+        data = sbs.load_data_config(args.data_config)
+        names[name] = sbs.run_sha256(args, data, sbs.plan_recipe(args, data))
+    assert names["comment"] == names["moved"] == names["same"]
+    assert len({names["same"], names["value"], names["other class"]}) == 3
 
 
 def test_a_recipe_on_other_data_than_the_data_config_is_one_error_line(sbs: ModuleType, tmp_path: Path) -> None:
@@ -231,9 +250,7 @@ def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recip
     hw = {"cpu": cpu, "cores": 2, "torch_threads": 2, "loader_workers": 1, "gpu": None}
     iou = dict.fromkeys(["Sky", "Building", "Pole"], miou)
     curve = [{"epoch": 5, "elapsed_s": 1800.0, "val_mIoU": miou / 2}, {"epoch": 10, "elapsed_s": 3600.0, "val_mIoU": miou}]
-    settings = {"config_sha256": recipe} if arm == "segopt" else {}
-    if label is not None:
-        settings.update(label=label, run_sha256=recipe)
+    settings = {"run_sha256": recipe} if label is None else {"label": label, "run_sha256": recipe}
     run = {"arm": arm, "seed": seed, "epochs": 10, "wall_s": 3600.0, "val_mIoU": miou, "val_iou": iou, "hardware": hw,
            "curve": curve, "settings": {"data": "data/x", **settings}, "finished": finished}  # fmt: skip
     (out / f"{label or arm}_seed{seed}_{cpu}_{recipe}.json").write_text(json.dumps(run))
