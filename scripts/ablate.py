@@ -20,7 +20,7 @@ of an axis is a list of extra ``--config`` files and/or ``--key=value`` flags::
     baseline: {loss: Dice+CE, augmentation: "on"}   # optional: differences are taken against it
 
 Paths are relative to the project root, where the script runs. Every cell of the product
-(less ``exclude``) is trained once per seed (all cells for the first seed, then the next) with ``segopt.cli fit`` and
+(less ``exclude``) is trained once per seed (all cells for the first seed, then the next) with ``segopt.commands.cli fit`` and
 ``--seed_everything=<seed>``; its TensorBoard run goes under ``--runs-dir`` (git-ignored)
 and its figures to a small JSON under ``--results-dir``. A run whose JSON exists with the
 same arguments is not run again, so the same command resumes an interrupted grid, and a
@@ -30,7 +30,7 @@ every run the report is rewritten from the JSONs found: ``--out``.md, .json and 
 ± sample standard deviation over seeds of the final-epoch val mIoU, the best epoch's val
 mIoU, and per-class IoU). The final epoch is the headline: with OneCycle the last epoch is
 the one the schedule aims at, and picking the best epoch by val mIoU flatters each cell by
-its own noise. The logger must be a TensorBoardLogger (segopt/trainer_defaults.yaml's is).
+its own noise. The logger must be a TensorBoardLogger (segopt/commands/trainer_defaults.yaml's is).
 
 Unlike the other scripts, this one has no ``--overwrite``: its per-run JSONs are its resume
 state and its report is rebuilt from them, so running the same command again resumes the
@@ -109,7 +109,7 @@ def _safe(text: str) -> str:
 
 
 def _cli_items(items: Any, where: str, grid_path: Path) -> list[str]:
-    """Check a list of config files / flags and turn it into segopt.cli arguments."""
+    """Check a list of config files / flags and turn it into segopt.commands.cli arguments."""
     if items is None:
         items = []
     if not isinstance(items, list):
@@ -221,7 +221,7 @@ def cells_of(grid: Grid) -> list[Cell]:
 
 
 def run_args(grid: Grid, cell: Cell, seed: int) -> list[str]:
-    """segopt.cli arguments (no subcommand, no output paths) of one run; a finished run is matched on these."""
+    """segopt.commands.cli arguments (no subcommand, no output paths) of one run; a finished run is matched on these."""
     args = list(grid.base)
     for axis, value in cell.values:
         args += grid.axes[axis][value]
@@ -239,19 +239,19 @@ def output_args(run_dir: Path) -> list[str]:
 
 def check_cell(args: list[str], label: str, grid_path: Path) -> None:
     """Build a run's objects without training, so that a bad flag stops the grid before hours of runs."""
-    from segopt.from_config import build_from_config
+    from segopt.commands.from_config import build_from_config
 
     try:
         build_from_config(args)
     except SystemExit as err:
-        raise GridError(f"{grid_path}: cell {label}: segopt.cli rejected its arguments (its message is above): {' '.join(args)}") from err
+        raise GridError(f"{grid_path}: cell {label}: segopt.commands.cli rejected its arguments (its message is above): {' '.join(args)}") from err
     except Exception as err:  # noqa: BLE001 (re-raised with the cell named)
         raise GridError(f"{grid_path}: cell {label}: {type(err).__name__}: {err}") from err
 
 
 def fit_once(args: list[str]) -> dict[str, Any]:
     """Train one run in this process; final and best val mIoU, per-class IoU, epochs, precision."""
-    from segopt.cli import main as cli_main
+    from segopt.commands.cli import main as cli_main
 
     cli = cli_main(["fit", *args])
     trainer = cli.trainer
@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.dry_run:
         for i, (cell, seed) in enumerate(plan, 1):
             state = "finished" if (cell, seed) in results else "to run"
-            print(f"  [{i}/{len(plan)}] {cell.label} seed {seed}: {state}\n      segopt.cli fit {' '.join(run_args(grid, cell, seed))}")
+            print(f"  [{i}/{len(plan)}] {cell.label} seed {seed}: {state}\n      segopt.commands.cli fit {' '.join(run_args(grid, cell, seed))}")
         return out
 
     hw = hardware("cuda" if torch.cuda.is_available() else "cpu")

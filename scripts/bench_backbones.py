@@ -35,7 +35,7 @@ NUM_CLASSES = 5  # the built-in SyntheticShapes data
 def build_backbone(path: Path) -> nn.Module:
     """The backbone a configs/model/*.yaml file selects, built by segopt's own parser from
     ``configs/amp.yaml`` with that file stacked on it (the built-in data: 3 channels, 5 classes)."""
-    from segopt.from_config import build_from_config
+    from segopt.commands.from_config import build_from_config
 
     return build_from_config(["--config", str(ROOT / "configs" / "amp.yaml"), "--config", str(path)]).model.net
 

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from segopt.core.precision import cpu_name  # noqa: F401 (the scripts import it from here)
 from segopt.losses import CombinedLoss
-from segopt.precision import cpu_name  # noqa: F401 (the scripts import it from here)
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 

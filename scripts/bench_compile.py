@@ -4,7 +4,7 @@
 
 Both arms are the same network (the reference recipe's UNet unless --base/--depth say
 otherwise), the same batch, Dice+CE and AdamW (``bench_common.make_train_step``); the
-compiled arm is compiled in place as ``model.compile: true`` does (``segopt.compiling``).
+compiled arm is compiled in place as ``model.compile: true`` does (``segopt.core.compiling``).
 The first compiled step, which compiles forward and backward, is timed alone; then the
 arms run round-robin so that changes in machine load hit both alike. Writes ``--out``.md/.json.
 """
@@ -30,7 +30,7 @@ from bench_common import (
     write_results,
 )
 
-from segopt.compiling import compile_backbone
+from segopt.core.compiling import compile_backbone
 from segopt.models import UNet
 
 ROOT = Path(__file__).resolve().parents[1]

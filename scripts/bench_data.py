@@ -50,9 +50,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
 from segopt.data import CachedSamples, IndexMask, PairedFolder, TransformedDataset
-from segopt.data.datamodule import _worker_init
 from segopt.data.roots import resolve_data_path
 from segopt.data.transforms import Augment, train_transform
+from segopt.lightning.datamodule import _worker_init
 
 PROJECT = Path(__file__).resolve().parents[1]
 CAMVID = PROJECT / resolve_data_path("data/camvid")  # configs/data/camvid.yaml's root

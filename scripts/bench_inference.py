@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
 
-from segopt.from_config import build_from_config, load_weights
-from segopt.inference import TTA, SlidingWindow
+from segopt.commands.from_config import build_from_config, load_weights
+from segopt.core.inference import TTA, SlidingWindow
 
 
 def settings(tile: int) -> dict[str, tuple[TTA, SlidingWindow]]:
@@ -149,7 +149,7 @@ def _bare_predict(net: torch.nn.Module, paths: list[Path], out: Path, in_channel
 
 
 def _segopt_predict(cli, folder: Path, out: Path, precision: str) -> None:  # noqa: ANN001
-    from segopt.predict import PredictionWriter
+    from segopt.lightning.prediction_writer import PredictionWriter
 
     cli.datamodule.predict_dir = str(folder)
     trainer = pl.Trainer(
@@ -184,7 +184,7 @@ def _onnx_vs_torch(model: torch.nn.Module, scratch: Path, in_channels: int, size
     """Images/s of the exported ONNX graph in ONNX Runtime and of the module in torch, alternating."""
     import statistics
 
-    from segopt.export import export_onnx
+    from segopt.commands.export import export_onnx
 
     try:
         import onnxruntime as ort
@@ -245,7 +245,7 @@ def _report_lines(args: argparse.Namespace, payload: dict[str, Any], num_workers
             "| --- | ---: | ---: |",
             *[f"| {r['engine']} | {r['images_per_s']} | {r.get('vs_torch', 1.0)} |" for r in onnx_rows],
             "",
-            f"- The exported graph (`segopt.export.export_onnx`: SegModule's edge-pad + network + crop) and the "
+            f"- The exported graph (`segopt.commands.export.export_onnx`: SegModule's edge-pad + network + crop) and the "
             f"same module in torch: {payload['onnx_note']}.",
         ]
     else:
@@ -261,9 +261,9 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
 
     from bench_common import cpu_name
 
+    from segopt.core.precision import resolve_precision
     from segopt.data.files import EXTENSIONS, read_header
     from segopt.data.roots import resolve_data_path
-    from segopt.precision import resolve_precision
 
     cli = build_from_config([*cli_args, "--trainer.accelerator=cpu"])
     if args.ckpt_path is not None:

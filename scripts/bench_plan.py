@@ -16,10 +16,10 @@ from pathlib import Path
 
 from bench_common import add_overwrite_flag, cpu_name, refuse_to_overwrite, result_files, write_results
 
-from segopt.from_config import build_from_config
-from segopt.planning.fingerprint import fingerprint
-from segopt.planning.probe import probe_machine
-from segopt.planning.rules import geometries
+from segopt.commands.from_config import build_from_config
+from segopt.commands.planning.fingerprint import fingerprint
+from segopt.commands.planning.probe import probe_machine
+from segopt.commands.planning.rules import geometries
 
 DATA = {
     "CamVid": ["configs/data/camvid.yaml"],

@@ -115,8 +115,8 @@ def _reset_peak_rss() -> None:
 
 
 def train_once(cli_args: list[str]) -> dict[str, Any]:
-    """Fit once with ``cli_args`` (configs and flags as for ``segopt.cli``), then validate; the figures."""
-    from segopt.from_config import build_from_config
+    """Fit once with ``cli_args`` (configs and flags as for ``segopt.commands.cli``), then validate; the figures."""
+    from segopt.commands.from_config import build_from_config
 
     cli = build_from_config(cli_args)
     timer = EpochTimer()
@@ -242,7 +242,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="output stem (default results/precision_<cpu|cuda>)")
     add_overwrite_flag(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: train once, write figures to this JSON
-    parser.add_argument("extra", nargs="*", help="extra segopt.cli flags, after --")
+    parser.add_argument("extra", nargs="*", help="extra segopt.commands.cli flags, after --")
     return parser.parse_args(argv)
 
 
@@ -255,7 +255,7 @@ def child_command(args: argparse.Namespace, precision: str, result: Path) -> lis
 
 
 def cli_args(args: argparse.Namespace, precision: str) -> list[str]:
-    """segopt.cli arguments (no subcommand) for one precision."""
+    """segopt.commands.cli arguments (no subcommand) for one precision."""
     out: list[str] = []
     for config in args.config or DEFAULT_CONFIGS:
         out += ["--config", config]

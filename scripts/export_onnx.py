@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
 
-from segopt.export import export_onnx, onnx_parity
-from segopt.from_config import build_from_config, load_weights
+from segopt.commands.export import export_onnx, onnx_parity
+from segopt.commands.from_config import build_from_config, load_weights
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -74,7 +74,7 @@ def steps(out: Path, dry: bool) -> dict[str, list[list[str]]]:
         layout.append(
             _python("bench_precision.py", *CONFIGS, "--precisions", half, *epochs, *threads, *flags, "--out", str(stem), "--", *sizes)
         )
-    from segopt.data.datamodule import default_num_workers
+    from segopt.lightning.datamodule import default_num_workers
 
     workers = "1" if dry else str(default_num_workers())
     smp = ["--device", "cpu", "--precision", half, "--batch", "1", "--size", "64", "--reps", "1", "--warmup", "0"]

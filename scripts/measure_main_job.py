@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
 
     runs = ROOT / "runs"
     before = set(runs.glob("*/version_*")) if runs.exists() else set()
-    cmd = [sys.executable, "-m", "segopt.cli", "fit", "--config", args.config, *args.extra]
+    cmd = [sys.executable, "-m", "segopt.commands.cli", "fit", "--config", args.config, *args.extra]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.perf_counter() - start

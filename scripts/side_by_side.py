@@ -81,11 +81,11 @@ import yaml
 from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
 from jsonargparse import ArgumentError
 
-from segopt.data.check import source_from_mapping
+from segopt.commands.check import source_from_mapping
+from segopt.core.precision import cpu_has_native_bf16
 from segopt.data.datasets import SegSource
 from segopt.data.files import DataError
 from segopt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from segopt.precision import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ PEER_MINUTES = 60.0  # the peer's budget when --minutes is not given
 MAX_SIDE = 256  # the default --size: the median image scaled to fit this many pixels a side ...
 MULTIPLE = 32  # ... and rounded to multiples of this (the encoder's stride)
 BUDGET_MAX_EPOCHS = 100000  # an upper bound: the added TimeBudget sets the epochs that fit
-TIME_BUDGET = "segopt.time_budget.TimeBudget"
+TIME_BUDGET = "segopt.lightning.TimeBudget"
 
 
 def fail(message: str) -> NoReturn:
@@ -193,7 +193,7 @@ def _parsed_data(paths: list[Path]) -> dict[str, Any] | None:
     if len(paths) == 1:
         config = yaml.safe_load(paths[0].read_bytes())
         return config.get("data") if isinstance(config, dict) else None
-    from segopt.from_config import build_from_config
+    from segopt.commands.from_config import build_from_config
 
     try:
         return build_from_config([a for path in paths for a in ("--config", str(path))]).config.data.as_dict()
@@ -503,12 +503,12 @@ def added_args(recipe: Recipe) -> list[str]:
 
 
 def segopt_command(args: argparse.Namespace, recipe: Recipe, seed: int, run_dir: Path) -> list[str]:
-    """The ``segopt.cli fit`` command line of one seed, its TensorBoard run going to ``run_dir``."""
+    """The ``segopt.commands.cli fit`` command line of one seed, its TensorBoard run going to ``run_dir``."""
     stacked = [a for path in recipe.data_config or () for a in ("--config", str(path))]
     return [
         sys.executable,
         "-m",
-        "segopt.cli",
+        "segopt.commands.cli",
         "fit",
         "--config",
         str(recipe.path),

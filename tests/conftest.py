@@ -99,7 +99,7 @@ def tiny_config_file(
     (batch 8, no loader workers, a log line every step, a two-level UNet on 32 px shapes), with the
     Trainer's default callbacks spelled out, the step checkpoint every ``every_n_train_steps``
     steps, and the given updates of trainer, data, source and backbone settings."""
-    from segopt.cli import TRAINER_DEFAULTS  # here: the CLI is heavy to import, and few tests need it
+    from segopt.commands.cli import TRAINER_DEFAULTS  # here: the CLI is heavy to import, and few tests need it
 
     cfg = yaml.safe_load((CONFIGS / "amp.yaml").read_text())
     cfg["trainer"]["callbacks"] = yaml.safe_load(TRAINER_DEFAULTS.read_text())["trainer"]["callbacks"] + (callbacks or [])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from segopt.callbacks import AtomicCheckpointIO
-from segopt.palette import colorize, legend, palette
+from segopt.core.palette import colorize, legend, palette
+from segopt.lightning.callbacks import AtomicCheckpointIO
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

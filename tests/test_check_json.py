@@ -1,4 +1,4 @@
-"""``python -m segopt.data.check --json FILE`` never replaces a file it should not."""
+"""``python -m segopt.check --json FILE`` never replaces a file it should not."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from segopt.data.check import main as check_main
+from segopt.commands.check import main as check_main
 from tests.test_data_loading import _config, _write_pairs
 
 

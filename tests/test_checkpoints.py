@@ -13,8 +13,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from segopt.checkpoints import CheckpointError
-from segopt.cli import main
+from segopt.commands.cli import main
+from segopt.core.checkpoints import CheckpointError
 from tests.conftest import CONFIGS, ROOT
 
 TINY = [
@@ -189,7 +189,7 @@ def test_the_command_line_prints_one_message_and_no_traceback(in_trained: Path) 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SEGOPT_TRACEBACK", None)
     done = subprocess.run(
-        [sys.executable, "-m", "segopt.cli", "validate", f"--config={CONFIGS / 'amp.yaml'}", *TINY, "--ckpt_path=nope.ckpt"],
+        [sys.executable, "-m", "segopt.commands.cli", "validate", f"--config={CONFIGS / 'amp.yaml'}", *TINY, "--ckpt_path=nope.ckpt"],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 1
@@ -199,7 +199,7 @@ def test_the_command_line_prints_one_message_and_no_traceback(in_trained: Path) 
 
 @pytest.mark.slow
 def test_warm_start_loads_matching_tensors_and_lists_the_new_head(trained: Path) -> None:
-    from segopt.checkpoints import warm_start
+    from segopt.core.checkpoints import warm_start
     from segopt.models import UNet
 
     saved = _weights(trained / RUN / "checkpoints" / "last.ckpt")

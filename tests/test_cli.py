@@ -11,8 +11,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from segopt.cli import main
-from segopt.precision import cpu_has_native_bf16, resolve_precision
+from segopt.commands.cli import main
+from segopt.core.precision import cpu_has_native_bf16, resolve_precision
 from tests.conftest import CONFIGS, LogLines, tiny_cli_args
 
 TINY = tiny_cli_args()

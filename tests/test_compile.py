@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from segopt.cli import main
-from segopt.from_config import load_weights
+from segopt.commands.cli import main
+from segopt.commands.from_config import load_weights
+from segopt.lightning.module import SegModule
 from segopt.losses import CombinedLoss
 from segopt.models import UNet
-from segopt.module import SegModule
 from tests.conftest import CONFIGS, LogLines
 
 

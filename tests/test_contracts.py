@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from segopt.lightning.module import SegModule
+from segopt.lightning.time_budget import Replannable, TimeBudget
 from segopt.models import ResNetUNet, UNet
 from segopt.models.contracts import DEFAULT_SIZE_MULTIPLE, LR_SCALE, Backbone, lr_scale, size_multiple
-from segopt.module import SegModule
-from segopt.time_budget import Replannable, TimeBudget
 
 
 def test_size_multiple_is_the_backbones_own_or_the_one_default() -> None:
@@ -41,5 +41,5 @@ def test_time_budget_refuses_a_module_without_build_scheduler_naming_the_method(
         TimeBudget(minutes=1).setup(None, _Plain(), "fit")  # type: ignore[arg-type]
     assert str(error.value) == (
         "TimeBudget re-plans the schedule through the module's build_scheduler(optimizer, total_steps), "
-        "which _Plain does not have; use segopt.module.SegModule or add that method"
+        "which _Plain does not have; use segopt.lightning.SegModule or add that method"
     )

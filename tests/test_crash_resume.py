@@ -45,7 +45,7 @@ def _config(tmp_path: Path) -> Path:
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "segopt.cli", "fit", f"--config={_config(tmp_path)}", *args],
+        [sys.executable, "-m", "segopt.commands.cli", "fit", f"--config={_config(tmp_path)}", *args],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from segopt.data.content import pixel_digest
 from segopt.data.files import DataError
+from segopt.public_data.content import pixel_digest
 
 
 def written_out_digest(arrays: dict[str, np.ndarray]) -> str:

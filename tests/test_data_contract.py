@@ -1,5 +1,5 @@
 """The data check is the contract: what would make fit/validate/test fail on the data is reported by
-``python -m segopt.data.check`` first, and by fit before anything is written. Covers the EXIF orientation
+``python -m segopt.check`` first, and by fit before anything is written. Covers the EXIF orientation
 policy (every file read as displayed), lossy (JPEG) masks and splits of mixed image sizes."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from segopt.cli import main as cli_main
-from segopt.data import PairedFolder, SegDataModule, SyntheticShapes
+from segopt.commands.check import main as check_main
+from segopt.commands.cli import main as cli_main
+from segopt.data import PairedFolder, SyntheticShapes
 from segopt.data.batching import Batching
-from segopt.data.check import main as check_main
 from segopt.data.files import ORIENTATION_TAG, DataError, orient, read_header, read_image, read_mask
 from segopt.data.predict_folder import PredictFolder
 from segopt.data.transforms import Augment, eval_transform
+from segopt.lightning import SegDataModule
 from tests.conftest import CONFIGS, tiny_cli_args
 
 
@@ -329,8 +330,8 @@ def test_a_class_absent_from_the_training_masks_is_the_same_warning_in_the_check
     assert code == 0  # not bad input
     assert f"\nwarning: {expected}\n" in out and "OK: no problems found" in out
     dm = SegDataModule(_folder(root), num_workers=0)
-    with caplog.at_level("WARNING", logger="segopt.data.datamodule"):
+    with caplog.at_level("WARNING", logger="segopt.lightning.datamodule"):
         dm.setup("fit")
-    logged = [r.getMessage() for r in caplog.records if r.name == "segopt.data.datamodule"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "segopt.lightning.datamodule"]
     assert logged == [f"segopt: warning: {expected}"]
     assert dm.train_class_pixels().tolist() == [256, 256, 0]

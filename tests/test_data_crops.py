@@ -12,9 +12,10 @@ import yaml
 from albumentations.pytorch import ToTensorV2
 from jsonargparse import ArgumentParser
 
-from segopt.data import IndexMask, PairedFolder, SegDataModule, SegSource, SyntheticShapes
+from segopt.data import IndexMask, PairedFolder, SegSource, SyntheticShapes
 from segopt.data.rare_crop import RareClassCrop, rare_classes
 from segopt.data.transforms import Augment, train_transform
+from segopt.lightning import SegDataModule
 
 IGNORE = 255
 CLASSES = (0, 3, 7)

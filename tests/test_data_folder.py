@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segopt.data import BinaryMask, DataError, IndexMask, PairedFolder, PaletteMask, SegDataModule
+from segopt.data import BinaryMask, DataError, IndexMask, PairedFolder, PaletteMask
 from segopt.data.files import read_image
+from segopt.lightning import SegDataModule
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared" / "data"
@@ -300,7 +301,7 @@ def shared() -> Path:
 
 
 def _source_from(config: str, monkeypatch) -> PairedFolder:
-    from segopt.data.check import _source_from_config
+    from segopt.commands.check import _source_from_config
 
     monkeypatch.chdir(PROJECT)  # the configs' roots are relative to the project root
     monkeypatch.setattr(sys, "argv", ["check"])  # the CLI parser must see only these args

@@ -11,11 +11,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from segopt.cli import main as cli_main
-from segopt.data import DataError, PairedFolder, SegDataModule
-from segopt.data.check import main as check_main
-from segopt.data.check import source_from_mapping
+from segopt.commands.check import main as check_main
+from segopt.commands.check import source_from_mapping
+from segopt.commands.cli import main as cli_main
+from segopt.data import DataError, PairedFolder
 from segopt.data.groups import HOW_TO_SPLIT, shared_groups
+from segopt.lightning import SegDataModule
 from tests.conftest import CONFIGS
 
 
@@ -145,7 +146,7 @@ def test_check_warns_when_validation_shares_a_group_and_says_how_to_split(frames
 
 
 def _resolved(monkeypatch, capsys: pytest.CaptureFixture, *configs: str) -> dict:
-    """The config ``segopt.cli fit --config ...`` would run, as ``--print_config`` prints it."""
+    """The config ``segopt.commands.cli fit --config ...`` would run, as ``--print_config`` prints it."""
     monkeypatch.setattr(sys, "argv", ["segopt"])
     with pytest.raises(SystemExit) as done:
         cli_main(["fit", *(f"--config={CONFIGS / c}" for c in configs), "--print_config"])

@@ -14,11 +14,12 @@ from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from segopt.data import CachedSamples, PairedFolder, SegDataModule, SyntheticShapes, TransformedDataset
-from segopt.data.check import main as check_main
-from segopt.data.datamodule import _worker_init, default_num_workers
+from segopt.commands.check import main as check_main
+from segopt.data import CachedSamples, PairedFolder, SyntheticShapes, TransformedDataset
 from segopt.data.files import DataError
 from segopt.data.transforms import Augment, Normalize, eval_transform, train_transform
+from segopt.lightning import SegDataModule
+from segopt.lightning.datamodule import _worker_init, default_num_workers
 
 
 def _batches(seed: int, num_workers: int = 2, epochs: int = 2) -> list[dict]:
@@ -144,7 +145,7 @@ def test_cache_gives_the_same_samples_as_decoding(tmp_path: Path):
     assert isinstance(dm.dataset("val").samples, CachedSamples)
 
 
-# -- python -m segopt.data.check --------------------------------------------------------
+# -- python -m segopt.check --------------------------------------------------------
 
 
 def _config(tmp_path: Path, root: Path) -> Path:

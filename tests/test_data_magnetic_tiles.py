@@ -13,11 +13,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from segopt.data.check import source_from_mapping
-from segopt.data.download import FetchError
-from segopt.data.fetch import MARKER, main
-from segopt.data.magnetic_tiles import GROUP_GAP, groups, prepare, split, tile_names
-from segopt.data.public import DATA_SETS
+from segopt.commands.check import source_from_mapping
+from segopt.commands.fetch import MARKER, main
+from segopt.public_data.catalog import DATA_SETS
+from segopt.public_data.download import FetchError
+from segopt.public_data.magnetic_tiles import GROUP_GAP, groups, prepare, split, tile_names
 from tests.conftest import CONFIGS, SHARED_DATA
 from tests.test_data_fetch import TILES, _files, tiles_archive, tiles_pixels
 

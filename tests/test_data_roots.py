@@ -60,7 +60,7 @@ def test_nothing_shipped_names_the_development_data_folder():
 @pytest.mark.slow  # trains
 @pytest.mark.parametrize("name", ["camvid", "membrane"])
 def test_fit_runs_on_the_real_data_through_the_shipped_config(name: str, shared_data: Path, tmp_path: Path, monkeypatch):
-    from segopt.cli import main
+    from segopt.commands.cli import main
 
     monkeypatch.chdir(tmp_path)  # data/<name> is found only through SEGOPT_DATA_ROOT (set by conftest)
     cli = main([

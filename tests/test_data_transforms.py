@@ -12,9 +12,10 @@ import yaml
 from albumentations.pytorch import ToTensorV2
 from jsonargparse import ArgumentParser
 
-from segopt.data import DataError, PairedFolder, SegDataModule, SyntheticShapes
+from segopt.data import DataError, PairedFolder, SyntheticShapes
 from segopt.data.masks import IndexMask
 from segopt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Augment, augmentation, eval_transform, train_transform
+from segopt.lightning import SegDataModule
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IGNORE = 255

@@ -23,8 +23,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from segopt.callbacks import AtomicCheckpointIO
-from segopt.cli import main
+from segopt.commands.cli import main
+from segopt.lightning.callbacks import AtomicCheckpointIO
 from tests.conftest import CONFIGS, ROOT
 from tests.test_exact_resume import assert_same_random_states, random_states, weights_of
 
@@ -60,9 +60,9 @@ class RecordingCheckpointIO(AtomicCheckpointIO):
 
 
 def _ddp(root: Path, *args: str) -> subprocess.CompletedProcess:
-    """``segopt.cli fit`` of amp.yaml + ddp.yaml on DATA with two processes, run in ``root``."""
+    """``segopt.commands.cli fit`` of amp.yaml + ddp.yaml on DATA with two processes, run in ``root``."""
     command = [
-        sys.executable, "-m", "segopt.cli", "fit",
+        sys.executable, "-m", "segopt.commands.cli", "fit",
         f"--config={CONFIGS / 'amp.yaml'}", f"--config={CONFIGS / 'ddp.yaml'}",
         *DATA,
         "--trainer.devices=2",

@@ -16,10 +16,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from segopt.cli import main
-from segopt.data import SegDataModule
+from segopt.commands.cli import main
 from segopt.data.resumable import ResumableSampler
 from segopt.data.synthetic import SyntheticShapes
+from segopt.lightning import SegDataModule
 from tests.conftest import ROOT, tiny_config_file
 
 STEPS_PER_EPOCH = 32 // 8
@@ -40,8 +40,7 @@ class DrawPerRank(pl.Callback):
 def random_states(run: Path) -> list[dict]:
     """The random states of each training process, as last.ckpt's training loader saved them."""
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    (loader,) = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    return loader["random_states"]
+    return ckpt["SegDataModule"]["train_loader"]["random_states"]
 
 
 def assert_same_random_states(got: list[dict], expected: list[dict]) -> None:
@@ -86,7 +85,7 @@ def _config(tmp_path: Path) -> Path:
 def _killed(tmp_path: Path, *args: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-m", "segopt.cli", "fit", f"--config={_config(tmp_path)}", *args],
+        [sys.executable, "-m", "segopt.commands.cli", "fit", f"--config={_config(tmp_path)}", *args],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]

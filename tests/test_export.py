@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from segopt.export import export_onnx, onnx_parity
+from segopt.commands.export import export_onnx, onnx_parity
+from segopt.lightning.module import SegModule
 from segopt.models import UNet
-from segopt.module import SegModule
 from tests.conftest import CONFIGS, ROOT
 
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from segopt.cli import main
+from segopt.commands.cli import main
 from segopt.data import DataError
-from segopt.failsafe import NonFiniteLossError, NonFiniteLossGuard, is_out_of_memory
+from segopt.lightning.failsafe import NonFiniteLossError, NonFiniteLossGuard, is_out_of_memory
 from tests.conftest import CONFIGS, tiny_cli_args
 
 TINY = [
@@ -184,7 +184,7 @@ def test_out_of_memory_says_what_to_change_and_keeps_checkpoints(in_tmp: Path) -
             "halves activation memory",
             "  - smaller inputs: data.train_size / data.eval_size, or data.resize_mode crop",
             "  - let Lightning find the largest batch that fits (one device): "
-            "--trainer.callbacks+=segopt.failsafe.ScheduleAwareBatchSizeFinder",
+            "--trainer.callbacks+=segopt.lightning.ScheduleAwareBatchSizeFinder",
         ]
     )
     assert isinstance(exit_info.value.__cause__, torch.OutOfMemoryError)
@@ -209,7 +209,7 @@ def test_is_out_of_memory(error: BaseException, expected: bool) -> None:
 def test_batch_size_finder_sets_the_datamodule_batch_and_replans_the_schedule(in_tmp: Path) -> None:
     # Trials of 2, 4 and 8 images; on a CPU nothing runs out, so they end at max_trials.
     finder = [
-        "--trainer.callbacks+=segopt.failsafe.ScheduleAwareBatchSizeFinder",
+        "--trainer.callbacks+=segopt.lightning.ScheduleAwareBatchSizeFinder",
         "--trainer.callbacks.max_trials=3",
         "--trainer.callbacks.steps_per_trial=1",
     ]
@@ -332,7 +332,7 @@ def test_bad_data_met_in_a_loader_worker_is_the_same_one_line(in_tmp: Path) -> N
 def test_user_message_is_the_workers_own_message() -> None:
     from torch._utils import ExceptionWrapper
 
-    from segopt.failsafe import user_message
+    from segopt.lightning.failsafe import user_message
 
     try:
         raise DataError(["a.png: first problem", "b.png: second\nline"])

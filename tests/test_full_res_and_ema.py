@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from segopt.data import SegDataModule
 from segopt.data.synthetic import SyntheticShapes
 from segopt.data.transforms import eval_transform
+from segopt.lightning import SegDataModule
+from segopt.lightning.module import SegModule
 from segopt.models import UNet
-from segopt.module import SegModule
 
 
 def _data(**kwargs) -> SegDataModule:  # noqa: ANN003

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from segopt.cli import main
-from segopt.failsafe import NonFiniteLossGuard
-from segopt.module import SegModule
+from segopt.commands.cli import main
+from segopt.lightning.failsafe import NonFiniteLossGuard
+from segopt.lightning.module import SegModule
 from tests.conftest import CONFIGS
 
 pytestmark = [

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from segopt.data import Augment, SegDataModule, SyntheticShapes
+from segopt.core.inference import TTA, SlidingWindow, gaussian_weights, predict_probs
+from segopt.data import Augment, SyntheticShapes
 from segopt.data.synthetic import generate
 from segopt.data.transforms import eval_transform
-from segopt.inference import TTA, SlidingWindow, gaussian_weights, predict_probs
+from segopt.lightning import SegDataModule
+from segopt.lightning.module import SegModule
 from segopt.models import UNet
-from segopt.module import SegModule
 from tests.conftest import CONFIGS, ROOT, quiet_trainer
 
 TRAIN_SIZE = 32

@@ -1,8 +1,9 @@
-"""Dependencies point one way: plain-torch core → Lightning layer → entry points.
+"""Dependencies point one way: plain PyTorch → Lightning layer → entry points, read from the folders.
 
-The core (models, losses, inference, schedules, class weights, palette, data sources, mask
-decoding and file reading) is usable without Lightning; the Lightning layer (data module,
-module, callbacks) never imports an entry point (CLI, data check, export, scripts).
+``segopt/lightning/`` is the Lightning layer; ``segopt/commands/`` and the one-line command modules
+at the top of ``segopt/`` (``python -m segopt.cli``, ``segopt.plan``, ...) are the entry points;
+everything else (``models/``, ``losses/``, ``data/``, ``core/``, ``public_data/``) is plain
+PyTorch, usable without Lightning.
 """
 
 from __future__ import annotations
@@ -16,33 +17,7 @@ import pytest
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "segopt"
-
-LIGHTNING_LAYER = {
-    "segopt.module",
-    "segopt.callbacks",
-    "segopt.failsafe",
-    "segopt.predict",
-    "segopt.time_budget",
-    "segopt.data.datamodule",
-}
-ENTRY_POINTS = {
-    "segopt.cli",
-    "segopt.data.check",
-    "segopt.data.fetch",
-    "segopt.export",
-    "segopt.from_config",
-    # the plan command and its parts: it reads data through the data check and builds fit's config
-    "segopt.plan",
-    "segopt.planning",
-    "segopt.planning.fingerprint",
-    "segopt.planning.probe",
-    "segopt.planning.rules",
-    "segopt.planning.recipe",
-    "segopt.planning.folder_config",
-}
-# segopt.data re-exports SegDataModule by name, loaded on first access (PEP 562), so
-# `segopt.data.SegDataModule` stays a config class path without the core importing Lightning.
-LAZY_REEXPORTS = {("segopt.data", "segopt.data.datamodule")}
+LAYER_NAMES = ("plain PyTorch", "Lightning", "entry point")
 
 
 def _module_name(path) -> str:
@@ -51,15 +26,19 @@ def _module_name(path) -> str:
 
 
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-CORE = sorted(set(MODULES) - LIGHTNING_LAYER - ENTRY_POINTS)
 
 
 def _layer(name: str) -> int:
-    if name in ENTRY_POINTS:
-        return 2
-    if name in LIGHTNING_LAYER:
+    """0 plain PyTorch, 1 Lightning, 2 entry point: from where the module lies."""
+    parts = name.split(".")
+    if parts[1:2] == ["lightning"]:
         return 1
+    if parts[1:2] == ["commands"] or (len(parts) == 2 and MODULES[name].name != "__init__.py"):
+        return 2
     return 0
+
+
+CORE = sorted(name for name in MODULES if _layer(name) == 0)
 
 
 def _imports(path) -> set[str]:
@@ -74,9 +53,23 @@ def _imports(path) -> set[str]:
     return found
 
 
-def test_every_module_is_in_exactly_one_layer() -> None:
-    assert LIGHTNING_LAYER <= set(MODULES) and ENTRY_POINTS <= set(MODULES)
-    assert "segopt.models.unet" in CORE and "segopt.data.masks" in CORE
+def test_the_folders_are_the_layers() -> None:
+    layers = {name: LAYER_NAMES[_layer(name)] for name in MODULES}
+    assert {n: layers[n] for n in ("segopt", "segopt.models.unet", "segopt.data.masks", "segopt.core.schedules",
+                                   "segopt.public_data.download", "segopt.lightning.module", "segopt.lightning",
+                                   "segopt.commands.planning.rules", "segopt.cli", "segopt.fetch")} == {
+        "segopt": "plain PyTorch", "segopt.models.unet": "plain PyTorch", "segopt.data.masks": "plain PyTorch",
+        "segopt.core.schedules": "plain PyTorch", "segopt.public_data.download": "plain PyTorch",
+        "segopt.lightning.module": "Lightning", "segopt.lightning": "Lightning",
+        "segopt.commands.planning.rules": "entry point", "segopt.cli": "entry point", "segopt.fetch": "entry point",
+    }  # fmt: skip
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert top == ["__init__.py", "check.py", "cli.py", "fetch.py", "plan.py"]  # only the command modules
+
+
+def test_the_module_does_not_know_the_datamodule() -> None:
+    """SegModule works with any datamodule: what it needs from one is a protocol of the data layer."""
+    assert not [m for m in _imports(MODULES["segopt.lightning.module"]) if m.startswith("segopt.lightning.datamodule")]
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -84,7 +77,7 @@ def test_no_module_imports_a_higher_layer(name: str) -> None:
     upward = []
     for imported in _imports(MODULES[name]):
         target = imported if imported in MODULES else imported.rsplit(".", 1)[0]
-        if target in MODULES and _layer(target) > _layer(name) and (name, target) not in LAZY_REEXPORTS:
+        if target in MODULES and _layer(target) > _layer(name):
             upward.append(target)
         if _layer(name) == 0 and imported.split(".")[0] in ("lightning", "pytorch_lightning"):
             upward.append(imported)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 import yaml
 from jsonargparse import ArgumentParser
 
-from segopt.class_weights import (
+from segopt.commands.cli import main
+from segopt.data.class_weights import (
     DataWeighted,
     class_pixel_counts,
     compute_class_weights,
@@ -24,9 +25,9 @@ from segopt.class_weights import (
     inverse_sqrt_frequency_weights,
     median_frequency_weights,
 )
-from segopt.cli import main
-from segopt.data import SegDataModule
 from segopt.data.synthetic import SyntheticShapes
+from segopt.lightning import SegDataModule
+from segopt.lightning.module import LossFactory, SegModule
 from segopt.losses import (
     CombinedLoss,
     CrossEntropyLoss,
@@ -38,7 +39,6 @@ from segopt.losses import (
     ohem_cross_entropy_loss,
 )
 from segopt.models import UNet
-from segopt.module import LossFactory, SegModule
 from tests.conftest import CONFIGS, quiet_trainer
 
 IGNORE = 255
@@ -509,7 +509,7 @@ def test_class_weight_configs_overlay_any_loss_config(mode: str, capsys) -> None
 
 # --- Shipped loss configs keep their meaning ---------------------------------------------------
 
-#: Each shipped way of choosing the loss: config files and flags as given to ``segopt.cli fit``.
+#: Each shipped way of choosing the loss: config files and flags as given to ``segopt.commands.cli fit``.
 SHIPPED_LOSSES: dict[str, list[str]] = {
     "amp": ["configs/amp.yaml"],
     "recipes/camvid": ["configs/recipes/camvid.yaml"],

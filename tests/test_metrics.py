@@ -13,10 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassF1Score
 
-from segopt.data import SegDataModule
 from segopt.data.synthetic import SyntheticShapes
+from segopt.lightning import SegDataModule
+from segopt.lightning.module import SegModule
 from segopt.models import UNet
-from segopt.module import SegModule
 from tests.conftest import quiet_trainer
 
 IGNORE = 255

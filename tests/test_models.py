@@ -12,13 +12,14 @@ import torch
 import torchvision
 from torch import nn
 
-from segopt.callbacks import EncoderFreeze
-from segopt.cli import main
-from segopt.data import SegDataModule, SyntheticShapes
+from segopt.commands.cli import main
+from segopt.core.schedules import OneCycle
+from segopt.data import SyntheticShapes
+from segopt.lightning import SegDataModule
+from segopt.lightning.callbacks import EncoderFreeze
+from segopt.lightning.module import SegModule
 from segopt.models import FinetunableEncoder, NestedUNet, ResNetUNet, SMPBackbone, UNet
 from segopt.models.resnet_unet import adapt_first_conv, resolve_weights
-from segopt.module import SegModule
-from segopt.schedules import OneCycle
 from tests.conftest import CONFIGS, quiet_trainer
 
 TINY_DECODER = (16, 8, 8, 4, 4)

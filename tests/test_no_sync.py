@@ -21,13 +21,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-import segopt.callbacks
-import segopt.failsafe
+import segopt.lightning.callbacks
+import segopt.lightning.failsafe
+import segopt.lightning.prediction_writer  # imported so that its callbacks are among the subclasses
 import segopt.models.finetune
-import segopt.predict  # imported so that its callbacks are among the subclasses
-from segopt.cli import main
-from segopt.data import SegDataModule
-from segopt.module import SegModule
+from segopt.commands.cli import main
+from segopt.lightning import SegDataModule
+from segopt.lightning.module import SegModule
 from tests.conftest import CONFIGS
 from tests.test_losses import SHIPPED_LOSSES, build_shipped_loss, shipped_batch
 
@@ -157,7 +157,7 @@ def test_training_step_reads_nothing_back_from_the_device(
     trap.watch(monkeypatch, SegModule, "training_step")
     trap.watch(monkeypatch, SegDataModule, "on_after_batch_transfer")
     callbacks = _segopt_callbacks()
-    assert segopt.failsafe.NonFiniteLossGuard in callbacks
+    assert segopt.lightning.NonFiniteLossGuard in callbacks
     watched = []
     for cls in [SegModule, *callbacks]:
         for hook in BATCH_HOOKS:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-import segopt.plan as plan_command
-from segopt.planning.fingerprint import (
+import segopt.commands.plan as plan_command
+from segopt.commands.planning.fingerprint import (
     ClassFingerprint,
     Fingerprint,
     PlanError,
@@ -20,9 +20,9 @@ from segopt.planning.fingerprint import (
     histogram_median,
     thickness_histograms,
 )
-from segopt.planning.probe import Machine, Probe, StepTiming
-from segopt.planning.recipe import plan_paths
-from segopt.planning.rules import MIN_IMAGES, RARE_CROP_SHARE, RARE_IMAGE_SHARE, plan
+from segopt.commands.planning.probe import Machine, Probe, StepTiming
+from segopt.commands.planning.recipe import plan_paths
+from segopt.commands.planning.rules import MIN_IMAGES, RARE_CROP_SHARE, RARE_IMAGE_SHARE, plan
 from tests.conftest import CONFIGS
 
 CPU = Machine("cpu", "Test CPU", 2, 24.0, "bf16-mixed")
@@ -76,7 +76,7 @@ def tiny(tmp_path: Path) -> Path:
 
 
 def _source(config: Path):
-    from segopt.from_config import build_from_config
+    from segopt.commands.from_config import build_from_config
 
     return build_from_config(["--config", str(config)]).datamodule.source
 
@@ -239,7 +239,7 @@ def test_the_written_recipe_parses_and_fits_one_step(tmp_path: Path, described_p
     record = json.loads(plan_paths(out)[1].read_text())
     assert record["fingerprint"]["classes"][1]["width_px"] == 3.0
     assert record["plan"]["chosen"]["backbone"] == "resnet18_unet"
-    from segopt.cli import main as cli_main
+    from segopt.commands.cli import main as cli_main
 
     cli_main(["fit", "--config", str(out), "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=1", "--data.num_workers=0",
               f"--trainer.default_root_dir={tmp_path / 'runs'}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
@@ -304,7 +304,7 @@ def test_stacked_data_configs_plan_as_fit_reads_them(shared_data: Path, tmp_path
     source = recipe["data"]["source"]["init_args"]
     assert (source["root"], source["val_groups"], source["val_fraction"]) == ("data/membrane", [str(i) for i in range(24, 30)], 0.0)
     assert recipe["data"]["augment"]["vflip"] == 0.5  # the data config's own setting survives
-    from segopt.from_config import build_from_config
+    from segopt.commands.from_config import build_from_config
 
     datamodule = build_from_config(["--config", str(out)]).datamodule
     val = datamodule.source.index.pairs["val"]
@@ -312,7 +312,7 @@ def test_stacked_data_configs_plan_as_fit_reads_them(shared_data: Path, tmp_path
 
 
 def test_the_console_form_runs_the_planner(tiny: Path, tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
-    from segopt.cli import main as cli_main
+    from segopt.commands.cli import main as cli_main
 
     out = tmp_path / "console.yaml"
     with pytest.raises(SystemExit) as exc:
@@ -332,7 +332,7 @@ def _bare(root: Path, masks: list[np.ndarray], colour: bool = False) -> Path:
 
 
 def test_a_bare_folder_of_binary_index_or_colour_masks_gets_its_decoding(tmp_path: Path) -> None:
-    from segopt.planning.folder_config import folder_data_config
+    from segopt.commands.planning.folder_config import folder_data_config
 
     binary = np.zeros((40, 48), np.uint8)
     binary[:, 10:20] = 255
@@ -382,7 +382,7 @@ def test_ema_averages_the_last_tenth_of_the_planned_steps() -> None:
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (CONFIGS / "recipes").glob("*.yaml")))
 def test_shipped_recipes_parse_as_fit_reads_them(recipe: str, capsys) -> None:  # noqa: ANN001
-    from segopt.cli import main as cli_main
+    from segopt.commands.cli import main as cli_main
 
     with pytest.raises(SystemExit) as done:
         cli_main(["fit", f"--config={CONFIGS / 'recipes' / recipe}", "--print_config"])

@@ -12,14 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from segopt.cli import main
-from segopt.data import SegDataModule, SyntheticShapes
+from segopt.commands.cli import main
+from segopt.core.inference import predict_probs
+from segopt.core.palette import overlay
+from segopt.data import SyntheticShapes
 from segopt.data.transforms import eval_transform
-from segopt.inference import predict_probs
+from segopt.lightning import SegDataModule
+from segopt.lightning.module import SegModule
+from segopt.lightning.prediction_writer import PredictionWriter
 from segopt.models import UNet
-from segopt.module import SegModule
-from segopt.palette import overlay
-from segopt.predict import PredictionWriter
 from tests.conftest import CONFIGS, quiet_trainer
 
 # name -> (height, width, channels); odd sizes, grey and colour, PNG and JPEG

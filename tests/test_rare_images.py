@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from segopt.class_weights import class_pixels_per_image, pixel_totals
-from segopt.data import SegDataModule
+from segopt.data.class_weights import class_pixels_per_image, pixel_totals
 from segopt.data.rare_images import RareImages
 from segopt.data.resumable import ResumableSampler
 from segopt.data.transforms import Augment
+from segopt.lightning import SegDataModule
 from tests.test_data_crops import _arrays
 
 #: 10 images, 3 classes: class 1 in images 2 and 7, class 2 in image 5 only.

@@ -14,11 +14,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from segopt.data import SegDataModule
+from segopt.core.schedules import Cosine, OneCycle, Poly
 from segopt.data.synthetic import SyntheticShapes
+from segopt.lightning import SegDataModule
+from segopt.lightning.module import SegModule
 from segopt.models import UNet
-from segopt.module import SegModule
-from segopt.schedules import Cosine, OneCycle, Poly
 from tests.conftest import quiet_trainer
 
 BASE_LR = 0.1

@@ -104,10 +104,10 @@ def test_a_recipe_without_data_or_budget_gets_both_added(sbs: ModuleType, tmp_pa
     recipe = sbs.plan_recipe(args, sbs.load_data_config(data))
     assert (recipe.data_config, recipe.budget_minutes, recipe.own_minutes) == ((data,), 7.5, None)
     cmd = sbs.segopt_command(args, recipe, 1, tmp_path / "runs" / "amp_seed1")
-    assert cmd[1:8] == ["-m", "segopt.cli", "fit", "--config", "configs/amp.yaml", "--config", str(data)]
+    assert cmd[1:8] == ["-m", "segopt.commands.cli", "fit", "--config", "configs/amp.yaml", "--config", str(data)]
     assert cmd[-2:] == [
         "--trainer.max_epochs=100000",
-        '--trainer.callbacks+={"class_path": "segopt.time_budget.TimeBudget", "init_args": {"minutes": 7.5}}',
+        '--trainer.callbacks+={"class_path": "segopt.lightning.TimeBudget", "init_args": {"minutes": 7.5}}',
     ]
     bare = sbs.Recipe(recipe.path, recipe.sha256, recipe.identity, None, None, None)
     assert sbs.run_sha256(args, sbs.load_data_config(data), recipe) != sbs.run_sha256(args, sbs.load_data_config(data), bare)
@@ -128,13 +128,13 @@ def test_a_recipe_with_its_own_budget_and_data_runs_as_it_is(sbs: ModuleType, tm
 def test_a_run_is_named_by_what_its_configs_say_not_their_bytes(sbs: ModuleType, tmp_path: Path) -> None:
     """A comment edit or a class moved to another module keeps a recorded run; a changed value does not."""
     text = Path("configs/recipes/camvid.yaml").read_text()
-    assert "segopt.time_budget.TimeBudget" in text and "minutes: 60" in text
+    assert "segopt.lightning.TimeBudget" in text and "minutes: 60" in text
     variants = {
         "same": text,
         "comment": "# a new first line\n" + text.replace("  # ", "  #  "),
-        "moved": text.replace("segopt.time_budget.TimeBudget", "segopt.lightning.TimeBudget"),
+        "moved": text.replace("segopt.lightning.TimeBudget", "segopt.time_budget.TimeBudget"),
         "value": text.replace("minutes: 60", "minutes: 59"),
-        "other class": text.replace("segopt.time_budget.TimeBudget", "segopt.time_budget.OtherBudget"),
+        "other class": text.replace("segopt.lightning.TimeBudget", "segopt.lightning.OtherBudget"),
     }
     names = {}
     for name, variant in variants.items():

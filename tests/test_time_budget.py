@@ -13,13 +13,13 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import segopt.time_budget as time_budget
-from segopt.data import SegDataModule
+import segopt.lightning.time_budget as time_budget
+from segopt.core.schedules import OneCycle
 from segopt.data.synthetic import SyntheticShapes
+from segopt.lightning import SegDataModule
+from segopt.lightning.module import SegModule
+from segopt.lightning.time_budget import TimeBudget
 from segopt.models import UNet
-from segopt.module import SegModule
-from segopt.schedules import OneCycle
-from segopt.time_budget import TimeBudget
 from tests.test_schedules import Interrupted, RecordLR, StopAtEpoch
 
 MAX_LR, DIV, FINAL_DIV = 1e-2, 25.0, 1e4

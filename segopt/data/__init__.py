@@ -1,10 +1,7 @@
-"""Data: sources, mask decoding, joint transforms (plain PyTorch) and the datamodule (Lightning).
+"""Data in plain PyTorch: sources, mask decoding, joint transforms, sampling and class pixel counts.
 
-``segopt.data.SegDataModule`` is imported on first use, so the rest of the package works
-without Lightning.
+The Lightning datamodule that serves them is :class:`segopt.lightning.SegDataModule`.
 """
-
-from typing import Any
 
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
 from segopt.data.files import DataError
@@ -23,17 +20,9 @@ __all__ = [
     "Normalize",
     "PairedFolder",
     "PaletteMask",
-    "SegDataModule",
     "SegSource",
     "SyntheticShapes",
     "TableMask",
     "TransformedDataset",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "SegDataModule":
-        from segopt.data.datamodule import SegDataModule
-
-        return SegDataModule
-    raise AttributeError(f"module 'segopt.data' has no attribute {name!r}")

@@ -8,12 +8,12 @@ sense (``state_dict``), so checkpoints keep the epoch, the batches already train
 random states of the training processes (Python, NumPy, torch, CUDA); a resumed loader
 skips exactly the batches already trained.
 
-Lightning would hand the state back through ``load_state_dict`` only to a loader built after
-the checkpoint's loops are restored, but a learning-rate schedule sized to the run builds
-the loader (and its first iterator) before that. So the state is read from the checkpoint
-(:func:`loader_state`) and given to the loader as it is built (``resume_from``), and the
-random states are put back as training starts (:func:`restore_random_states`), both by
-:class:`segopt.module.SegModule`.
+The loader's place (epoch, batches trained, random states) is kept by the datamodule in its
+``state_dict``, which Lightning writes into every fit checkpoint and hands back through
+``load_state_dict`` before the run builds its training loader (a schedule sized to the run
+builds it, with its first iterator, as the optimisers are configured). The random states are put
+back as the first batch after the resume is drawn: by then the sanity check and the epoch's start
+have run, as they had in the run that stopped.
 """
 
 from __future__ import annotations
@@ -102,15 +102,6 @@ def _set_random_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def loader_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """The :class:`ResumableLoader` state in a fit checkpoint; None if it has none."""
-    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
-    for state in loop.get("combined_loader", []):
-        if isinstance(state, dict) and "random_states" in state:
-            return state
-    return None
-
-
 def restore_random_states(saved: list[dict[str, Any]]) -> bool:
     """Set this process's random states to its own in ``saved`` (one per process); False (nothing
     set) when ``saved`` comes from another number of processes."""
@@ -123,13 +114,13 @@ def restore_random_states(saved: list[dict[str, Any]]) -> bool:
 
 
 class ResumableLoader(DataLoader):
-    """The training DataLoader over a :class:`ResumableSampler`, with a state Lightning checkpoints.
+    """The training DataLoader over a :class:`ResumableSampler`, with a place to resume from.
 
     Args:
         dataset: the training set (items are fetched with :class:`SeededIndex`).
         sampler: its :class:`ResumableSampler`.
         progress: batches of the current epoch already trained (from the Trainer's loop).
-        resume_from: the state of the checkpoint a fit resumes from (:func:`loader_state`), if any.
+        resume_from: the place (:meth:`position`) of the checkpoint a fit resumes from, if any.
         **kwargs: the other DataLoader arguments.
     """
 
@@ -146,10 +137,11 @@ class ResumableLoader(DataLoader):
         kwargs.setdefault("generator", torch.Generator().manual_seed(sampler.seed))
         super().__init__(dataset, sampler=sampler, **kwargs)
         self.progress = progress
+        self._random_states_to_restore: list[dict[str, Any]] | None = None
         if resume_from is not None:
-            self.load_state_dict(resume_from)
+            self.resume(resume_from)
 
-    def state_dict(self) -> dict[str, Any]:
+    def position(self) -> dict[str, Any]:
         """Epoch, batches trained in it, and the random states of every training process."""
         states = _random_states()
         if dist.is_available() and dist.is_initialized():
@@ -159,8 +151,8 @@ class ResumableLoader(DataLoader):
             gathered = [states]
         return {"epoch": self.sampler.epoch, "batches": int(self.progress()), "random_states": gathered}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue after the batches the checkpoint had trained (random states: :func:`restore_random_states`)."""
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue after the batches the checkpoint had trained, with its random states from the first batch on."""
         sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
         if state["batches"] >= len(self):
             sampler.set_epoch(state["epoch"] + 1)
@@ -168,3 +160,16 @@ class ResumableLoader(DataLoader):
         else:
             sampler.set_epoch(state["epoch"])
             sampler.skip = state["batches"]
+        self._random_states_to_restore = state["random_states"]
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = super().__iter__()
+        return iterator if self._random_states_to_restore is None else self._restoring(iterator)
+
+    def _restoring(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        # A generator: this runs at the first batch asked for, not as the iterator is made (Lightning
+        # makes one when it sizes the run, before the sanity check).
+        states, self._random_states_to_restore = self._random_states_to_restore, None
+        if states is not None:
+            restore_random_states(states)
+        yield from iterator

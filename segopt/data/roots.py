@@ -1,7 +1,7 @@
 """Where data sets live: ``data/<name>`` beside the working directory, or under ``$SEGOPT_DATA_ROOT``.
 
 Shipped configs name their data as ``data/camvid``, ``data/membrane``, ... — the folders
-``python -m segopt.data.fetch`` creates. One environment variable moves all of them at once
+``python -m segopt.fetch`` creates. One environment variable moves all of them at once
 (a big disk, a cluster's shared file system) without editing a config: with
 ``SEGOPT_DATA_ROOT=/datasets``, ``data/camvid`` is read from ``/datasets/camvid``.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from segopt.class_weights import DEFAULT_BETA
+from segopt.data.class_weights import DEFAULT_BETA
 from segopt.losses.compose import WeightedSum
 from segopt.losses.cross_entropy import CrossEntropyLoss
 from segopt.losses.dice import MULTICLASS_MODE, DiceLoss

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from segopt.class_weights import DEFAULT_BETA, DataWeighted
+from segopt.data.class_weights import DEFAULT_BETA, DataWeighted
 
 #: Builds a loss term as ``term(num_classes, ignore_index)``; in YAML a ``class_path`` with ``init_args``.
 TermFactory = Callable[[int, int], nn.Module]
@@ -19,8 +19,8 @@ class WeightedSum(nn.Module):
 
     A new term is a class built as ``Term(num_classes, ignore_index, **options)``, named here
     in YAML by its class path. Terms whose class weights come from the data
-    (:class:`~segopt.class_weights.DataWeighted`) must ask for the same mode and beta; the
-    weights counted by :class:`segopt.module.SegModule` are handed to each of them.
+    (:class:`~segopt.data.class_weights.DataWeighted`) must ask for the same mode and beta; the
+    weights counted by :class:`segopt.lightning.SegModule` are handed to each of them.
 
     Args:
         num_classes: number of classes K.

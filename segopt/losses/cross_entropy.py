@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from segopt.class_weights import DEFAULT_BETA
+from segopt.data.class_weights import DEFAULT_BETA
 from segopt.losses.functional import float32_logits, labelled, safe_target
 from segopt.losses.weighting import ClassWeightedTerm, ClassWeights
 

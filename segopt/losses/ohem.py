@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from segopt.class_weights import DEFAULT_BETA
+from segopt.data.class_weights import DEFAULT_BETA
 from segopt.losses.functional import float32_logits, labelled, safe_target, weighted_mean
 from segopt.losses.weighting import ClassWeightedTerm, ClassWeights
 

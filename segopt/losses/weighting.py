@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from segopt.class_weights import CLASS_WEIGHT_MODES, DEFAULT_BETA
+from segopt.data.class_weights import CLASS_WEIGHT_MODES, DEFAULT_BETA
 
 #: Class weights: one number per class, or the name of a mode in ``CLASS_WEIGHT_MODES``
-#: that :class:`segopt.module.SegModule` computes from the training masks before fitting.
+#: that :class:`segopt.lightning.SegModule` computes from the training masks before fitting.
 ClassWeights = Sequence[float] | str | None
 
 
@@ -37,7 +37,7 @@ def class_weight_values(spec: ClassWeights, num_classes: int, key: str) -> tuple
 
 
 class ClassWeightedTerm(nn.Module):
-    """A loss term with optional class weights: a :class:`segopt.class_weights.DataWeighted`.
+    """A loss term with optional class weights: a :class:`segopt.data.class_weights.DataWeighted`.
 
     The weights live in the buffer ``buffer`` (None when not given); ``key`` names them in errors.
     """

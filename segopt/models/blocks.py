@@ -69,7 +69,7 @@ class Up(nn.Module):
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Edge-pad H and W (bottom/right) up to a multiple of ``multiple``.
 
-    segopt's one padding rule: :class:`segopt.module.SegModule` applies it around its
+    segopt's one padding rule: :class:`segopt.lightning.SegModule` applies it around its
     backbone for training, evaluation, prediction and export alike. Written without
     shape-dependent branches, so an ONNX trace of it holds for every input size.
     """

@@ -3,8 +3,8 @@
 A backbone with an encoder (``ResNetUNet``, ``SMPBackbone``) subclasses
 :class:`FinetunableEncoder`. The backbone only says *how* (which parameters are the encoder,
 at what learning-rate factor, how to freeze it); *when* is the training loop's business:
-:class:`segopt.module.SegModule` builds its optimiser from :meth:`~FinetunableEncoder.param_groups`
-and registers :class:`segopt.callbacks.EncoderFreeze`, which calls
+:class:`segopt.lightning.SegModule` builds its optimiser from :meth:`~FinetunableEncoder.param_groups`
+and registers :class:`segopt.lightning.EncoderFreeze`, which calls
 :meth:`~FinetunableEncoder.freeze_encoder` and :meth:`~FinetunableEncoder.unfreeze_encoder`.
 """
 
@@ -50,7 +50,7 @@ class FinetunableEncoder(nn.Module):
     def param_groups(self) -> list[ParamGroup]:
         """Optimiser groups: everything outside the encoder ("decoder") at the base rate, then
         the encoder ("encoder") with ``lr_scale``: the factor by which
-        :class:`segopt.module.SegModule` and :mod:`segopt.schedules` multiply that group's rate."""
+        :class:`segopt.lightning.SegModule` and :mod:`segopt.core.schedules` multiply that group's rate."""
         in_encoder = {id(p) for p in self.encoder.parameters()}
         rest = [p for p in self.parameters() if id(p) not in in_encoder]
         return [

@@ -20,7 +20,7 @@ class NestedUNet(nn.Module):
         num_classes: output channels.
         base_channels: width at depth 0; it doubles with each depth.
         depth: number of 2x down-samplings; input sides must be multiples of ``2**depth``
-            (``size_multiple``; :class:`segopt.module.SegModule` pads to it).
+            (``size_multiple``; :class:`segopt.lightning.SegModule` pads to it).
         deep_supervision: put a 1x1 head on every ``X[0][j]``; in training the forward
             returns those ``depth`` logits (the full-depth head last) for a weighted loss
             (``SegModule.aux_weights``); in evaluation it returns the last head only.

@@ -89,7 +89,7 @@ class ResNetUNet(FinetunableEncoder):
     The five encoder stages (strides 2, 4, 8, 16, 32) feed a UNet decoder of five blocks
     (up-sample x2, concatenate the skip, two conv-BN-ReLU), followed by a 3x3 head at full
     resolution: the layout of segmentation_models_pytorch's ``Unet``. Input sides must be
-    multiples of 32 (``size_multiple``; :class:`segopt.module.SegModule` pads to it).
+    multiples of 32 (``size_multiple``; :class:`segopt.lightning.SegModule` pads to it).
 
     Args:
         in_channels: image channels; for pretrained RGB weights and grey input the first

@@ -28,7 +28,7 @@ class SMPBackbone(FinetunableEncoder):
     """A segmentation_models_pytorch model built with ``smp.create_model``.
 
     Input sides must be multiples of the encoder's output stride (``size_multiple``;
-    :class:`segopt.module.SegModule` pads to it).
+    :class:`segopt.lightning.SegModule` pads to it).
 
     Args:
         in_channels: image channels (smp adapts pretrained first filters itself).

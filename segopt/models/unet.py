@@ -16,7 +16,7 @@ class UNet(nn.Module):
         num_classes: output channels (one logit per class).
         base_channels: width of the first stage.
         depth: number of 2x down-samplings; input sides must be multiples of
-            ``2**depth`` (``size_multiple``; :class:`segopt.module.SegModule` pads to it).
+            ``2**depth`` (``size_multiple``; :class:`segopt.lightning.SegModule` pads to it).
         residual: use the tutorial's ResidualBlock instead of the plain conv block.
         up_mode: "bilinear" (interpolation + 1x1 conv) or "transpose".
     """

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from segopt.cli import SegCLI
-from segopt.data.datamodule import SegDataModule
-from segopt.module import SegModule
+from segopt.commands.cli import SegCLI
+from segopt.lightning.datamodule import SegDataModule
+from segopt.lightning.module import SegModule
 
 
 def build_from_config(cli_args: list[str]) -> SegCLI:

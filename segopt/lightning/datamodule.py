@@ -18,8 +18,8 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from segopt.class_weights import TakesClassPixels, class_pixels_per_image, pixel_totals
 from segopt.data.batching import Batching
+from segopt.data.class_weights import TakesClassPixels, class_pixels_per_image, pixel_totals
 from segopt.data.classes import absent_classes, absent_classes_warning
 from segopt.data.datasets import CachedSamples, SegSource, TransformedDataset
 from segopt.data.files import DataError
@@ -172,7 +172,8 @@ class SegDataModule(pl.LightningDataModule):
         self.predict_batch_size = predict_batch_size
         self._splits: dict[str, TransformedDataset] = {}
         self._norm_stats: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._resume_from: dict[str, Any] | None = None
+        self._resume_from: dict[str, Any] | None = None  # a checkpoint's loader place, until the loader is built
+        self._train_loader: ResumableLoader | None = None
         self._train_per_image: np.ndarray | None = None
         self._rare_images: RareImages | None = None
 
@@ -416,9 +417,18 @@ class SegDataModule(pl.LightningDataModule):
                 batch["mask"] = batch["mask"].long()
         return batch
 
-    def resume_from(self, state: dict[str, Any]) -> None:
-        """Build the next training loader at the place of a checkpoint's (its :func:`~segopt.data.resumable.loader_state`)."""
-        self._resume_from = state
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's place (epoch, batches trained, random states), kept in fit checkpoints."""
+        return {} if self._train_loader is None else {"train_loader": self._train_loader.position()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Build the next training loader at the checkpoint's place.
+
+        Lightning calls this as a fit resumes, before anything builds the training loader
+        (it restores the module, then the datamodule, then configures the optimisers, whose
+        schedule sizes the run and so builds the loader).
+        """
+        self._resume_from = state_dict.get("train_loader")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # Pinned batches let Lightning's host→GPU copy run asynchronously (non_blocking).
@@ -448,7 +458,8 @@ class SegDataModule(pl.LightningDataModule):
             rare_images=self._rare_images,
         )
         resume, self._resume_from = self._resume_from, None
-        return ResumableLoader(dataset, sampler, _trained_batches(trainer), resume, **options)
+        self._train_loader = ResumableLoader(dataset, sampler, _trained_batches(trainer), resume, **options)
+        return self._train_loader
 
     def _prefetch(self) -> int | None:
         if self.num_workers == 0:

@@ -90,7 +90,7 @@ class TimeBudget(pl.Callback):
         if not isinstance(pl_module, Replannable):
             raise TypeError(
                 f"TimeBudget re-plans the schedule through the module's build_scheduler(optimizer, total_steps), "
-                f"which {type(pl_module).__name__} does not have; use segopt.module.SegModule or add that method"
+                f"which {type(pl_module).__name__} does not have; use segopt.lightning.SegModule or add that method"
             )
         self._start = _now()
         self._every = trainer.check_val_every_n_epoch or 1

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from segopt.planning.fingerprint import Fingerprint
-from segopt.planning.probe import Probe
-from segopt.planning.rules import Plan
+from segopt.commands.planning.fingerprint import Fingerprint
+from segopt.commands.planning.probe import Probe
+from segopt.commands.planning.rules import Plan
 
 #: The optimiser and schedule every plan uses: the CamVid recipe's AdamW + OneCycle.
 WEIGHT_DECAY, PCT_START = 1.0e-4, 0.2
@@ -47,7 +47,7 @@ def recipe_tree(plan: Plan, data: dict[str, Any], name: str) -> tuple[dict[str, 
             "check_val_every_n_epoch": value("trainer.check_val_every_n_epoch"),
             "logger": {"init_args": {"name": name}},
             "callbacks+": [
-                {"class_path": "segopt.time_budget.TimeBudget", "init_args": {"minutes": value("time_budget.minutes")}},
+                {"class_path": "segopt.lightning.TimeBudget", "init_args": {"minutes": value("time_budget.minutes")}},
                 {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": value("ema.decay")}},
             ],
         },
@@ -62,7 +62,7 @@ def recipe_tree(plan: Plan, data: dict[str, Any], name: str) -> tuple[dict[str, 
                 },
             },
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": value("model.scheduler.init_args.max_lr"), "weight_decay": WEIGHT_DECAY}},
-            "scheduler": {"class_path": "segopt.schedules.OneCycle", "init_args": {"max_lr": value("model.scheduler.init_args.max_lr"), "pct_start": PCT_START}},
+            "scheduler": {"class_path": "segopt.core.schedules.OneCycle", "init_args": {"max_lr": value("model.scheduler.init_args.max_lr"), "pct_start": PCT_START}},
         },
         "data": copy.deepcopy(data),
     }

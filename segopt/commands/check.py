@@ -1,6 +1,6 @@
 """Check a data set before training, with the same YAML that trains on it.
 
-    python -m segopt.data.check --config configs/amp.yaml --config configs/data/camvid.yaml
+    python -m segopt.check --config configs/amp.yaml --config configs/data/camvid.yaml
 
 Reports the pairs found, image sizes and channels, the raw mask values present in each
 split, the class pixel histogram, suggested class weights (median frequency) and image
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from segopt.class_weights import median_frequency_weights, pixel_counts
 from segopt.data.batching import Batching
+from segopt.data.class_weights import median_frequency_weights, pixel_counts
 from segopt.data.classes import absent_classes, absent_classes_warning
 from segopt.data.datasets import SegSource
 from segopt.data.files import DataError, decode_threads, read_image, read_mask
@@ -341,9 +341,9 @@ def _source_from_config(
     argv: list[str] | None,
 ) -> tuple[SegSource, int, int | None, str | None, Batching, list[tuple[str, float, float]]]:
     """Parse the training YAML with segopt's own CLI parser; instantiate only the data source."""
-    from segopt.cli import SegCLI
-    from segopt.data.datamodule import SegDataModule
-    from segopt.module import SegModule
+    from segopt.commands.cli import SegCLI
+    from segopt.lightning.datamodule import SegDataModule
+    from segopt.lightning.module import SegModule
 
     class _ConfigOnly(SegCLI):
         def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse type)

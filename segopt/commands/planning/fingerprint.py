@@ -1,6 +1,6 @@
 """The data fingerprint: what a data set holds, measured once, for the planning rules.
 
-Read through the data check's own path (:func:`segopt.data.check.check_source`): a problem the
+Read through the data check's own path (:func:`segopt.commands.check.check_source`): a problem the
 check reports stops the plan with the check's message. On top of the check's statistics
 (images per split, sizes, channels, class pixels, channel mean/std) the fingerprint measures,
 on the decoded training masks at full resolution, the share of images each class appears in
@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segopt.data.check import CheckResult, check_source
+from segopt.commands.check import CheckResult, check_source
 from segopt.data.datasets import SegSource
 
 
@@ -114,7 +114,7 @@ def check_problems(result: CheckResult) -> str | None:
     problems = result.problems + result.file_problems
     if not problems:
         return None
-    more = f" (and {len(problems) - 3} more: run python -m segopt.data.check with the same --config)" if len(problems) > 3 else ""
+    more = f" (and {len(problems) - 3} more: run python -m segopt.check with the same --config)" if len(problems) > 3 else ""
     return "the data check fails: " + "; ".join(problems[:3]) + more
 
 

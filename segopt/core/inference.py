@@ -3,7 +3,7 @@
 Everything here returns softmax probabilities ``[B,K,H,W]`` in float32 at the input's size:
 tiles are blended and augmented passes are averaged as probabilities (not logits), so one
 over-confident pass cannot outvote the others. The model is any callable mapping images
-``[B,C,H,W]`` of any size to logits ``[B,K,H,W]``, e.g. :class:`segopt.module.SegModule`
+``[B,C,H,W]`` of any size to logits ``[B,K,H,W]``, e.g. :class:`segopt.lightning.SegModule`
 (which pads to its backbone's stride; nothing here pads for the network).
 """
 

@@ -14,10 +14,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from segopt.data.datamodule import SegDataModule
+from segopt.core.palette import legend, overlay
 from segopt.data.masks import label_image_dtype
+from segopt.lightning.datamodule import SegDataModule
 from segopt.models import FinetunableEncoder
-from segopt.palette import legend, overlay
 
 
 def _tensorboards(trainer: pl.Trainer) -> list[Any]:
@@ -73,7 +73,7 @@ class ValidationOverlays(pl.Callback):
 class ConfusionMatrixFigure(pl.Callback):
     """Draws the validation confusion matrix (rows: truth, normalised) as a figure each epoch.
 
-    Reads :attr:`segopt.module.SegModule.val_confmat` (a torchmetrics confusion matrix)
+    Reads :attr:`segopt.lightning.SegModule.val_confmat` (a torchmetrics confusion matrix)
     before the module resets it: Lightning runs callbacks' ``on_validation_epoch_end`` first.
     """
 
@@ -111,7 +111,7 @@ class EncoderFreeze(pl.Callback):
     """Keeps a :class:`~segopt.models.FinetunableEncoder` backbone's encoder frozen during its
     first ``freeze_encoder_epochs`` training epochs, then trains it.
 
-    :class:`segopt.module.SegModule` registers it for such a backbone. The state follows
+    :class:`segopt.lightning.SegModule` registers it for such a backbone. The state follows
     ``trainer.current_epoch`` alone, so a resumed run freezes or unfreezes correctly. Lightning's
     ``BackboneFinetuning`` is not used: it adds the encoder to the optimiser at unfreeze time,
     and a schedule such as OneCycleLR must see the same parameter groups from start to end.

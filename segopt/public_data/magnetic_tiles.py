@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segopt.data.download import FetchError
 from segopt.data.files import DataError, read_mask
+from segopt.public_data.download import FetchError
 
 #: Class names in class-id order; ids 1.. are the defect folders ``MT_<name>``.
 CLASS_NAMES = ("background", "Blowhole", "Break", "Crack", "Fray", "Uneven")

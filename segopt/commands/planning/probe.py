@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from segopt.core.precision import cpu_has_native_bf16, cpu_name, resolve_precision
 from segopt.models.contracts import size_multiple
-from segopt.precision import cpu_has_native_bf16, cpu_name, resolve_precision
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ class NonFiniteLossGuard(pl.Callback):
 _CAUSES = (
     "Usual causes: a learning rate too high (model.optimizer.init_args.lr, model.scheduler.init_args.max_lr), "
     "exploding gradients (set trainer.gradient_clip_val, e.g. 1.0), float16 overflow (trainer.precision "
-    "bf16-mixed or 32-true), or bad input (check the data with python -m segopt.data.check)."
+    "bf16-mixed or 32-true), or bad input (check the data with python -m segopt.check)."
 )
 
 
@@ -227,7 +227,7 @@ def out_of_memory_message(error: BaseException, trainer: pl.Trainer | None, subc
     if subcommand == "fit":
         lines.append(
             "  - let Lightning find the largest batch that fits (one device): "
-            "--trainer.callbacks+=segopt.failsafe.ScheduleAwareBatchSizeFinder"
+            "--trainer.callbacks+=segopt.lightning.ScheduleAwareBatchSizeFinder"
         )
     return "\n".join(lines)
 

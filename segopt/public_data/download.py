@@ -4,7 +4,7 @@ A download is written to ``<file>.part`` and renamed when every byte has arrived
 after an interruption and it continues from where it stopped (an HTTP ``Range`` request;
 a server that ignores it sends the whole file again). Archives are unpacked by the caller
 into a temporary folder that is renamed into place only when complete (see
-:mod:`segopt.data.fetch`).
+:mod:`segopt.commands.fetch`).
 """
 
 from __future__ import annotations

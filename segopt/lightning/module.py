@@ -24,20 +24,18 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from segopt.callbacks import EncoderFreeze
-from segopt.checkpoints import warm_start
-from segopt.class_weights import DataWeighted, class_weights_from_counts, pixel_totals
-from segopt.compiling import CompileMode, compile_backbone
-from segopt.data.datamodule import SegDataModule
-from segopt.data.resumable import loader_state, restore_random_states
-from segopt.inference import TTA, SlidingWindow, masks_at_size, predict_probs
+from segopt.core.checkpoints import warm_start
+from segopt.core.compiling import CompileMode, compile_backbone
+from segopt.core.inference import TTA, SlidingWindow, masks_at_size, predict_probs
+from segopt.core.schedules import OneCycle
+from segopt.data.class_weights import DataWeighted, class_weights_from_counts, pixel_totals
+from segopt.lightning.callbacks import EncoderFreeze
+from segopt.lightning.time_budget import TimeBudget
 from segopt.losses import CombinedLoss
 from segopt.models import FinetunableEncoder, UNet
 from segopt.models.blocks import pad_to_multiple
 from segopt.models.contracts import lr_scale
 from segopt.models.contracts import size_multiple as backbone_size_multiple
-from segopt.schedules import OneCycle
-from segopt.time_budget import TimeBudget
 
 BackboneFactory = Callable[[int, int], nn.Module]
 LossFactory = Callable[[int, int], nn.Module]
@@ -65,7 +63,7 @@ class SegModule(pl.LightningModule):
             ``validate``, ``test`` and ``predict``; the first steps then take longer while
             it compiles. Where this platform cannot compile, one line says why and the run
             continues uncompiled. Checkpoints are the same either way.
-        compile_mode: the ``torch.compile`` mode (:data:`segopt.compiling.CompileMode`).
+        compile_mode: the ``torch.compile`` mode (:data:`segopt.core.compiling.CompileMode`).
         tta: test-time augmentation for ``validate``, ``test`` and ``predict`` (off by default).
         sliding_window: tiling for ``validate``, ``test`` and ``predict``; the validation
             inside ``fit`` makes one whole-image pass.
@@ -121,8 +119,8 @@ class SegModule(pl.LightningModule):
         self.compile_net = compile
         self.compile_mode = compile_mode
         self._compile_done = False
-        # The training processes' random states of the checkpoint a fit resumes from, until training starts.
-        self._resumed_random_states: list[dict[str, Any]] | None = None
+        # The optimiser steps the schedule of the checkpoint a fit resumes from was planned for.
+        self._resumed_schedule_steps: int | None = None
         self.criterion = loss(num_classes, ignore_index)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -220,7 +218,7 @@ class SegModule(pl.LightningModule):
             )
 
     def set_class_pixels(self, per_image: np.ndarray) -> None:
-        """Give a :class:`~segopt.class_weights.DataWeighted` loss the weights of its mode from the
+        """Give a :class:`~segopt.data.class_weights.DataWeighted` loss the weights of its mode from the
         training masks' class pixels ``[N, K]`` (the datamodule hands them as fitting starts)."""
         if not isinstance(self.criterion, DataWeighted) or self.criterion.class_weight_mode is None:
             return
@@ -235,10 +233,6 @@ class SegModule(pl.LightningModule):
         # The sanity check ran validation; its numbers must not count as an epoch. The best
         # mIoU is left alone: the sanity check never updates it, and on resume it is restored.
         self.val_metrics.reset()
-        # Here, not as the checkpoint is loaded: setting up and the sanity check come in between.
-        if self._resumed_random_states is not None:
-            restore_random_states(self._resumed_random_states)
-            self._resumed_random_states = None
 
     def infer(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``[B,K,H,W]`` with this module's TTA and sliding window."""
@@ -322,7 +316,7 @@ class SegModule(pl.LightningModule):
         return {"mask": masks_at_size(probs, valid, batch.get("size", valid)), "index": batch["index"]}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """:class:`~segopt.callbacks.EncoderFreeze` for a backbone whose encoder starts frozen."""
+        """:class:`~segopt.lightning.EncoderFreeze` for a backbone whose encoder starts frozen."""
         freezes = isinstance(self.net, FinetunableEncoder) and self.net.freeze_encoder_epochs > 0
         return [EncoderFreeze()] if freezes else []
 
@@ -348,50 +342,47 @@ class SegModule(pl.LightningModule):
                 "(trainer.max_epochs -1 and no max_steps); set trainer.max_epochs or trainer.max_steps, "
                 "or set model.scheduler to null"
             )
+        self._check_resumed_schedule(int(total_steps))
         scheduler = self.build_scheduler(optimizer, int(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def build_scheduler(self, optimizer: Optimizer, total_steps: int) -> LRScheduler | None:
         """This module's schedule for ``total_steps`` optimiser steps (None: constant rate).
 
-        Called by ``configure_optimizers`` and by :class:`segopt.time_budget.TimeBudget`
+        Called by ``configure_optimizers`` and by :class:`segopt.lightning.TimeBudget`
         when it re-plans the run's length.
         """
         return None if self.scheduler_factory is None else self.scheduler_factory(optimizer, total_steps)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """When resuming a fit, continue the training loader where the checkpoint left it
-        (:mod:`segopt.data.resumable`) and refuse a schedule whose planned length changed.
+        """When resuming a fit, note the length the checkpoint's schedule was planned for.
+
+        (The training loader's place is the datamodule's: see :mod:`segopt.data.resumable`.)
+        """
+        trainer = self._attached_trainer()  # none: a checkpoint loaded outside a fit, nothing to check
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        planned = [s["total_steps"] for s in checkpoint.get("lr_schedulers", []) if "total_steps" in s]
+        self._resumed_schedule_steps = planned[0] if planned else None
+
+    def _check_resumed_schedule(self, now: int) -> None:
+        """Refuse to resume a schedule whose planned length changed.
 
         A schedule sized to the whole run (OneCycle, Cosine, Poly) restores the length it
         was planned with; resumed into a longer run it would end early (OneCycle raises
         "Tried to step N times" at the first step past its end). Stretching it would bend the
         curve already followed, so the run stops here, before any step, and says what to do.
         """
-        trainer = self._attached_trainer()  # none: a checkpoint loaded outside a fit, nothing to check
-        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
-            return
-        # Before anything below builds the training loader (estimated_stepping_batches does).
-        state = loader_state(checkpoint)
-        if state is not None and isinstance(trainer.datamodule, SegDataModule):
-            trainer.datamodule.resume_from(state)
-            self._resumed_random_states = state["random_states"]
-        if self.scheduler_factory is None:
-            return
-        if any(isinstance(cb, TimeBudget) for cb in trainer.callbacks):
-            return  # the budget restores the length it planned (and the schedule its state)
-        planned = [s["total_steps"] for s in checkpoint.get("lr_schedulers", []) if "total_steps" in s]
-        if not planned:
-            return
-        now = trainer.estimated_stepping_batches
-        if planned[0] == now:
-            return
+        planned, self._resumed_schedule_steps = self._resumed_schedule_steps, None
+        trainer = self.trainer
+        if planned is None or planned == now or any(isinstance(cb, TimeBudget) for cb in trainer.callbacks):
+            return  # a time budget restores the length it planned (and the schedule its state)
         per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         hint = ""
-        if per_epoch and planned[0] % per_epoch == 0:
-            hint = f" (max_epochs {planned[0] // per_epoch} at {per_epoch} optimiser steps per epoch)"
+        if per_epoch and planned % per_epoch == 0:
+            hint = f" (max_epochs {planned // per_epoch} at {per_epoch} optimiser steps per epoch)"
         raise ValueError(
-            f"cannot resume: the checkpoint's learning-rate schedule was planned for {planned[0]} optimiser "
+            f"cannot resume: the checkpoint's learning-rate schedule was planned for {planned} optimiser "
             f"steps{hint}, but this run's trainer settings give {now} (max_epochs {trainer.max_epochs}, "
             f"max_steps {trainer.max_steps}, accumulate_grad_batches {trainer.accumulate_grad_batches}, "
             f"{trainer.num_training_batches} training batches per epoch). To finish the planned run, resume "

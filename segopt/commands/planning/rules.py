@@ -12,8 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from segopt.planning.fingerprint import Fingerprint, PlanError
-from segopt.planning.probe import BACKBONES, Backbone, Probe
+from segopt.commands.planning.fingerprint import Fingerprint, PlanError
+from segopt.commands.planning.probe import BACKBONES, Backbone, Probe
 
 #: The thinnest class should stay this many pixels wide at the training scale. The CamVid
 #: recipe trains at 240x320 (2/3 of the labels' size), where Pole, 3 px wide at full

@@ -1,6 +1,6 @@
 """ONNX export of a segmentation model with dynamic batch, height and width, and its parity check.
 
-The exported graph is what segopt runs for one whole-image pass: :class:`segopt.module.SegModule`'s
+The exported graph is what segopt runs for one whole-image pass: :class:`segopt.lightning.SegModule`'s
 forward (edge-pad to the backbone's ``size_multiple``, the network, crop back). It maps
 ``image [N,C,H,W]`` (normalised as in evaluation) to ``logits [N,K,H,W]``; sliding
 window and TTA are left to the caller. Needs the ``onnx`` extra (onnx, onnxruntime).

@@ -1,7 +1,7 @@
 """Fetch a public data set by name, verify it, lay it out for its config and check it.
 
-    python -m segopt.data.fetch camvid                 # → data/camvid, read by configs/data/camvid.yaml
-    python -m segopt.data.fetch cityscapes --from ~/Downloads   # archives a person downloaded
+    python -m segopt.fetch camvid                 # → data/camvid, read by configs/data/camvid.yaml
+    python -m segopt.fetch cityscapes --from ~/Downloads   # archives a person downloaded
 
 Names: camvid, membrane, magnetic_tiles, voc2012 (downloaded) and cityscapes, ade20k (``--from`` the archives
 you downloaded: Cityscapes needs a login, ADE20K's terms are agreed to on its site). The
@@ -14,7 +14,7 @@ Two checks guard what is put in place. An archive is compared with its recorded 
 (or ``--checksum``); one without any is reported as unverified, with its sha256. A data set
 with recorded content (CamVid, membrane, magnetic_tiles: their GitHub archives have no stable checksum) has
 the decoded pixels of each labelled folder compared with the digests in
-:mod:`segopt.data.public`; a difference stops the fetch, naming each folder with the digest
+:mod:`segopt.public_data.catalog`; a difference stops the fetch, naming each folder with the digest
 expected and found, unless ``--trust-content`` accepts the new files. Both digests and any
 trust are written into the data set's ``.segopt-fetch.json``. Folders without recorded digests
 (CamVid's test split, VOC, Cityscapes, ADE20K) are decoded whole all the same, so a damaged file
@@ -43,11 +43,11 @@ from pathlib import Path
 
 import yaml
 
-from segopt.data.content import file_digests, listing_digest
-from segopt.data.download import Archive, FetchError, Unreachable, download, extract, file_digest, parse_checksum
 from segopt.data.files import DataError
-from segopt.data.public import DATA_SETS, PublicDataSet
 from segopt.data.roots import DATA_ROOT_ENV, data_root
+from segopt.public_data.catalog import DATA_SETS, PublicDataSet
+from segopt.public_data.content import file_digests, listing_digest
+from segopt.public_data.download import Archive, FetchError, Unreachable, download, extract, file_digest, parse_checksum
 
 #: Written into a data set's folder as the last step; its presence means "complete".
 MARKER = ".segopt-fetch.json"
@@ -60,7 +60,7 @@ def _say(message: str) -> None:
 
 
 def _from_hint(spec: PublicDataSet, archive: Archive) -> str:
-    return f"python -m segopt.data.fetch {spec.name} --from PATH/{archive.filename}"
+    return f"python -m segopt.fetch {spec.name} --from PATH/{archive.filename}"
 
 
 def _given_archives(spec: PublicDataSet, sources: list[Path]) -> dict[str, Path]:
@@ -87,7 +87,7 @@ def _obtain(spec: PublicDataSet, archive: Archive, given: dict[str, Path], downl
         names = " and ".join(a.filename for a in spec.archives)
         raise FetchError(
             f"{spec.name} is not downloaded by segopt: get {names} from {archive.page} yourself, then run: "
-            f"python -m segopt.data.fetch {spec.name} --from FOLDER_WITH_THEM"
+            f"python -m segopt.fetch {spec.name} --from FOLDER_WITH_THEM"
         )
     dest = downloads / archive.filename
     if dest.is_file():
@@ -105,7 +105,7 @@ def _verify(archive: Archive, path: Path, pinned: dict[str, str], downloaded: bo
         digest = file_digest(path, "sha256", progress)
         _say(
             f"{archive.filename} is unverified: no published checksum is recorded for it. Its sha256 is {digest}; "
-            f"to pin it, pass --checksum {archive.filename}=sha256:{digest} (or record it in segopt/data/public.py)"
+            f"to pin it, pass --checksum {archive.filename}=sha256:{digest} (or record it in segopt/public_data/catalog.py)"
         )
         return f"sha256:{digest} (unverified)"
     algo, want = parse_checksum(expected, archive.filename)
@@ -132,10 +132,10 @@ def _verify_content(spec: PublicDataSet, out: Path, trust: bool, progress: bool)
     listing = "; ".join(f"{pin.folder}/ expected sha256:{pin.sha256}, found sha256:{found[pin.folder]}" for pin in differ)
     if differ and not trust:
         raise FetchError(
-            f"{spec.name}: the decoded pixels differ from those recorded in segopt/data/public.py ({listing}). "
+            f"{spec.name}: the decoded pixels differ from those recorded in segopt/public_data/catalog.py ({listing}). "
             "The upstream repository changed its files, or the archive is another one; nothing was put in place "
             "and the archive is kept. If you trust the new files, run the same command with --trust-content "
-            "(or record the found digests in segopt/data/public.py)"
+            "(or record the found digests in segopt/public_data/catalog.py)"
         )
     if differ:
         _say(f"{spec.name}: the decoded pixels differ from those recorded ({listing}); kept because of --trust-content")
@@ -175,7 +175,7 @@ def verify(name: str, root: Path, progress: bool = True) -> None:
     if not (target / MARKER).is_file():
         raise FetchError(
             f"{target} has no {MARKER}, so there is nothing recorded to verify against; fetch it first: "
-            f"python -m segopt.data.fetch {name}"
+            f"python -m segopt.fetch {name}"
         )
     marker = json.loads((target / MARKER).read_text())
     problems = []
@@ -194,7 +194,7 @@ def verify(name: str, root: Path, progress: bool = True) -> None:
     if problems:
         raise FetchError(
             f"{target} differs from what its fetch recorded in {MARKER}: {'; '.join(problems)}. Move it away and "
-            f"fetch it again: python -m segopt.data.fetch {name}"
+            f"fetch it again: python -m segopt.fetch {name}"
         )
     _say(f"{target}: the decoded pixels of {len(spec.content)} folder(s) match those recorded when it was fetched")
 
@@ -264,11 +264,11 @@ def _fetch_locked(
 
 def check(name: str, target: Path) -> bool:
     """Run the data check with ``configs/data/<name>.yaml`` on ``target``; print the report; True when clean."""
-    from segopt.data.check import check_source, render, source_from_mapping
+    from segopt.commands.check import check_source, render, source_from_mapping
 
     config = _CONFIGS / f"{name}.yaml"
     if not config.is_file():
-        _say(f"{config} not found (segopt installed without its configs?); check the data yourself with python -m segopt.data.check")
+        _say(f"{config} not found (segopt installed without its configs?); check the data yourself with python -m segopt.check")
         return True
     data = yaml.safe_load(config.read_text())["data"]
     init_args = dict(data["source"]["init_args"], root=str(target))
@@ -297,7 +297,7 @@ def _pins(items: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """Fetch, prepare and check one data set; 0 when it is ready and clean."""
     parser = argparse.ArgumentParser(
-        prog="python -m segopt.data.fetch",
+        prog="python -m segopt.fetch",
         description=__doc__.split("\n\n")[0],
         epilog="\n".join(f"  {s.name:<11} {s.about}" for s in DATA_SETS.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -16,9 +16,9 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from segopt.core.palette import overlay
 from segopt.data.masks import label_image_dtype
 from segopt.data.predict_folder import PredictFolder
-from segopt.palette import overlay
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from segopt.commands.planning.fingerprint import PlanError
 from segopt.data.files import EXTENSIONS, decode_threads, read_header, read_mask
-from segopt.planning.fingerprint import PlanError
 
 #: More distinct colours than this are not a palette (anti-aliased or photographic masks).
 MAX_PALETTE = 64

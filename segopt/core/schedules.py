@@ -1,6 +1,6 @@
 """Learning-rate schedules whose length is the Trainer's number of optimiser steps.
 
-Each is built as ``schedule(optimizer, total_steps)`` by :class:`segopt.module.SegModule`,
+Each is built as ``schedule(optimizer, total_steps)`` by :class:`segopt.lightning.SegModule`,
 which takes ``total_steps`` from ``trainer.estimated_stepping_batches`` (so gradient
 accumulation, ``max_epochs`` and ``max_steps`` are accounted for) and steps it after every
 optimiser step. Step ``s`` (0-based) of the run trains with ``lr(s)``; the last optimiser
