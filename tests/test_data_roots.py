@@ -51,7 +51,7 @@ def test_shipped_data_configs_name_data_slash_their_name(config: str):
 
 
 def test_nothing_shipped_names_the_development_data_folder():
-    shipped = [ROOT / "README.md", *ROOT.glob("configs/**/*.yaml"), *ROOT.glob("scripts/*.py"),
+    shipped = [ROOT / "README.md", *ROOT.glob("configs/**/*.yaml"), *ROOT.glob("experiments/*.py"), *ROOT.glob("experiments/*.sh"),
                *ROOT.glob("segopt/**/*.py"), *ROOT.glob("docs/**/*.md"), *ROOT.glob("results/*.md")]
     offenders = [str(p.relative_to(ROOT)) for p in shipped if "../shared" in p.read_text() or "shared/data" in p.read_text()]
     assert offenders == []

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from segopt.commands.export import export_onnx, onnx_parity
+from segopt.core.onnx_export import export_onnx, onnx_parity
 from segopt.lightning.module import SegModule
 from segopt.models import UNet
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS
 
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 pytest.importorskip("onnx", reason="the onnx extra is not installed")
@@ -38,10 +38,7 @@ def _model(in_channels: int = 3, base_channels: int = 4) -> SegModule:
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("export_onnx_script", ROOT / "scripts" / "export_onnx.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("segopt.commands.export")
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])

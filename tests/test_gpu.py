@@ -1,6 +1,6 @@
 """What only a CUDA GPU can show: no device sync in the training step, compile on the GPU.
 
-Marked ``gpu`` and skipped without CUDA; ``scripts/gpu_report.py`` runs them.
+Marked ``gpu`` and skipped without CUDA; ``experiments/gpu_report.py`` runs them.
 """
 
 from __future__ import annotations

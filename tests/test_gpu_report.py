@@ -1,4 +1,4 @@
-"""scripts/gpu_report.py's dry run: every step runs on the CPU and its files are written."""
+"""experiments/gpu_report.py's dry run: every step runs on the CPU and its files are written."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     (tmp_path / "gpu_dryrun_report.md").write_text("an earlier report\n")  # replaced: --overwrite
     # The budget is generous: a test makes no timing claim (the dry run takes under 2 minutes on 2 free cores).
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gpu_report.py"), "--dry-run", "--out", str(tmp_path), "--budget", "1500",
+        [sys.executable, "-m", "experiments.gpu_report", "--dry-run", "--out", str(tmp_path), "--budget", "1500",
          "--overwrite"],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip

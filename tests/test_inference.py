@@ -21,7 +21,7 @@ from segopt.data.transforms import eval_transform
 from segopt.lightning import SegDataModule
 from segopt.lightning.module import SegModule
 from segopt.models import UNet
-from tests.conftest import CONFIGS, ROOT, quiet_trainer
+from tests.conftest import CONFIGS, quiet_trainer
 
 TRAIN_SIZE = 32
 
@@ -192,10 +192,7 @@ def test_bad_tta_scales_name_the_key(scales: tuple[float, ...]) -> None:
 
 
 def _bench_inference():
-    spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "scripts" / "bench_inference.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return importlib.import_module("experiments.bench_inference")
 
 
 def test_bench_script_refuses_to_replace_a_report_before_any_work(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_the_folders_are_the_layers() -> None:
         "segopt.commands.planning.rules": "entry point", "segopt.cli": "entry point", "segopt.fetch": "entry point",
     }  # fmt: skip
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__.py", "check.py", "cli.py", "fetch.py", "plan.py"]  # only the command modules
+    assert top == ["__init__.py", "check.py", "cli.py", "export.py", "fetch.py", "plan.py"]  # only the command modules
 
 
 def test_the_module_does_not_know_the_datamodule() -> None:

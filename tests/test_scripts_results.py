@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import statistics
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -25,11 +24,7 @@ TINY = [
 
 
 def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"experiments.{name}")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""scripts/side_by_side.py: both arms on any data config, the budget added to a recipe, the summary's verdicts."""
+"""experiments/side_by_side.py: both arms on any data config, the budget added to a recipe, the summary's verdicts."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_both_arms_train_on_a_paired_folder_and_the_summary_compares_them(sbs: M
     assert s["val_batch_size"] == (1 if grey else 2)  # grey validation images differ in size
     assert s["data_config"] == str(data) and s["data_config_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert peer_path.stem.endswith(s["run_sha256"][:8])
-    assert s["repeat"].startswith("python scripts/side_by_side.py --arm peer --label peer --seeds 0 --data-config")
+    assert s["repeat"].startswith("python -m experiments.side_by_side --arm peer --label peer --seeds 0 --data-config")
 
     tiny = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--data.batch_size=2", "--data.cache=false",
             "--model.backbone.init_args.base_channels=4", "--model.backbone.init_args.depth=2", "--trainer.enable_progress_bar=false"]  # fmt: skip
@@ -378,7 +378,6 @@ def test_stacked_data_configs_and_a_planned_recipe_reading_the_same_pairs(sbs: M
 
 
 def test_plan_report_is_written_from_the_series_files_and_the_plan_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
     report = _script("plan_report")
     runs = tmp_path / "plan" / "tiny_10min"
     runs.mkdir(parents=True)

@@ -259,7 +259,7 @@ def main(args: list[str] | None = None) -> SegCLI:
 
     A failure the user can fix ends as ``SystemExit("error: ...")``, one message without a
     traceback; ``SEGOPT_TRACEBACK=1`` in the environment raises it with its traceback.
-    ``segopt plan|check|fetch ...`` run those commands (they are not Lightning subcommands).
+    ``segopt plan|check|fetch|export ...`` run those commands (they are not Lightning subcommands).
     """
     argv = sys.argv[1:] if args is None else args
     if argv[:1] and argv[0] in OTHER_COMMANDS:
@@ -281,7 +281,7 @@ def main(args: list[str] | None = None) -> SegCLI:
 
 
 #: Commands of the ``segopt`` console script besides LightningCLI's subcommands.
-OTHER_COMMANDS = ("plan", "check", "fetch")
+OTHER_COMMANDS = ("plan", "check", "fetch", "export")
 
 #: Set to 1 to see the traceback of a failure that is otherwise one message.
 TRACEBACK_ENV = "SEGOPT_TRACEBACK"

@@ -1,86 +1,66 @@
-"""ONNX export of a segmentation model with dynamic batch, height and width, and its parity check.
+"""``python -m segopt.export``: export a trained checkpoint to ONNX (dynamic height and width) and check it against PyTorch.
 
-The exported graph is what segopt runs for one whole-image pass: :class:`segopt.lightning.SegModule`'s
-forward (edge-pad to the backbone's ``size_multiple``, the network, crop back). It maps
-``image [N,C,H,W]`` (normalised as in evaluation) to ``logits [N,K,H,W]``; sliding
-window and TTA are left to the caller. Needs the ``onnx`` extra (onnx, onnxruntime).
+    python -m segopt.export --config configs/amp.yaml --config configs/data/membrane.yaml \
+        --ckpt_path runs/amp/version_0/checkpoints/last.ckpt --out exports/membrane.onnx
+
+The model is built from the same config files as training (any other ``--model.*`` /
+``--data.*`` flag is passed on), the checkpoint's weights are loaded, and the export is
+run in onnxruntime on random inputs of the ``--check_sizes``; the max abs logit
+difference is printed and the script exits with status 1 when it exceeds ``--atol``.
+An existing ``--out`` file is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
+import argparse
+import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
-from segopt.models.contracts import size_multiple
+from segopt.commands.from_config import build_from_config, load_weights
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
+from segopt.core.onnx_export import export_onnx, onnx_parity
 
 
-def _require_onnx() -> None:
+def _size(text: str) -> tuple[int, int]:
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as err:
-        raise ImportError(
-            f"ONNX export needs onnx and onnxruntime ({err}); install them with pip install -e '.[onnx]'"
-        ) from None
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not HEIGHTxWIDTH, e.g. 512x512") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return h, w
 
 
-def export_onnx(model: nn.Module, path: str | Path, in_channels: int, opset: int = 17) -> Path:
-    """Write ``model`` (logits ``[N,K,H,W]`` for any H, W: a SegModule) to ``path`` as ONNX with dynamic N, H and W."""
-    _require_onnx()
-    import onnx
+def main(argv: list[str] | None = None) -> float:
+    """Export, check parity, print the differences; returns the largest one."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", type=Path, required=True, help="checkpoint (.ckpt) to export")
+    parser.add_argument("--out", "--output", dest="out", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument(
+        "--check_sizes", type=_size, nargs="+", default=[(256, 256), (301, 197)],
+        help="HEIGHTxWIDTH inputs for the parity check (default: 256x256 301x197)",
+    )
+    parser.add_argument("--atol", type=float, default=1e-3, help="largest allowed max abs logit difference")
+    add_overwrite_flag(parser)
+    args, cli_args = parser.parse_known_args(argv)
+    refuse_to_overwrite([args.out], args.overwrite)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    # Padding and cropping are branch-free shape arithmetic, so a trace at one size holds for all.
-    multiple = size_multiple(model)
-    example = torch.zeros(1, in_channels, 2 * multiple, 2 * multiple)
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with torch.no_grad():
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": axes, "logits": axes},
-                opset_version=opset,
-                dynamo=False,
-            )
-    onnx.checker.check_model(str(path))
-    return path
+    try:
+        model = load_weights(build_from_config(cli_args).model, args.ckpt_path).eval()
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    in_channels = int(model.hparams.in_channels)
+    export_onnx(model, args.out, in_channels, args.opset)
+    diffs = onnx_parity(model, args.out, in_channels, args.check_sizes)
+    for (h, w), diff in diffs.items():
+        print(f"parity {h}x{w}: max abs logit difference {diff:.3g}")
+    worst = max(diffs.values())
+    print(f"wrote {args.out} (opset {args.opset}, dynamic batch/height/width); max abs difference {worst:.3g}")
+    if worst > args.atol:
+        sys.exit(f"error: ONNX and PyTorch logits differ by {worst:.3g} > --atol {args.atol}")
+    return worst
 
 
-def onnx_parity(
-    model: nn.Module,
-    path: str | Path,
-    in_channels: int,
-    sizes: Sequence[tuple[int, int]],
-    batch: int = 2,
-    seed: int = 0,
-) -> dict[tuple[int, int], float]:
-    """Max abs logit difference between onnxruntime and PyTorch, per ``(height, width)``."""
-    _require_onnx()
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    model = model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    diffs = {}
-    for h, w in sizes:
-        x = torch.randn(batch, in_channels, h, w, generator=generator)
-        with torch.no_grad():
-            expected = model(x).float().numpy()
-        (got,) = session.run(["logits"], {"image": x.numpy()})
-        if got.shape != expected.shape:
-            raise AssertionError(f"ONNX logits have shape {got.shape} for input {h}x{w}, PyTorch {expected.shape}")
-        diffs[(h, w)] = float(np.abs(got - expected).max())
-    return diffs
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,8 @@
 """Train the same model on the same data under each precision: epoch time, memory, mIoU.
 
-    python scripts/bench_precision.py                    # CamVid, configs/amp.yaml, 3 epochs of 20 steps
-    python scripts/bench_precision.py --channels-last --compile
-    python scripts/bench_precision.py --epochs 4 --steps 50 -- --data.train_size=[176,240] --data.eval_size=[176,240]
+    python -m experiments.bench_precision                    # CamVid, configs/amp.yaml, 3 epochs of 20 steps
+    python -m experiments.bench_precision --channels-last --compile
+    python -m experiments.bench_precision --epochs 4 --steps 50 -- --data.train_size=[176,240] --data.eval_size=[176,240]
 
 Every precision trains in a fresh process (the same configs, flags and seed), so its peak
 memory is its own: on a GPU ``torch.cuda.max_memory_allocated``, on a CPU the peak resident
@@ -32,7 +32,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from bench_common import (  # scripts/ is on sys.path when a script runs
+
+from experiments.common import (
     add_overwrite_flag,
     hardware,
     markdown_table,
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hw = hardware(device)
     hw["cpu_cores"] = os.cpu_count()
     hw["torch_threads"] = args.threads or hw["torch_threads"]
-    command = "python scripts/bench_precision.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m experiments.bench_precision " + " ".join(argv if argv is not None else sys.argv[1:])
     settings = {
         "configs": args.config or DEFAULT_CONFIGS,
         "extra_flags": list(args.extra),

@@ -1,10 +1,10 @@
 """Write ``results/plan.md``: the planned recipes against ``amp.yaml`` and the peer, from the files
 the runs wrote.
 
-    python scripts/plan_report.py --overwrite
+    python -m experiments.plan_report --overwrite
 
-For every series ``results/plan/<name>_<minutes>min/`` run by ``scripts/plan_evidence.sh``
-(per-run JSONs of ``scripts/side_by_side.py``), it summarises the arms per machine (mean, sample
+For every series ``results/plan/<name>_<minutes>min/`` run by ``experiments/plan_evidence.sh``
+(per-run JSONs of ``experiments/side_by_side.py``), it summarises the arms per machine (mean, sample
 std and range over seeds of the final val mIoU, and every pair's lead, resolved only when it
 exceeds both arms' seed range with two seeds or more each), and sets beside them what the
 planner chose and predicted (``configs/recipes/<name>_<minutes>min.plan.json``) against the
@@ -19,8 +19,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
 from side_by_side import _machine_lines, summarise
+
+from experiments.common import add_overwrite_flag, refuse_to_overwrite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +46,8 @@ def report(series: list[Path]) -> list[str]:
     lines = [
         "# segopt plan: the planned recipe against amp.yaml and the peer",
         "",
-        "Written by `python scripts/plan_report.py --overwrite` from the runs of `bash scripts/plan_evidence.sh NAME MINUTES "
-        "DATA_CONFIG...` (which calls `scripts/side_by_side.py`). Per data set and budget: the recipe `segopt plan` wrote "
+        "Written by `python -m experiments.plan_report --overwrite` from the runs of `bash experiments/plan_evidence.sh NAME MINUTES "
+        "DATA_CONFIG...` (which calls `experiments/side_by_side.py`). Per data set and budget: the recipe `segopt plan` wrote "
         "(`planned`), `configs/amp.yaml` with the same `TimeBudget` added (`amp`), and the hand-written peer (smp UNet on "
         "ResNet34, no weights, CE + Dice, Adam 1e-4, its size from the median image fitted to 256 a side); seeds 1 and 2; "
         "final-epoch val mIoU at the labels' resolution, mean ± sample std [range]. A lead counts as resolved only when it "
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> Path:
     refuse_to_overwrite([args.out], args.overwrite)
     series = sorted(d for d in args.runs.iterdir() if d.is_dir() and any(d.glob("*_seed*.json")))
     if not series:
-        raise SystemExit(f"error: {args.runs} holds no series with finished runs; run scripts/plan_evidence.sh first")
+        raise SystemExit(f"error: {args.runs} holds no series with finished runs; run experiments/plan_evidence.sh first")
     args.out.write_text("\n".join(report(series)) + "\n")
     print(f"wrote {args.out}")
     return args.out

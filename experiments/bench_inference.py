@@ -1,8 +1,8 @@
 """Inference: what TTA and sliding windows change on a validation set, or prediction throughput.
 
-    python scripts/bench_inference.py --config configs/amp.yaml --config configs/data/membrane.yaml \
+    python -m experiments.bench_inference --config configs/amp.yaml --config configs/data/membrane.yaml \
         --ckpt_path runs/amp/version_0/checkpoints/last.ckpt --tile 256 --out results/inference_membrane.md
-    python scripts/bench_inference.py --config configs/amp.yaml --config configs/data/membrane.yaml \
+    python -m experiments.bench_inference --config configs/amp.yaml --config configs/data/membrane.yaml \
         --folder data/membrane/test --out results/inference_throughput.md
 
 Without ``--folder``: validates one checkpoint once per inference setting (plain, flips,
@@ -34,8 +34,8 @@ import cv2
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
 
+from experiments.common import add_overwrite_flag, refuse_to_overwrite
 from segopt.commands.from_config import build_from_config, load_weights
 from segopt.core.inference import TTA, SlidingWindow
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{name}: mIoU {metrics['val/mIoU']:.4f} ({seconds:.1f} s)")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python scripts/bench_inference.py " + " ".join([*cli_args, f"--ckpt_path {args.ckpt_path}", f"--tile {args.tile}"])
+    command = "python -m experiments.bench_inference " + " ".join([*cli_args, f"--ckpt_path {args.ckpt_path}", f"--tile {args.tile}"])
     lines = [
         "# Inference settings on the validation set",
         "",
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def _bare_predict(net: torch.nn.Module, paths: list[Path], out: Path, in_channels: int, normalize, precision: str) -> None:  # noqa: ANN001
     """Read, normalise, pad, run the network, argmax, crop, write: the per-image work of predict, by hand."""
-    from bench_common import autocast
-
+    from experiments.common import autocast
     from segopt.data.files import read_image
 
     mean = np.asarray(normalize.mean[:in_channels], np.float32) * 255
@@ -184,7 +183,7 @@ def _onnx_vs_torch(model: torch.nn.Module, scratch: Path, in_channels: int, size
     """Images/s of the exported ONNX graph in ONNX Runtime and of the module in torch, alternating."""
     import statistics
 
-    from segopt.commands.export import export_onnx
+    from segopt.core.onnx_export import export_onnx
 
     try:
         import onnxruntime as ort
@@ -245,7 +244,7 @@ def _report_lines(args: argparse.Namespace, payload: dict[str, Any], num_workers
             "| --- | ---: | ---: |",
             *[f"| {r['engine']} | {r['images_per_s']} | {r.get('vs_torch', 1.0)} |" for r in onnx_rows],
             "",
-            f"- The exported graph (`segopt.commands.export.export_onnx`: SegModule's edge-pad + network + crop) and the "
+            f"- The exported graph (`segopt.core.onnx_export.export_onnx`: SegModule's edge-pad + network + crop) and the "
             f"same module in torch: {payload['onnx_note']}.",
         ]
     else:
@@ -259,8 +258,7 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
     import statistics
     import tempfile
 
-    from bench_common import cpu_name
-
+    from experiments.common import cpu_name
     from segopt.core.precision import resolve_precision
     from segopt.data.files import EXTENSIONS, read_header
     from segopt.data.roots import resolve_data_path
@@ -297,14 +295,14 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
     onnx_rows, onnx_note = _onnx_vs_torch(model, scratch, cli.datamodule.in_channels, image_size, len(paths))
     shutil.rmtree(scratch, ignore_errors=True)
 
-    command = "python scripts/bench_inference.py " + " ".join(
+    command = "python -m experiments.bench_inference " + " ".join(
         [*cli_args, f"--folder {args.folder}", f"--repeats {args.repeats}"]
         + ([f"--images {args.images}"] if args.images else [])
         + ([f"--ckpt_path {args.ckpt_path}"] if args.ckpt_path else [])
         + [f"--out {args.out}"]
     )
     payload = {
-        "script": "scripts/bench_inference.py",
+        "script": "experiments/bench_inference.py",
         "command": command,
         "hardware": f"{cpu_name()}, {os.cpu_count()} logical cores, shared with other jobs while measured",
         "torch_threads": torch.get_num_threads(),

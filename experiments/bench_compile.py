@@ -1,9 +1,9 @@
 """Training-step time of a backbone with and without ``model.compile``, and the time the first compiled step takes.
 
-    python scripts/bench_compile.py --batch 4 --size 128 --reps 10 --threads 1
+    python -m experiments.bench_compile --batch 4 --size 128 --reps 10 --threads 1
 
 Both arms are the same network (the reference recipe's UNet unless --base/--depth say
-otherwise), the same batch, Dice+CE and AdamW (``bench_common.make_train_step``); the
+otherwise), the same batch, Dice+CE and AdamW (``experiments.common.make_train_step``); the
 compiled arm is compiled in place as ``model.compile: true`` does (``segopt.core.compiling``).
 The first compiled step, which compiles forward and backward, is timed alone; then the
 arms run round-robin so that changes in machine load hit both alike. Writes ``--out``.md/.json.
@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import (
+
+from experiments.common import (
     add_overwrite_flag,
     hardware,
     make_train_step,
@@ -29,7 +30,6 @@ from bench_common import (
     time_interleaved,
     write_results,
 )
-
 from segopt.core.compiling import compile_backbone
 from segopt.models import UNet
 
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     speedup = rows[0]["step_ms_median"] / rows[1]["step_ms_median"]
     hw = hardware(args.device)
     command = (
-        f"python scripts/bench_compile.py --batch {args.batch} --size {args.size} --base {args.base} --depth {args.depth} "
+        f"python -m experiments.bench_compile --batch {args.batch} --size {args.size} --base {args.base} --depth {args.depth} "
         f"--precision {args.precision} --mode {args.mode} --reps {args.reps} --warmup {args.warmup}"
         + (f" --threads {args.threads}" if args.threads else "")
     )
     payload = {
-        "script": "scripts/bench_compile.py",
+        "script": "experiments/bench_compile.py",
         "command": command,
         "conditions": args.note or "not stated",
         "hardware": hw,

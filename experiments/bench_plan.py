@@ -1,6 +1,6 @@
 """How long segopt plan's fingerprint and machine probe take, per data set, on this machine.
 
-    python scripts/bench_plan.py --overwrite
+    python -m experiments.bench_plan --overwrite
 
 The targets (issue: at most 30 s for CamVid's 367 training masks, at most 60 s for the probe on
 2 cores) are figures to read here, not timed unit tests. Each data config is planned as
@@ -14,8 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from bench_common import add_overwrite_flag, cpu_name, refuse_to_overwrite, result_files, write_results
-
+from experiments.common import add_overwrite_flag, cpu_name, refuse_to_overwrite, result_files, write_results
 from segopt.commands.from_config import build_from_config
 from segopt.commands.planning.fingerprint import fingerprint
 from segopt.commands.planning.probe import probe_machine
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# segopt plan: fingerprint and probe time",
         "",
-        "`python scripts/bench_plan.py --overwrite`",
+        "`python -m experiments.bench_plan --overwrite`",
         "",
         f"Hardware: {hardware['cpu']}, {hardware['cores']} cores, no other job running. The fingerprint decodes every "
         "training and validation pair through the data check and every training mask again for the widths; the probe "

@@ -3,8 +3,8 @@
 Both get the same batch, size, precision, loss (Dice/CE) and optimiser (AdamW); they are run
 round-robin so that changes in machine load hit both alike. Target: ours >= 0.95x theirs.
 
-    python scripts/bench_smp.py --batch 4 --size 256 --precision bf16-mixed          # CPU
-    python scripts/bench_smp.py --device cuda --precision 16-mixed --batch 16 --size 512  # GPU
+    python -m experiments.bench_smp --batch 4 --size 256 --precision bf16-mixed          # CPU
+    python -m experiments.bench_smp --device cuda --precision 16-mixed --batch 16 --size 512  # GPU
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import (
+from torch.profiler import ProfilerActivity, profile
+
+from experiments.common import (
     add_overwrite_flag,
     autocast,
     hardware,
@@ -27,8 +29,6 @@ from bench_common import (
     time_interleaved,
     write_results,
 )
-from torch.profiler import ProfilerActivity, profile
-
 from segopt.models import ResNetUNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def report_lines(
     lines = [
         "# ResNetUNet(resnet34) vs segmentation_models_pytorch Unet(resnet34): training-step throughput",
         "",
-        f"`python scripts/bench_smp.py --batch {args.batch} --size {args.size} --precision {args.precision} "
+        f"`python -m experiments.bench_smp --batch {args.batch} --size {args.size} --precision {args.precision} "
         f"--device {args.device} --repeats {args.repeats} --warmup {args.warmup}"
         + (f" --threads {args.threads}" if args.threads else "")
         + (" --channels-last" if args.channels_last else "")

@@ -1,8 +1,7 @@
-"""Shared pieces of the scripts: one training step, interleaved timing, hardware, output, no overwriting."""
+"""Shared pieces of the experiments: one training step, interleaved timing, hardware, result files."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import platform
@@ -15,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from segopt.core.precision import cpu_name  # noqa: F401 (the scripts import it from here)
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite  # noqa: F401 (the experiments import them from here)
+from segopt.core.precision import cpu_name  # noqa: F401 (the experiments import it from here)
 from segopt.losses import CombinedLoss
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
@@ -110,31 +110,9 @@ def markdown_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> Itera
         yield "| " + " | ".join(str(row[k]) for k in columns) + " |"
 
 
-def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
-    """The ``--overwrite`` flag of every script that writes files (see :func:`refuse_to_overwrite`)."""
-    parser.add_argument("--overwrite", action="store_true", help="replace output files that exist already (without it the script stops before any work)")
-
-
 def result_files(stem: Path, suffixes: Iterable[str] = (".json", ".md")) -> list[Path]:
     """The files a script writes beside ``stem``: ``stem.json``, ``stem.md`` and so on."""
     return [stem.with_suffix(suffix) for suffix in suffixes]
-
-
-def refuse_to_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
-    """Stop, before any work, when an output file exists and ``--overwrite`` was not given.
-
-    Outputs never replace a user's files silently: a results file is often the only record
-    of an hour of measurement, and an output path can name an input by mistake.
-    """
-    if overwrite:
-        return
-    existing = [str(p) for p in dict.fromkeys(paths) if p.exists()]
-    if existing:
-        one = len(existing) == 1
-        raise SystemExit(
-            f"error: {', '.join(existing)} already exist{'s' if one else ''}; nothing was written. "
-            f"Pass --overwrite to replace {'it' if one else 'them'}, or give another --out"
-        )
 
 
 def write_results(stem: Path, payload: dict[str, Any], markdown: list[str]) -> None:

@@ -1,7 +1,7 @@
 """Run a grid of training settings over several seeds and report val mIoU per cell.
 
-    python scripts/ablate.py configs/ablation/camvid_loss_aug.yaml
-    python scripts/ablate.py configs/ablation/camvid_loss_aug.yaml --dry-run    # list the runs, train nothing
+    python -m experiments.ablate configs/ablation/camvid_loss_aug.yaml
+    python -m experiments.ablate configs/ablation/camvid_loss_aug.yaml --dry-run    # list the runs, train nothing
 
 The grid file names the base configs and flags, the seeds, and one or more axes; each value
 of an axis is a list of extra ``--config`` files and/or ``--key=value`` flags::
@@ -59,7 +59,8 @@ from typing import Any
 
 import torch
 import yaml
-from bench_common import hardware  # scripts/ is on sys.path when a script runs
+
+from experiments.common import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs pass their arguments to LightningCLI explicitly; the script's own argv is not for it.
@@ -167,7 +168,7 @@ def load_grid(path: str | Path) -> Grid:
         raise GridError(f"{path}: unknown key(s) {', '.join(map(str, unknown))}; the keys are {', '.join(GRID_KEYS)}")
     for key in ("base", "seeds", "axes"):
         if key not in raw:
-            raise GridError(f"{path}: the key {key!r} is missing; see the example in scripts/ablate.py")
+            raise GridError(f"{path}: the key {key!r} is missing; see the example in experiments/ablate.py")
     seeds = raw["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise GridError(f"{path}: seeds is {seeds!r}; give a list of integers, e.g. [0, 1, 2]")
@@ -550,7 +551,7 @@ def main(argv: list[str] | None = None) -> Path:
     hw = hardware("cuda" if torch.cuda.is_available() else "cpu")
     hw["cpu_cores"] = os.cpu_count()
     meta = {
-        "command": "python scripts/ablate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m experiments.ablate " + " ".join(argv if argv is not None else sys.argv[1:]),
         "hardware": hw,
         "where": hw.get("gpu") or f"{hw.get('cpu')}, {hw['cpu_cores']} cores",
         "load_average_1min": {"start": round(os.getloadavg()[0], 2)},

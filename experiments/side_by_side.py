@@ -1,8 +1,8 @@
 """segopt's recipes against what a user would write instead, on any data config, for the same wall-clock time.
 
-    python scripts/side_by_side.py --arm peer --seeds 0 1 --minutes 60
-    python scripts/side_by_side.py --arm segopt --seeds 0 1 --config configs/recipes/camvid.yaml
-    python scripts/side_by_side.py --data-config configs/data/membrane.yaml --out results/side_by_side_membrane \\
+    python -m experiments.side_by_side --arm peer --seeds 0 1 --minutes 60
+    python -m experiments.side_by_side --arm segopt --seeds 0 1 --config configs/recipes/camvid.yaml
+    python -m experiments.side_by_side --data-config configs/data/membrane.yaml --out results/side_by_side_membrane \\
         --arm segopt --label amp --config configs/amp.yaml --minutes 10 --seeds 0 1
 
 ``--data-config`` (default ``configs/data/camvid.yaml``) names the data: its ``data.source`` is
@@ -78,9 +78,9 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 import yaml
-from bench_common import cpu_name  # scripts/ is on sys.path when a script runs
 from jsonargparse import ArgumentError
 
+from experiments.common import cpu_name
 from segopt.commands.check import source_from_mapping
 from segopt.core.precision import cpu_has_native_bf16
 from segopt.data.datasets import SegSource
@@ -602,7 +602,7 @@ def run_stem(args: argparse.Namespace, seed: int, sha: str) -> str:
 
 def repeat_command(args: argparse.Namespace, seed: int) -> str:
     """The command line that runs this (label, seed) again."""
-    cmd = ["python", "scripts/side_by_side.py", "--arm", args.arm, "--label", args.label, "--seeds", str(seed),
+    cmd = ["python", "experiments/side_by_side.py", "--arm", args.arm, "--label", args.label, "--seeds", str(seed),
            "--data-config", *map(str, args.data_config), "--out", str(args.out), "--threads", str(args.threads)]  # fmt: skip
     if args.minutes is not None:
         cmd += ["--minutes", f"{args.minutes:g}"]
@@ -803,7 +803,7 @@ def _machine_lines(entry: dict[str, Any]) -> list[str]:
 def markdown(summary: dict[str, Any]) -> list[str]:
     data = ", ".join(f"`{d}`" for d in summary["data"])
     lines = [f"# segopt vs. a hand-written smp UNet, same wall-clock time ({data}, val, full-resolution labels)", ""]
-    lines.append("Written by `scripts/side_by_side.py`; final-epoch val mIoU, mean ± sample std over seeds (range in brackets).")
+    lines.append("Written by `experiments/side_by_side.py`; final-epoch val mIoU, mean ± sample std over seeds (range in brackets).")
     lines.append("Seeds are pooled only within one machine; a lead is resolved only when it exceeds both arms' seed range (max − min), with two seeds or more each.")
     lines.append("Each run's settings, and the command that repeats it, are in its JSON. Learning curves: the PNG beside this file.")
     for label, entry in summary["machines"].items():
@@ -837,7 +837,7 @@ def plot_curves(out: Path, path: Path) -> None:
         ax.set_title(label, fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("val mIoU over one budget (scripts/side_by_side.py)")
+    fig.suptitle("val mIoU over one budget (experiments/side_by_side.py)")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)

@@ -1,7 +1,7 @@
 """Time README's main command and report what it reached, from the run it wrote.
 
-    python scripts/measure_main_job.py --overwrite        # runs: python -m segopt.cli fit --config configs/amp.yaml
-    python scripts/measure_main_job.py --out results/main_job_5 -- --trainer.max_epochs 5   # extra CLI flags after --
+    python -m experiments.measure_main_job --overwrite        # runs: python -m segopt.cli fit --config configs/amp.yaml
+    python -m experiments.measure_main_job --out results/main_job_5 -- --trainer.max_epochs 5   # extra CLI flags after --
 
 Writes results/main_job.json and results/main_job.md (``--out``): wall time, final and best
 val/mIoU, epochs, and the checkpoints and event files the run left. Files that exist are
@@ -18,13 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import (  # scripts/ is on sys.path when a script runs
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from experiments.common import (
     add_overwrite_flag,
     cpu_name,
     refuse_to_overwrite,
     result_files,
 )
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Loader throughput on CamVid with the training augmentation, against a bare Python loop.
 
-    python scripts/bench_data.py [--images 64] [--repeats 3] [--workers 1 2] [--no-cache]
+    python -m experiments.bench_data [--images 64] [--repeats 3] [--workers 1 2] [--no-cache]
 
 The bare loop does exactly the per-sample work of a loader worker (segopt's decoders, the
 CamVid config's training pipeline, the mask check, the mask as a tensor) in one process;
@@ -40,15 +40,15 @@ from typing import Any
 import albumentations
 import cv2
 import torch
-from bench_common import (  # scripts/ is on sys.path when a script runs
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data._utils.collate import default_collate
+
+from experiments.common import (
     add_overwrite_flag,
     cpu_name,
     refuse_to_overwrite,
     result_files,
 )
-from torch.utils.data import DataLoader, Dataset, Subset
-from torch.utils.data._utils.collate import default_collate
-
 from segopt.data import CachedSamples, IndexMask, PairedFolder, TransformedDataset
 from segopt.data.roots import resolve_data_path
 from segopt.data.transforms import Augment, train_transform
@@ -185,8 +185,8 @@ def record(args: argparse.Namespace, measured: dict[str, Any]) -> dict[str, Any]
     main_ms = {k: statistics.median(r["main_ms"] for r in v) for k, v in runs.items() if "main_ms" in v[0]}
     base = {k: k.split("/")[0] + "/bare" for k in runs}
     return {
-        "script": "scripts/bench_data.py",
-        "command": f"python scripts/bench_data.py --images {args.images} --repeats {args.repeats} "
+        "script": "experiments/bench_data.py",
+        "command": f"python -m experiments.bench_data --images {args.images} --repeats {args.repeats} "
         f"--workers {' '.join(map(str, args.workers))}" + (" --no-cache" if args.no_cache else ""),
         "conditions": args.note or "not stated",
         "data": f"CamVid train, first {args.images} images (480x360 RGB PNG)",

@@ -5,7 +5,7 @@ GFLOPs: one forward pass of a 1x3xSxS image in eval mode, counted by
 matrix products only). Step time: forward + Dice/CE loss + backward + AdamW on a fixed
 batch, all backbones run round-robin so that changes in machine load hit them alike.
 
-    python scripts/bench_backbones.py --batch 2 --size 256 --repeats 5
+    python -m experiments.bench_backbones --batch 2 --size 256 --repeats 5
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import argparse
 from pathlib import Path
 
 import torch
-from bench_common import (
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from experiments.common import (
     add_overwrite_flag,
     hardware,
     make_train_step,
@@ -25,8 +28,6 @@ from bench_common import (
     time_interleaved,
     write_results,
 )
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5  # the built-in SyntheticShapes data
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Backbones: size and training-step time",
         "",
-        f"`python scripts/bench_backbones.py --batch {args.batch} --size {args.size} --precision {args.precision} "
+        f"`python -m experiments.bench_backbones --batch {args.batch} --size {args.size} --precision {args.precision} "
         f"--device {args.device} --repeats {args.repeats} --warmup {args.warmup}"
         + (f" --threads {args.threads}" if args.threads else "")
         + "`",

@@ -1,6 +1,6 @@
 """Screenshot TensorBoard's dashboards of a run with headless Chromium (for the README).
 
-    python scripts/screenshot_dashboards.py runs/ablation/<run> --out docs/img
+    python -m experiments.screenshot_dashboards runs/ablation/<run> --out docs/img
 
 Starts `tensorboard --logdir RUN` on 127.0.0.1, opens the scalar and image dashboards in
 headless Chromium (Debian package `chromium`), and writes scalars.png and images.png
@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
+from experiments.common import add_overwrite_flag, refuse_to_overwrite
 
 VIEWS = {
     "scalars": "#scalars&tagFilter=val%2F(mIoU%7Cdice%7Cacc%7Ciou)%7Closs",

@@ -1,7 +1,7 @@
 """Every GPU figure of segopt in one command, or the same steps as a CPU dry run.
 
-    python scripts/gpu_report.py             # on a CUDA machine: results/gpu_*.md/.json, under 8 minutes
-    python scripts/gpu_report.py --dry-run   # anywhere: the same steps on the CPU at toy sizes, under 2 minutes
+    python -m experiments.gpu_report             # on a CUDA machine: results/gpu_*.md/.json, under 8 minutes
+    python -m experiments.gpu_report --dry-run   # anywhere: the same steps on the CPU at toy sizes, under 2 minutes
 
 Steps, each an existing benchmark script run in its own process (so one failure leaves the
 others' figures), each written to its own ``gpu_<step>.md/.json`` under ``--out``:
@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import add_overwrite_flag, refuse_to_overwrite  # scripts/ is on sys.path when a script runs
+
+from experiments.common import add_overwrite_flag, refuse_to_overwrite
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "scripts"
 CONFIGS = ["--config", "configs/amp.yaml", "--config", "configs/data/camvid.yaml"]
 #: CamVid at its full 360x480, resized (no crops), decoded once.
 FULL_SIZE = ["--data.resize_mode=resize", "--data.train_size=[360,480]", "--data.eval_size=[360,480]", "--data.cache=true"]
@@ -57,7 +57,7 @@ STEPS = ("precision", "layout", "resnet_vs_smp", "loader", "tests")
 
 def _python(script: str, *args: str) -> list[str]:
     # The steps write into the report's scratch folder, which every report run refills.
-    return [sys.executable, str(SCRIPTS / script), "--overwrite", *args]
+    return [sys.executable, "-m", f"experiments.{Path(script).stem}", "--overwrite", *args]
 
 
 def steps(out: Path, dry: bool) -> dict[str, list[list[str]]]:
@@ -149,7 +149,7 @@ def layout_table(out: Path) -> list[dict[str, Any]]:
 def device_name(dry: bool) -> str:
     if not dry:
         return torch.cuda.get_device_name(0)
-    from bench_common import cpu_name
+    from experiments.common import cpu_name
 
     return f"CPU dry run: {cpu_name()}, {os.cpu_count()} logical cores"
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (args.out / f"{prefix}layout.md").write_text("\n".join(_layout_md(layout_rows, dry)) + "\n")
 
     report = {
-        "script": "scripts/gpu_report.py" + (" --dry-run" if dry else ""),
+        "script": "experiments/gpu_report.py" + (" --dry-run" if dry else ""),
         "dry_run": dry,
         "device": device_name(dry),
         "torch": torch.__version__,
@@ -257,7 +257,7 @@ def _layout_md(rows: list[dict[str, Any]], dry: bool) -> list[str]:
             for r in rows
         ],
         "",
-        "Each row is one fresh `scripts/bench_precision.py` run (same seed, data and epochs); "
+        "Each row is one fresh `experiments/bench_precision.py` run (same seed, data and epochs); "
         "their commands are in gpu_*work/layout.log.",
     ]
 
