@@ -247,9 +247,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _with_root_on_path() -> dict[str, str]:
+    """This environment, with the project root importable (the child runs as ``-m experiments...`` from any folder)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+
+
 def child_command(args: argparse.Namespace, precision: str, result: Path) -> list[str]:
     """The command that trains once under ``precision`` in a fresh process."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(result)]
+    cmd = [sys.executable, "-m", __spec__.name, "--child", str(result)]
     if args.threads:
         cmd.append(f"--threads={args.threads}")
     return cmd + ["--", *cli_args(args, precision)]
@@ -284,7 +290,7 @@ def run_precisions(args: argparse.Namespace, precisions: list[str]) -> dict[str,
             log = scratch / f"{precision}_{repeat}.log"
             print(f"bench_precision: {precision} (repeat {repeat + 1}/{args.repeats}), log {log}", flush=True)
             with log.open("w") as handle:
-                done = subprocess.run(child_command(args, precision, result), stdout=handle, stderr=subprocess.STDOUT)
+                done = subprocess.run(child_command(args, precision, result), env=_with_root_on_path(), stdout=handle, stderr=subprocess.STDOUT)
             if done.returncode != 0:
                 raise SystemExit(f"error: the {precision} run failed (exit {done.returncode}); see {log}")
             runs[precision].append(json.loads(result.read_text()))

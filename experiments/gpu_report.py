@@ -9,8 +9,9 @@ others' figures), each written to its own ``gpu_<step>.md/.json`` under ``--out`
 1. precision: the reference recipe on CamVid at 360x480 under 16-mixed, 32-true and
    bf16-mixed (``bench_precision.py``): s/epoch, peak GPU memory, val mIoU after the same
    epochs;
-2. layout: 16-mixed with channels_last and ``model.compile`` on and off (four runs of
-   ``bench_precision.py``): steady s/epoch and the first epoch, which holds the compile;
+2. layout: 16-mixed with channels_last and ``model.compile`` on and off (three more runs of
+   ``bench_precision.py``; both off is step 1's 16-mixed run, the same settings): steady
+   s/epoch and the first epoch, which holds the compile;
 3. resnet_vs_smp: segopt's ResNetUNet(resnet34) against segmentation_models_pytorch's
    Unet at 16-mixed (``bench_smp.py``);
 4. loader: the training loader's throughput with the machine's default worker count
@@ -52,6 +53,8 @@ TOY = [
     "--model.backbone.init_args.base_channels=4", "--model.backbone.init_args.depth=1", "--trainer.limit_val_batches=2",
 ]  # fmt: skip
 LAYOUTS = [(cl, comp) for comp in (False, True) for cl in (False, True)]
+#: Neither channels_last nor compile: the precision step's own half-precision run, not run again.
+PLAIN_LAYOUT = (False, False)
 STEPS = ("precision", "layout", "resnet_vs_smp", "loader", "tests")
 
 
@@ -60,15 +63,21 @@ def _python(script: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"experiments.{Path(script).stem}", "--overwrite", *args]
 
 
+def half_precision(dry: bool) -> str:
+    return "bf16-mixed" if dry else "16-mixed"
+
+
 def steps(out: Path, dry: bool) -> dict[str, list[list[str]]]:
-    """The commands of each step (most steps are one command; layout is four)."""
-    half = "bf16-mixed" if dry else "16-mixed"
+    """The commands of each step (most steps are one command; layout is three)."""
+    half = half_precision(dry)
     sizes = TOY if dry else FULL_SIZE
     epochs = ["--epochs", "2", "--steps", "2"] if dry else ["--epochs", "4", "--steps", "22"]
     threads = ["--threads", "1"] if dry else []
     precisions = ["32-true", "bf16-mixed"] if dry else ["32-true", "16-mixed", "bf16-mixed"]
     layout = []
     for cl, comp in LAYOUTS:
+        if (cl, comp) == PLAIN_LAYOUT:
+            continue
         flags = [*(["--channels-last"] if cl else []), *(["--compile"] if comp else [])]
         stem = out / "layout_runs" / f"{_layout_name(cl, comp)}"
         layout.append(
@@ -123,14 +132,16 @@ def run_step(name: str, commands: list[list[str]], log: Path, timeout: float) ->
     return {"step": name, "status": status, "seconds": round(time.perf_counter() - start, 1), "last_line": tail}
 
 
-def layout_table(out: Path) -> list[dict[str, Any]]:
-    """One row per channels_last x compile run, from the JSON each wrote."""
+def layout_table(out: Path, half: str) -> list[dict[str, Any]]:
+    """One row per channels_last x compile run, from the JSON each wrote (both off: the precision step's)."""
     rows = []
     for cl, comp in LAYOUTS:
-        path = out / "layout_runs" / f"{_layout_name(cl, comp)}.json"
-        if not path.is_file():
+        plain = (cl, comp) == PLAIN_LAYOUT
+        path = out / "precision.json" if plain else out / "layout_runs" / f"{_layout_name(cl, comp)}.json"
+        found = [r for r in json.loads(path.read_text())["rows"] if not plain or r["precision"] == half] if path.is_file() else []
+        if not found:
             continue
-        row = json.loads(path.read_text())["rows"][0]
+        row = found[0]
         rows.append(
             {
                 "channels_last": cl,
@@ -196,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results.append(result)
         print(f"gpu_report: {name} {result['status']} in {result['seconds']} s", flush=True)
         if name == "layout":
-            rows = layout_table(work)
+            rows = layout_table(work, half_precision(dry))
             (work / "layout.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
         source = work / f"{name}.json" if name != "tests" else None
         if source is not None and source.is_file():
@@ -205,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if source.with_suffix(suffix).is_file():
                     (args.out / f"{prefix}{name}{suffix}").write_bytes(source.with_suffix(suffix).read_bytes())
     total = time.perf_counter() - start
-    layout_rows = layout_table(work)
+    layout_rows = layout_table(work, half_precision(dry))
     if layout_rows:
         (args.out / f"{prefix}layout.md").write_text("\n".join(_layout_md(layout_rows, dry)) + "\n")
 
@@ -258,7 +269,7 @@ def _layout_md(rows: list[dict[str, Any]], dry: bool) -> list[str]:
         ],
         "",
         "Each row is one fresh `experiments/bench_precision.py` run (same seed, data and epochs); "
-        "their commands are in gpu_*work/layout.log.",
+        "their commands are in gpu_*work/layout.log, except both off, which is the precision step's run (gpu_*work/precision.log).",
     ]
 
 

@@ -602,7 +602,7 @@ def run_stem(args: argparse.Namespace, seed: int, sha: str) -> str:
 
 def repeat_command(args: argparse.Namespace, seed: int) -> str:
     """The command line that runs this (label, seed) again."""
-    cmd = ["python", "experiments/side_by_side.py", "--arm", args.arm, "--label", args.label, "--seeds", str(seed),
+    cmd = ["python", "-m", "experiments.side_by_side", "--arm", args.arm, "--label", args.label, "--seeds", str(seed),
            "--data-config", *map(str, args.data_config), "--out", str(args.out), "--threads", str(args.threads)]  # fmt: skip
     if args.minutes is not None:
         cmd += ["--minutes", f"{args.minutes:g}"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 import yaml
 
 from segopt.commands.from_config import build_from_config
@@ -40,7 +41,8 @@ def test_a_config_with_old_class_paths_builds_the_same_classes_and_says_the_new_
         logger.removeHandler(lines)
     (budget,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, TimeBudget)]
     assert budget.minutes == 1.5
-    assert cli.model.scheduler_factory.func is OneCycle
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    assert type(cli.model.build_scheduler(optimizer, 10)) is OneCycle
     assert [line for line in lines.lines if line.startswith("note:")] == [
         "note: segopt.schedules.OneCycle is now segopt.core.schedules.OneCycle; the old path still loads, the new one is what configs should say",
         "note: segopt.time_budget.TimeBudget is now segopt.lightning.TimeBudget; the old path still loads, the new one is what configs should say",

@@ -259,4 +259,6 @@ def test_gpu_report_steps_refill_their_scratch_folder(tmp_path: Path) -> None:
     """The step scripts write into the report's own scratch folder, so every step passes --overwrite (before any --)."""
     plan = _script("gpu_report").steps(tmp_path, dry=True)
     commands = [cmd for step, cmds in plan.items() if step != "tests" for cmd in cmds]
-    assert len(commands) == 7 and all(cmd[2] == "--overwrite" for cmd in commands)
+    assert [cmd[1:4] for cmd in commands] == [
+        ["-m", f"experiments.{name}", "--overwrite"] for name in ["bench_precision"] * 4 + ["bench_smp", "bench_data"]
+    ]  # precision, then three layouts (both off is the precision step's run), smp, loader

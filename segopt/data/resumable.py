@@ -11,7 +11,10 @@ skips exactly the batches already trained.
 The loader's place (epoch, batches trained, random states) is kept by the datamodule in its
 ``state_dict``, which Lightning writes into every fit checkpoint and hands back through
 ``load_state_dict`` before the run builds its training loader (a schedule sized to the run
-builds it, with its first iterator, as the optimisers are configured). The random states are put
+builds it, with its first iterator, as the optimisers are configured). The loader has the same
+two methods because Lightning takes a loader without them for one that cannot resume
+mid-epoch; the copy Lightning keeps under the checkpoint's loops comes back only to a loader
+built after the loops are restored, so segopt reads the datamodule's. The random states are put
 back as the first batch after the resume is drawn: by then the sanity check and the epoch's start
 have run, as they had in the run that stopped.
 """
@@ -120,7 +123,7 @@ class ResumableLoader(DataLoader):
         dataset: the training set (items are fetched with :class:`SeededIndex`).
         sampler: its :class:`ResumableSampler`.
         progress: batches of the current epoch already trained (from the Trainer's loop).
-        resume_from: the place (:meth:`position`) of the checkpoint a fit resumes from, if any.
+        resume_from: the place (:meth:`state_dict`) of the checkpoint a fit resumes from, if any.
         **kwargs: the other DataLoader arguments.
     """
 
@@ -139,9 +142,9 @@ class ResumableLoader(DataLoader):
         self.progress = progress
         self._random_states_to_restore: list[dict[str, Any]] | None = None
         if resume_from is not None:
-            self.resume(resume_from)
+            self.load_state_dict(resume_from)
 
-    def position(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Epoch, batches trained in it, and the random states of every training process."""
         states = _random_states()
         if dist.is_available() and dist.is_initialized():
@@ -151,7 +154,7 @@ class ResumableLoader(DataLoader):
             gathered = [states]
         return {"epoch": self.sampler.epoch, "batches": int(self.progress()), "random_states": gathered}
 
-    def resume(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after the batches the checkpoint had trained, with its random states from the first batch on."""
         sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
         if state["batches"] >= len(self):

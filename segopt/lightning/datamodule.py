@@ -419,7 +419,7 @@ class SegDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """The training loader's place (epoch, batches trained, random states), kept in fit checkpoints."""
-        return {} if self._train_loader is None else {"train_loader": self._train_loader.position()}
+        return {} if self._train_loader is None else {"train_loader": self._train_loader.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Build the next training loader at the checkpoint's place.
