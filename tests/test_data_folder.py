@@ -43,6 +43,16 @@ def _folder(root: Path, **kwargs) -> PairedFolder:
     return PairedFolder(str(root), **kwargs)
 
 
+def _listed_folder(root: Path) -> PairedFolder:
+    """Train and val pairs drawn from one folder (``all``/``allannot``) by ``train.txt`` and ``val.txt``."""
+    return _folder(
+        root,
+        image_dirs={"train": "all", "val": "all"},
+        mask_dirs={"train": "allannot", "val": "allannot"},
+        split_lists={"train": "train.txt", "val": "val.txt"},
+    )
+
+
 @pytest.fixture
 def good(tmp_path: Path) -> Path:
     _make(tmp_path, split="train")
@@ -64,12 +74,7 @@ def test_split_lists_select_pairs_from_a_shared_folder(tmp_path: Path):
     _make(tmp_path, stems=("a", "b", "c", "d"), split="all")
     (tmp_path / "train.txt").write_text("a\nimages/b.png\n# comment\n")
     (tmp_path / "val.txt").write_text("c\nd\n")
-    source = _folder(
-        tmp_path,
-        image_dirs={"train": "all", "val": "all"},
-        mask_dirs={"train": "allannot", "val": "allannot"},
-        split_lists={"train": "train.txt", "val": "val.txt"},
-    )
+    source = _listed_folder(tmp_path)
     source.validate()
     assert [p.image.stem for p in source.index.pairs["train"]] == ["a", "b"]
     assert [p.image.stem for p in source.index.pairs["val"]] == ["c", "d"]
@@ -80,12 +85,7 @@ def test_split_list_names_with_dots_match_exactly(tmp_path: Path):
     _make(tmp_path, stems=("scan", "scan.s00", "scan.s01", "scan.s02"), split="all")
     (tmp_path / "train.txt").write_text("scan.s00\nimages/scan.s01.png\n")
     (tmp_path / "val.txt").write_text("scan\n")
-    source = _folder(
-        tmp_path,
-        image_dirs={"train": "all", "val": "all"},
-        mask_dirs={"train": "allannot", "val": "allannot"},
-        split_lists={"train": "train.txt", "val": "val.txt"},
-    )
+    source = _listed_folder(tmp_path)
     source.validate()
     assert [p.image.name for p in source.index.pairs["train"]] == ["scan.s00.png", "scan.s01.png"]
     assert [p.image.name for p in source.index.pairs["val"]] == ["scan.png"]
@@ -95,12 +95,7 @@ def test_split_list_name_with_a_dot_and_no_image_is_named_as_written(tmp_path: P
     _make(tmp_path, stems=("scan", "b"), split="all")
     (tmp_path / "train.txt").write_text("scan.s00\nb\n")
     (tmp_path / "val.txt").write_text("b\n")
-    source = _folder(
-        tmp_path,
-        image_dirs={"train": "all", "val": "all"},
-        mask_dirs={"train": "allannot", "val": "allannot"},
-        split_lists={"train": "train.txt", "val": "val.txt"},
-    )
+    source = _listed_folder(tmp_path)
     assert _problems(source) == (
         f"data set {tmp_path}: split list {tmp_path / 'train.txt'} names 1 stem(s) with no image in "
         f"{tmp_path / 'all'}: ['scan.s00']; fix the list or add the images"
