@@ -1,4 +1,4 @@
-"""``python -m segopt.export``: export a trained checkpoint to ONNX (dynamic height and width) and check it against PyTorch.
+"""Export a trained checkpoint to ONNX (dynamic height and width) and check it against PyTorch.
 
     python -m segopt.export --config configs/amp.yaml --config configs/data/membrane.yaml \
         --ckpt_path runs/amp/version_0/checkpoints/last.ckpt --out exports/membrane.onnx
@@ -33,7 +33,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> float:
     """Export, check parity, print the differences; returns the largest one."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segopt.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", type=Path, required=True, help="checkpoint (.ckpt) to export")
     parser.add_argument("--out", "--output", dest="out", type=Path, required=True, help="ONNX file to write")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
