@@ -18,16 +18,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.common import (
-    add_overwrite_flag,
     hardware,
     make_train_step,
     markdown_table,
-    refuse_to_overwrite,
     result_files,
     summary,
     time_interleaved,
     write_results,
 )
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5  # the built-in SyntheticShapes data

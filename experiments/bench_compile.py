@@ -20,16 +20,15 @@ from pathlib import Path
 import torch
 
 from experiments.common import (
-    add_overwrite_flag,
     hardware,
     make_train_step,
     markdown_table,
-    refuse_to_overwrite,
     result_files,
     summary,
     time_interleaved,
     write_results,
 )
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 from segopt.core.compiling import compile_backbone
 from segopt.models import UNet
 

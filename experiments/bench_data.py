@@ -43,12 +43,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
-from experiments.common import (
-    add_overwrite_flag,
-    cpu_name,
-    refuse_to_overwrite,
-    result_files,
-)
+from experiments.common import result_files
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
+from segopt.core.precision import cpu_name
 from segopt.data import CachedSamples, IndexMask, PairedFolder, TransformedDataset
 from segopt.data.roots import resolve_data_path
 from segopt.data.transforms import Augment, train_transform

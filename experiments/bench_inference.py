@@ -35,8 +35,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from experiments.common import add_overwrite_flag, refuse_to_overwrite
 from segopt.commands.from_config import build_from_config, load_weights
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 from segopt.core.inference import TTA, SlidingWindow
 
 
@@ -258,8 +258,7 @@ def throughput(args: argparse.Namespace, cli_args: list[str]) -> dict:
     import statistics
     import tempfile
 
-    from experiments.common import cpu_name
-    from segopt.core.precision import resolve_precision
+    from segopt.core.precision import cpu_name, resolve_precision
     from segopt.data.files import EXTENSIONS, read_header
     from segopt.data.roots import resolve_data_path
 

@@ -14,11 +14,13 @@ import os
 import time
 from pathlib import Path
 
-from experiments.common import add_overwrite_flag, cpu_name, refuse_to_overwrite, result_files, write_results
+from experiments.common import result_files, write_results
 from segopt.commands.from_config import build_from_config
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 from segopt.commands.planning.fingerprint import fingerprint
 from segopt.commands.planning.probe import probe_machine
 from segopt.commands.planning.rules import geometries
+from segopt.core.precision import cpu_name
 
 DATA = {
     "CamVid": ["configs/data/camvid.yaml"],

@@ -33,13 +33,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from experiments.common import (
-    add_overwrite_flag,
-    hardware,
-    markdown_table,
-    refuse_to_overwrite,
-    result_files,
-)
+from experiments.common import hardware, markdown_table, result_files
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs pass their arguments to LightningCLI explicitly; the script's own argv is not for it.

@@ -18,17 +18,16 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from experiments.common import (
-    add_overwrite_flag,
     autocast,
     hardware,
     make_train_step,
     markdown_table,
-    refuse_to_overwrite,
     result_files,
     summary,
     time_interleaved,
     write_results,
 )
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 from segopt.models import ResNetUNet
 
 ROOT = Path(__file__).resolve().parents[1]

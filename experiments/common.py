@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite  # noqa: F401 (the experiments import them from here)
-from segopt.core.precision import cpu_name  # noqa: F401 (the experiments import it from here)
+from segopt.core.precision import cpu_name
 from segopt.losses import CombinedLoss
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")

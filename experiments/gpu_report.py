@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from experiments.common import add_overwrite_flag, refuse_to_overwrite
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["--config", "configs/amp.yaml", "--config", "configs/data/camvid.yaml"]
@@ -160,7 +160,7 @@ def layout_table(out: Path, half: str) -> list[dict[str, Any]]:
 def device_name(dry: bool) -> str:
     if not dry:
         return torch.cuda.get_device_name(0)
-    from experiments.common import cpu_name
+    from segopt.core.precision import cpu_name
 
     return f"CPU dry run: {cpu_name()}, {os.cpu_count()} logical cores"
 

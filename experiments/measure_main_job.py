@@ -20,12 +20,9 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments.common import (
-    add_overwrite_flag,
-    cpu_name,
-    refuse_to_overwrite,
-    result_files,
-)
+from experiments.common import result_files
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
+from segopt.core.precision import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from experiments.common import add_overwrite_flag, refuse_to_overwrite
 from experiments.side_by_side import _machine_lines, summarise
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 
 ROOT = Path(__file__).resolve().parents[1]
 

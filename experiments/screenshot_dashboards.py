@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from experiments.common import add_overwrite_flag, refuse_to_overwrite
+from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 
 VIEWS = {
     "scalars": "#scalars&tagFilter=val%2F(mIoU%7Cdice%7Cacc%7Ciou)%7Closs",

@@ -80,9 +80,8 @@ import torch
 import yaml
 from jsonargparse import ArgumentError
 
-from experiments.common import cpu_name
 from segopt.commands.check import source_from_mapping
-from segopt.core.precision import cpu_has_native_bf16
+from segopt.core.precision import cpu_has_native_bf16, cpu_name
 from segopt.data.datasets import SegSource
 from segopt.data.files import DataError
 from segopt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
