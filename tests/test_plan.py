@@ -350,6 +350,19 @@ def test_a_bare_folder_of_binary_index_or_colour_masks_gets_its_decoding(tmp_pat
     colours[:, 10:20] = (0, 0, 200)
     source = folder_data_config(_bare(tmp_path / "colour", [colours] * 5, colour=True))["source"]["init_args"]
     assert source["masks"] == {"class_path": "segopt.data.PaletteMask", "init_args": {"colours": [[0, 0, 0], [0, 0, 200], [200, 0, 0]]}}
+    scaled = np.zeros((40, 48), np.uint8)
+    scaled[:, :5], scaled[:, 5:9], scaled[:, 9:12] = 85, 170, 255  # ids 1..3 scaled to be visible
+    source = folder_data_config(_bare(tmp_path / "scaled", [scaled] * 5))["source"]["init_args"]
+    assert source["masks"] == {"class_path": "segopt.data.TableMask", "init_args": {"table": {0: 0, 85: 1, 170: 2, 255: 3}}}
+    assert source["class_names"] == ["class_0", "class_1", "class_2", "class_3"]
+
+
+def test_a_bare_folder_of_many_grey_values_is_one_error_line(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    ramp = np.tile(np.arange(48, dtype=np.uint8) * 5, (40, 1))  # 48 values up to 235: a picture, not labels
+    folder = _bare(tmp_path / "ramp", [ramp, ramp[:, ::-1] + 3] * 2)
+    code, _, err = _run(capsys, "--config", str(folder), "--minutes", "5", "--out", str(tmp_path / "r.yaml"))
+    assert code == 1 and err.startswith("error: the grey masks hold 96 distinct values up to 238 (e.g. ")
+    assert not (tmp_path / "r.yaml").exists()
 
 
 def test_a_bare_folder_plans_and_an_unknown_layout_is_one_error_line(tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
@@ -359,6 +372,12 @@ def test_a_bare_folder_plans_and_an_unknown_layout_is_one_error_line(tmp_path: P
     code, printed, _ = _run(capsys, "--config", str(folder), "--minutes", "5", "--out", str(tmp_path / "r.yaml"))
     assert code == 0, printed
     assert yaml.safe_load((tmp_path / "r.yaml").read_text())["data"]["source"]["init_args"]["root"] == str(folder)
+    scaled = np.where(binary == 255, 170, 0).astype(np.uint8)
+    scaled[:2] = 85  # class ids scaled to be visible: read through the data check as a TableMask
+    code, printed, _ = _run(capsys, "--config", str(_bare(tmp_path / "scaled", [scaled] * 10)), "--minutes", "5", "--out", str(tmp_path / "t.yaml"))
+    assert code == 0, printed
+    masks = yaml.safe_load((tmp_path / "t.yaml").read_text())["data"]["source"]["init_args"]["masks"]
+    assert masks == {"class_path": "segopt.data.TableMask", "init_args": {"table": {0: 0, 85: 1, 170: 2}}}
     (tmp_path / "odd").mkdir()
     code, _, err = _run(capsys, "--config", str(tmp_path / "odd"), "--minutes", "5", "--out", str(tmp_path / "s.yaml"))
     assert code == 1 and err.startswith(f"error: {tmp_path / 'odd'} is a folder in none of the layouts segopt plan knows")

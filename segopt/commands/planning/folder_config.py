@@ -8,8 +8,9 @@ Three layouts are recognised (``ROOT`` is the folder given):
 
 The mask decoding follows from the values found in every mask: only 0 and 255 → two classes
 (:class:`~segopt.data.BinaryMask`); small integers → one class per value
-(:class:`~segopt.data.IndexMask`, 255 as void when it occurs beside them); colours → one class
-per colour (:class:`~segopt.data.PaletteMask`). The class names are placeholders
+(:class:`~segopt.data.IndexMask`, 255 as void when it occurs beside them); a few values spread
+over 0..255, e.g. ids scaled to be visible → one class per value (:class:`~segopt.data.TableMask`);
+colours → one class per colour (:class:`~segopt.data.PaletteMask`). The class names are placeholders
 (``class_0`` ...): the written recipe is the place to rename them.
 """
 
@@ -24,7 +25,8 @@ import numpy as np
 from segopt.commands.planning.fingerprint import PlanError
 from segopt.data.files import EXTENSIONS, decode_threads, read_header, read_mask
 
-#: More distinct colours than this are not a palette (anti-aliased or photographic masks).
+#: More distinct colours (or grey values) than this are not a palette (anti-aliased or lossy masks);
+#: grey values below it are class ids.
 MAX_PALETTE = 64
 LAYOUTS = (
     ({"train": "images"}, {"train": "masks"}),
@@ -73,14 +75,19 @@ def _masks(paths: list[Path]) -> tuple[dict[str, Any], list[str]]:
     if set(found) <= {0, 255}:
         return {"class_path": "segopt.data.BinaryMask", "init_args": {"threshold": 128}}, ["background", "foreground"]
     classes = [v for v in found if v != 255]
-    if max(classes) >= 64:
+    if max(classes) < MAX_PALETTE:
+        void = [255] if 255 in found else None
+        names = [f"class_{i}" for i in range(max(classes) + 1)]
+        return {"class_path": "segopt.data.IndexMask", "init_args": {"void": void}}, names
+    if len(found) > MAX_PALETTE:
         raise PlanError(
-            f"the grey masks hold values up to {max(classes)} ({len(found)} distinct, e.g. {paths[0]}): not class ids; "
+            f"the grey masks hold {len(found)} distinct values up to {max(found)} (e.g. {paths[0]}): not class ids; "
             "give a data config with the mask decoding (configs/data/ shows BinaryMask, TableMask and PaletteMask)"
         )
-    void = [255] if 255 in found else None
-    names = [f"class_{i}" for i in range(max(classes) + 1)]
-    return {"class_path": "segopt.data.IndexMask", "init_args": {"void": void}}, names
+    # Few values spread over 0..255 (e.g. 0, 85, 170, 255: ids scaled to be visible): one class
+    # per value, in value order; 255 is a class here, as the values leave no room for void.
+    table = {v: i for i, v in enumerate(found)}
+    return {"class_path": "segopt.data.TableMask", "init_args": {"table": table}}, [f"class_{i}" for i in range(len(found))]
 
 
 def folder_data_config(root: Path) -> dict[str, Any]:
