@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from segopt.commands.moved_paths import MOVED_COMMANDS
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "segopt"
@@ -29,8 +30,10 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def _layer(name: str) -> int:
-    """0 plain PyTorch, 1 Lightning, 2 entry point: from where the module lies."""
+    """0 plain PyTorch, 1 Lightning, 2 entry point: from where the module lies (or an old command's name)."""
     parts = name.split(".")
+    if name in MOVED_COMMANDS:
+        return 2
     if parts[1:2] == ["lightning"]:
         return 1
     if parts[1:2] == ["commands"] or (len(parts) == 2 and MODULES[name].name != "__init__.py"):
@@ -65,6 +68,12 @@ def test_the_folders_are_the_layers() -> None:
     }  # fmt: skip
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert top == ["__init__.py", "check.py", "cli.py", "export.py", "fetch.py", "plan.py"]  # only the command modules
+
+
+def test_old_command_names_are_entry_points_nothing_imports() -> None:
+    assert {name: _layer(name) for name in MOVED_COMMANDS} == dict.fromkeys(MOVED_COMMANDS, 2)
+    importers = {name for name, path in MODULES.items() if _imports(path) & set(MOVED_COMMANDS)}
+    assert importers == set()
 
 
 def test_the_module_does_not_know_the_datamodule() -> None:

@@ -47,3 +47,17 @@ def test_a_config_with_old_class_paths_builds_the_same_classes_and_says_the_new_
         "note: segopt.schedules.OneCycle is now segopt.core.schedules.OneCycle; the old path still loads, the new one is what configs should say",
         "note: segopt.time_budget.TimeBudget is now segopt.lightning.TimeBudget; the old path still loads, the new one is what configs should say",
     ]
+
+
+def test_the_old_fetch_command_says_its_new_name_and_runs_it() -> None:
+    import subprocess
+    import sys
+
+    from segopt.commands.moved_paths import MOVED_COMMANDS
+    from tests.conftest import ROOT
+
+    assert MOVED_COMMANDS == {"segopt.data.fetch": "segopt.fetch"}
+    done = subprocess.run([sys.executable, "-m", "segopt.data.fetch", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == "note: python -m segopt.data.fetch is now python -m segopt.fetch (same arguments)\n"
+    assert "magnetic_tiles" in done.stdout and "--from" in done.stdout

@@ -25,6 +25,11 @@ MOVED_MODULES = {
     "segopt.class_weights": "segopt.data.class_weights",
 }
 
+#: old ``python -m`` command -> the command it is now. The old module stays as an entry point
+#: that prints the new name and runs the command (it lies in a lower layer's folder, and is
+#: imported by nothing).
+MOVED_COMMANDS = {"segopt.data.fetch": "segopt.fetch"}
+
 _OLD_CLASS_PATH = re.compile(r"\b(" + "|".join(map(re.escape, MOVED_MODULES)) + r")\.([A-Z]\w*)")
 
 

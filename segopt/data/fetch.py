@@ -1,0 +1,13 @@
+"""``python -m segopt.data.fetch ...``, the command's name before the layered layout: runs ``segopt.fetch``.
+
+An entry point kept for earlier instructions and scripts (see
+:data:`segopt.commands.moved_paths.MOVED_COMMANDS`); nothing in the data layer imports it.
+"""
+
+import sys
+
+if __name__ == "__main__":
+    from segopt.commands.fetch import main
+
+    print("note: python -m segopt.data.fetch is now python -m segopt.fetch (same arguments)", file=sys.stderr)
+    sys.exit(main())
