@@ -71,7 +71,7 @@ def test_the_folders_are_the_layers() -> None:
 
 
 def test_old_command_names_are_entry_points_nothing_imports() -> None:
-    assert {name: _layer(name) for name in MOVED_COMMANDS} == dict.fromkeys(MOVED_COMMANDS, 2)
+    assert set(MOVED_COMMANDS) | set(MOVED_COMMANDS.values()) <= set(MODULES)  # the old name and the new one both run
     importers = {name for name, path in MODULES.items() if _imports(path) & set(MOVED_COMMANDS)}
     assert importers == set()
 

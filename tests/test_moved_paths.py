@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 import yaml
 
 from segopt.commands.from_config import build_from_config
-from segopt.commands.moved_paths import MOVED_MODULES, old_paths_in
+from segopt.commands.moved_paths import MOVED_COMMANDS, MOVED_MODULES, old_paths_in
 from segopt.core.schedules import OneCycle
 from segopt.lightning import TimeBudget
-from tests.conftest import CONFIGS, LogLines, tiny_cli_args
+from tests.conftest import CONFIGS, ROOT, LogLines, tiny_cli_args
 
 
 def test_each_old_class_path_has_the_path_to_write_instead() -> None:
@@ -50,12 +52,6 @@ def test_a_config_with_old_class_paths_builds_the_same_classes_and_says_the_new_
 
 
 def test_the_old_fetch_command_says_its_new_name_and_runs_it() -> None:
-    import subprocess
-    import sys
-
-    from segopt.commands.moved_paths import MOVED_COMMANDS
-    from tests.conftest import ROOT
-
     assert MOVED_COMMANDS == {"segopt.data.fetch": "segopt.fetch"}
     done = subprocess.run([sys.executable, "-m", "segopt.data.fetch", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

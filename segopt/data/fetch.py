@@ -8,6 +8,8 @@ import sys
 
 if __name__ == "__main__":
     from segopt.commands.fetch import main
+    from segopt.commands.moved_paths import MOVED_COMMANDS
 
-    print("note: python -m segopt.data.fetch is now python -m segopt.fetch (same arguments)", file=sys.stderr)
+    old = "segopt.data.fetch"
+    print(f"note: python -m {old} is now python -m {MOVED_COMMANDS[old]} (same arguments)", file=sys.stderr)
     sys.exit(main())
