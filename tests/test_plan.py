@@ -365,6 +365,30 @@ def test_a_bare_folder_of_many_grey_values_is_one_error_line(tmp_path: Path, cap
     assert not (tmp_path / "r.yaml").exists()
 
 
+def test_anti_aliased_binary_masks_are_binary_and_other_anti_aliased_masks_one_error_line(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from segopt.commands.planning.folder_config import folder_data_config
+
+    disc = np.zeros((64, 64), np.uint8)
+    cv2.circle(disc, (32, 32), 20, 255, -1, lineType=cv2.LINE_AA)  # blended edge values between 0 and 255
+    assert 2 <= len(np.unique(disc)) - 2 < 64
+    source = folder_data_config(_bare(tmp_path / "aa", [disc, disc[::-1]] * 3))["source"]["init_args"]
+    assert source["masks"] == {"class_path": "segopt.data.BinaryMask", "init_args": {"threshold": 128}}
+    assert source["class_names"] == ["background", "foreground"]
+    scaled = np.zeros((64, 64), np.uint8)
+    scaled[:, 40:] = 85
+    cv2.circle(scaled, (20, 32), 12, 170, -1, lineType=cv2.LINE_AA)  # three classes, smoothed at the disc's edge
+    folder = _bare(tmp_path / "scaled", [scaled] * 5)
+    code, _, err = _run(capsys, "--config", str(folder), "--minutes", "5", "--out", str(tmp_path / "r.yaml"))
+    assert code == 1 and err.startswith("error: the grey masks hold ")
+    assert "found only at region edges between a darker and a lighter one" in err and "they look anti-aliased" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r.yaml").exists()
+    one_px = np.zeros((64, 64), np.uint8)
+    one_px[:, 30:] = 255
+    one_px[:, 30] = 128  # one value along one edge: could be a thin class, so it stays a class
+    source = folder_data_config(_bare(tmp_path / "thin", [one_px] * 5))["source"]["init_args"]
+    assert source["masks"]["init_args"]["table"] == {0: 0, 128: 1, 255: 2}
+
+
 def test_a_bare_folder_plans_and_an_unknown_layout_is_one_error_line(tmp_path: Path, described_probe, capsys) -> None:  # noqa: ANN001
     binary = np.zeros((40, 48), np.uint8)
     binary[:, 10:13] = 255

@@ -10,7 +10,8 @@ The mask decoding follows from the values found in every mask: only 0 and 255 �
 (:class:`~segopt.data.BinaryMask`); small integers → one class per value
 (:class:`~segopt.data.IndexMask`, 255 as void when it occurs beside them); a few values spread
 over 0..255, e.g. ids scaled to be visible → one class per value (:class:`~segopt.data.TableMask`);
-colours → one class per colour (:class:`~segopt.data.PaletteMask`). The class names are placeholders
+0 and 255 with values found only at region edges between them (anti-aliased binary masks) → two
+classes at the threshold 128 (other anti-aliased masks are refused); colours → one class per colour (:class:`~segopt.data.PaletteMask`). The class names are placeholders
 (``class_0`` ...): the written recipe is the place to rename them.
 """
 
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from segopt.commands.planning.fingerprint import PlanError
@@ -47,22 +49,40 @@ def _layout(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     )
 
 
-def _mask_values(paths: list[Path], colour: bool) -> np.ndarray:
-    def values(path: Path) -> np.ndarray:
+def _solid_values(raw: np.ndarray) -> np.ndarray:
+    """The grey values of ``raw`` with a pixel that is not strictly between a lower and a higher neighbour.
+
+    A value whose every pixel lies between its neighbours is their blend (anti-aliasing, a
+    bilinear resize); a class's value has pixels that are not, unless the class is one pixel thin
+    and runs along an edge between a darker and a lighter class.
+    """
+    kernel = np.ones((3, 3), np.uint8)
+    between = (cv2.erode(raw, kernel) < raw) & (raw < cv2.dilate(raw, kernel))
+    return np.unique(raw[~between])
+
+
+def _mask_values(paths: list[Path], colour: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values (rows of colours) in ``paths``; for grey masks, also those found only at edges."""
+
+    def values(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raw = read_mask(path, colour)
         if colour:
-            return np.unique(raw.reshape(-1, raw.shape[-1])[:, :3], axis=0)
-        return np.unique(raw)
+            return np.unique(raw.reshape(-1, raw.shape[-1])[:, :3], axis=0), np.empty(0)
+        found = np.unique(raw)
+        return found, (_solid_values(raw) if raw.dtype == np.uint8 else found)
 
     with ThreadPoolExecutor(decode_threads()) as pool:
         found = list(pool.map(values, paths))
-    return np.unique(np.concatenate(found), axis=0)
+    every = np.unique(np.concatenate([f[0] for f in found]), axis=0)
+    if colour:
+        return every, np.empty(0)
+    return every, np.setdiff1d(every, np.concatenate([f[1] for f in found]))
 
 
 def _masks(paths: list[Path]) -> tuple[dict[str, Any], list[str]]:
     """The mask decoder's config and placeholder class names, from the values in ``paths``."""
     colour = not all(read_header(p).grey or read_header(p).mode == "P" for p in paths[:20])
-    values = _mask_values(paths, colour)
+    values, edges = _mask_values(paths, colour)
     if colour:
         if len(values) > MAX_PALETTE:
             raise PlanError(
@@ -72,8 +92,12 @@ def _masks(paths: list[Path]) -> tuple[dict[str, Any], list[str]]:
         colours = [[int(c) for c in rgb] for rgb in values]
         return {"class_path": "segopt.data.PaletteMask", "init_args": {"colours": colours}}, [f"class_{i}" for i in range(len(colours))]
     found = [int(v) for v in values]
+    binary = {"class_path": "segopt.data.BinaryMask", "init_args": {"threshold": 128}}, ["background", "foreground"]
     if set(found) <= {0, 255}:
-        return {"class_path": "segopt.data.BinaryMask", "init_args": {"threshold": 128}}, ["background", "foreground"]
+        return binary
+    solid = sorted(set(found) - {int(v) for v in edges})
+    if solid == [0, 255] and len(edges) >= 2:
+        return binary  # anti-aliased binary masks: the blended edge values go to the nearer side
     classes = [v for v in found if v != 255]
     if max(classes) < MAX_PALETTE:
         void = [255] if 255 in found else None
@@ -83,6 +107,12 @@ def _masks(paths: list[Path]) -> tuple[dict[str, Any], list[str]]:
         raise PlanError(
             f"the grey masks hold {len(found)} distinct values up to {max(found)} (e.g. {paths[0]}): not class ids; "
             "give a data config with the mask decoding (configs/data/ shows BinaryMask, TableMask and PaletteMask)"
+        )
+    if len(edges) >= 2:
+        raise PlanError(
+            f"the grey masks hold {len(edges)} value(s) found only at region edges between a darker and a lighter one "
+            f"({', '.join(str(int(v)) for v in edges[:6])}{' ...' if len(edges) > 6 else ''}; e.g. {paths[0]}): they look "
+            "anti-aliased; save them without smoothing (nearest-neighbour resize), or give a data config"
         )
     # Few values spread over 0..255 (e.g. 0, 85, 170, 255: ids scaled to be visible): one class
     # per value, in value order; 255 is a class here, as the values leave no room for void.
