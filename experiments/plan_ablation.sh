@@ -7,6 +7,8 @@
 # Every argument from FLAG on that starts with -- is a flag; the first that does not is the data config.
 # e.g. bash experiments/plan_ablation.sh magnetic_tiles 10 no-rare-images --data.rare_image_share=0 configs/data/magnetic_tiles.yaml
 # The recipe is the one experiments/plan_evidence.sh planned: configs/recipes/NAME_MINUTESmin.yaml.
+# EMA off: --trainer.callbacks.init_args.decay=0.0 sets the recipe's last callback, EMAWeightAveraging,
+# to decay 0, where its average is the current weights at every step.
 set -euo pipefail
 name=$1 minutes=$2 label=$3
 shift 3
