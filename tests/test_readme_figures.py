@@ -17,6 +17,7 @@ SERIES = {
     "membranes split by slice, 10 min": "membrane_10min",
     "magnetic tiles split by tile, 10 min": "magnetic_tiles_10min",
     "magnetic tiles split by tile, 30 min": "magnetic_tiles_30min",
+    "CamVid split by sequence, 60 min": "camvid_60min",
 }
 #: README's column headers → the arm labels of the runs.
 ARMS = {"planned": "planned", "amp.yaml + budget": "amp", "peer": "peer", "hand-tuned": "hand-tuned"}
