@@ -11,8 +11,9 @@ The mask decoding follows from the values found in every mask: only 0 and 255 �
 (:class:`~segopt.data.IndexMask`, 255 as void when it occurs beside them); a few values spread
 over 0..255, e.g. ids scaled to be visible → one class per value (:class:`~segopt.data.TableMask`);
 0 and 255 with values found only at region edges between them (anti-aliased binary masks) → two
-classes at the threshold 128 (other anti-aliased masks are refused); colours → one class per colour (:class:`~segopt.data.PaletteMask`). The class names are placeholders
-(``class_0`` ...): the written recipe is the place to rename them.
+classes at the threshold 128 (other anti-aliased masks are refused); colours → one class per
+colour (:class:`~segopt.data.PaletteMask`). The class names are placeholders (``class_0`` ...):
+the written recipe is the place to rename them.
 """
 
 from __future__ import annotations
