@@ -766,6 +766,11 @@ def _f(x: float | None) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+def spread_cell(stats: dict[str, Any]) -> str:
+    """An arm's figure as tables show it: mean ± sample std [min–max] over seeds."""
+    return f"{_f(stats['mean'])} ± {_f(stats['std'])} [{_f(stats['min'])}–{_f(stats['max'])}]"
+
+
 def verdict(pair: dict[str, Any]) -> str:
     """One line: the lead in mIoU and whether it is resolved."""
     lead = f"{pair['a']} − {pair['b']}: {pair['lead']:+.3f} mIoU; "
@@ -782,7 +787,7 @@ def _machine_lines(entry: dict[str, Any]) -> list[str]:
     for name, a in entry["arms"].items():
         s = a["val_mIoU"]
         lines.append(
-            f"| {name} | {', '.join(map(str, a['seeds']))} | {_f(s['mean'])} ± {_f(s['std'])} [{_f(s['min'])}–{_f(s['max'])}] | "
+            f"| {name} | {', '.join(map(str, a['seeds']))} | {spread_cell(s)} | "
             f"{', '.join(_f(v) for v in a['per_seed'].values())} | {', '.join(map(str, a['epochs']))} | "
             f"{', '.join(map(str, a['wall_min']))} |"
         )

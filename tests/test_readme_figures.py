@@ -2,7 +2,7 @@
 
 Each row of a table under "Your data in N minutes" names a series of ``results/plan/`` (the
 summary ``experiments/side_by_side.py`` writes beside the per-run JSONs); each cell must be that
-arm's mean ± std [range], formatted as ``results/plan.md`` formats it.
+arm's mean ± std [range], formatted by the function that writes ``results/plan.md``'s tables.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+from experiments.side_by_side import spread_cell
 from tests.conftest import ROOT
 
 #: README's row labels → the series under results/plan/.
@@ -40,8 +41,7 @@ def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
 
 
 def _cell(summary: dict, arm: str) -> str:
-    s = summary["machines"][MACHINE]["arms"][arm]["val_mIoU"]
-    return f"{s['mean']:.3f} ± {s['std']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"
+    return spread_cell(summary["machines"][MACHINE]["arms"][arm]["val_mIoU"])
 
 
 def test_readme_plan_tables_hold_the_runs_figures() -> None:
