@@ -164,7 +164,7 @@ def test_classes_in_few_images_get_oversampled_images_and_in_crop_mode_crops() -
     assert crops.value("data.rare_image_share") == RARE_IMAGE_SHARE
     assert crops.value("data.augment.rare_crop_share") == RARE_CROP_SHARE
     assert crops.value("data.augment.rare_class_below") == pytest.approx(0.015)
-    resized = plan(_fp(presence=(1.0, 0.1, 1.0)), _probe(), 60)
+    resized = plan(_fp(size=(64, 96), presence=(1.0, 0.1, 1.0)), _probe(), 60)  # too small for crops of half its side
     assert resized.chosen.mode == "resize"
     assert resized.value("data.rare_image_share") == RARE_IMAGE_SHARE
     assert resized.value("data.augment.rare_crop_share") == 0.0
@@ -173,6 +173,21 @@ def test_classes_in_few_images_get_oversampled_images_and_in_crop_mode_crops() -
     assert common.value("data.rare_image_share") == 0.0
     assert common.value("data.augment.rare_crop_share") == 0.0
     assert "data.augment.rare_class_below" not in [d.key for d in common.decisions]
+
+
+def test_rare_classes_train_on_crops_of_half_the_median_side_at_full_resolution() -> None:
+    rare = plan(_fp(presence=(1.0, 0.1, 1.0)), _probe(s_per_image=0.1), 10)
+    assert (rare.chosen.mode, rare.chosen.size, rare.chosen.scale) == ("crop", (192, 192), 1.0)  # 360 / 2, to a multiple of 32
+    reason = next(d.reason for d in rare.decisions if d.key == "data.train_size")
+    assert reason.endswith(
+        "c1 (10%) in under 25% of the training images: crops of 192 px at full resolution (0.5 of the median 360x480's "
+        "short side), a share of them centred on those classes"
+    )
+    assert rare.value("data.eval_size") is None and rare.value("data.full_res_masks") is False
+    assert rare.value("data.augment.rare_crop_share") == RARE_CROP_SHARE
+    large = plan(_fp(size=(1200, 1600), presence=(1.0, 0.1, 1.0)), _probe(), 60)
+    assert (large.chosen.mode, large.chosen.size) == ("crop", (256, 256))  # at most CROP_SIDE
+    assert plan(_fp(), _probe(s_per_image=0.1), 10).chosen.mode == "resize"  # no rare class: whole images
 
 
 def test_scale_jitter_does_not_shrink_a_class_below_a_pixel_and_a_half() -> None:

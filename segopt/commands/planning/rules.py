@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from segopt.commands.planning.fingerprint import Fingerprint, PlanError
+from segopt.commands.planning.fingerprint import ClassFingerprint, Fingerprint, PlanError
 from segopt.commands.planning.probe import BACKBONES, Backbone, Probe
 
 #: The thinnest class should stay this many pixels wide at the training scale. The CamVid
@@ -46,6 +46,11 @@ WEIGHTING_IMBALANCE = 10.0
 #: the images that hold it, and in crop mode a third of the crops centred on it (nnU-Net
 #: oversamples foreground in a third of its patches).
 RARE_PRESENCE, RARE_IMAGE_SHARE, RARE_CROP_SHARE = 0.25, 0.33, 0.33
+#: Data with rare classes trains on crops at full resolution of this share of the median
+#: image's short side (at most ``CROP_SIDE``): each step costs about a quarter of a whole image,
+#: thin classes keep their full width, and a share of the crops is centred on the rare classes.
+#: Magnetic tiles, 10 min: 128 px crops beat the 2/3-scale resize (results/plan.md).
+RARE_CROP_SIDE = 0.5
 #: The decoded training set is cached in RAM when it takes at most this share of the memory.
 CACHE_MEMORY_SHARE = 0.25
 #: Seconds of a fit outside its epochs (model build, sanity check, decoding the cache), and of
@@ -154,6 +159,11 @@ def geometries(fp: Fingerprint) -> list[Geometry]:
     if context * CROP_CONTEXT <= CROP_SIDE and min(h, w) > CROP_SIDE:
         return [Geometry("crop", (CROP_SIDE, CROP_SIDE), 1.0, f"{why}; most pixels' structures are {context:g} px wide, "
                  f"within a quarter of a {CROP_SIDE}px crop, so crops at full resolution keep their context")]
+    rare, side = rare_classes(fp), min(CROP_SIDE, _round_to(min(h, w) * RARE_CROP_SIDE, 32))
+    if rare and 2 * MIN_INPUT_SIDE <= side < min(h, w):
+        return [Geometry("crop", (side, side), 1.0, f"{why}; {_presence(rare)} in under {RARE_PRESENCE:.0%} of the training "
+                 f"images: crops of {side} px at full resolution ({RARE_CROP_SIDE:g} of the median {h}x{w}'s short side), "
+                 f"a share of them centred on those classes")]
     found = []
     for s in sorted({1.0, round((1.0 + scale) / 2, 3), round(scale, 3)}, reverse=True):
         size = (h, w) if s == 1.0 else (_round_to(h * s), _round_to(w * s))  # the network pads to its multiple
@@ -241,12 +251,21 @@ class RareSampling(NamedTuple):
     reason: str
 
 
+def rare_classes(fp: Fingerprint) -> list[ClassFingerprint]:
+    """The classes present in training but in under ``RARE_PRESENCE`` of its images."""
+    return [fp.classes[i] for i in learnable_classes(fp) if fp.classes[i].image_share < RARE_PRESENCE]
+
+
+def _presence(classes: list[ClassFingerprint]) -> str:
+    return ", ".join(f"{c.name} ({c.image_share:.0%})" for c in classes)
+
+
 def rare_sampling(fp: Fingerprint, mode: str) -> RareSampling:
     """Rare-image oversampling, and rare-class crops in crop mode, for classes in under ``RARE_PRESENCE`` of the images."""
-    rare = [fp.classes[i] for i in learnable_classes(fp) if fp.classes[i].image_share < RARE_PRESENCE]
+    rare = rare_classes(fp)
     if not rare:
         return RareSampling(0.0, 0.0, None, f"every class is in {RARE_PRESENCE:.0%}+ of the training images")
-    names = ", ".join(f"{c.name} ({c.image_share:.0%})" for c in rare)
+    names = _presence(rare)
     below = round(max(c.pixel_share for c in rare) * 1.5, 6)
     crops = RARE_CROP_SHARE if mode == "crop" else 0.0
     why = f"{names} in under {RARE_PRESENCE:.0%} of the training images"
