@@ -721,6 +721,42 @@ def latest_only(found: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     return [r for r in found if run_key(r) == latest], [r["seed"] for r in found if run_key(r) != latest]
 
 
+#: The label of the planned recipe's arm; rule ablations run against a version of it.
+PLANNED = "planned"
+
+
+def earlier_recipe_arms(kept: dict[str, list[dict[str, Any]]], runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """The planned recipe's earlier versions that rule ablations ran against, as arms named
+    ``planned, recipe <sha>``, and each arm's version of the planned recipe (by run hash).
+
+    An ablation is the planned recipe with a key set otherwise; once the recipe is re-planned it
+    pairs with the version it modified, not with the new ``planned``. Runs go one at a time, so an
+    ablation ran against the latest version whose first run had finished before its own first run.
+    """
+    if PLANNED not in kept:
+        return {}, {}
+    path = kept[PLANNED][0]["settings"].get("config")
+    by_version: dict[str, list[dict[str, Any]]] = {}
+    for r in runs[PLANNED]:
+        by_version.setdefault(run_key(r) or "", []).append(r)
+    first = sorted((min(r.get("finished", "") for r in found), key) for key, found in by_version.items())
+
+    def version_of(found: list[dict[str, Any]]) -> str:
+        done = min(r.get("finished", "") for r in found)
+        return next((key for t, key in reversed(first) if t <= done), first[0][1])
+
+    version = {PLANNED: run_key(kept[PLANNED][0]) or ""}
+    for name, found in kept.items():
+        if name != PLANNED and found[0]["arm"] == "segopt" and found[0]["settings"].get("config") == path:
+            version[name] = version_of(found)
+    earlier: dict[str, list[dict[str, Any]]] = {}
+    for key in sorted(set(version.values()) - {version[PLANNED]}):
+        found = by_version[key]
+        name = f"{PLANNED}, recipe {(found[0]['settings'].get('config_sha256') or key)[:8]}"
+        earlier[name], version[name] = found, key
+    return earlier, version
+
+
 def compare(a: str, b: str, arms: dict[str, Any]) -> dict[str, Any]:
     """``a``'s lead over ``b``; resolved only when it exceeds both seed ranges with two seeds or more each."""
     sa, sb = arms[a]["val_mIoU"], arms[b]["val_mIoU"]
@@ -755,10 +791,22 @@ def summarise(out: Path) -> dict[str, Any]:
             kept[name], left_out = latest_only(found)
             if left_out:
                 superseded[name] = left_out
+        earlier, version = earlier_recipe_arms(kept, runs)
+        if earlier:
+            shown = [r for found in earlier.values() for r in found]
+            superseded[PLANNED] = [r["seed"] for r in runs[PLANNED] if r not in kept[PLANNED] and r not in shown]
+            superseded = {k: v for k, v in superseded.items() if v}
+            kept.update(earlier)
+        stale = [n for n, v in version.items() if v != version[PLANNED] and n not in earlier]
         arms = {name: _arm_stats(found) for name, found in kept.items()}
         names = list(arms)
-        pairs = [compare(names[j], names[i], arms) for i in range(len(names)) for j in range(i + 1, len(names))]
-        summary["machines"][label] = {"arms": arms, "superseded": superseded, "pairs": pairs}
+        plans = {PLANNED, *earlier}
+
+        def paired(a: str, b: str) -> bool:  # an ablation pairs only with its own version of the recipe
+            return version.get(a, version.get(b)) == version.get(b, version.get(a)) or {a, b} <= plans
+
+        pairs = [compare(names[j], names[i], arms) for i in range(len(names)) for j in range(i + 1, len(names)) if paired(names[i], names[j])]
+        summary["machines"][label] = {"arms": arms, "superseded": superseded, "pairs": pairs, "earlier_recipe": stale}
     return summary
 
 
@@ -794,6 +842,9 @@ def _machine_lines(entry: dict[str, Any]) -> list[str]:
     for name, seeds in entry["superseded"].items():
         earlier = "an earlier version of the recipe" if entry["arms"].get(name, {}).get("arm") == "segopt" else "earlier settings"
         lines += ["", f"Left out: {name} seed(s) {', '.join(map(str, seeds))}, run with {earlier}."]
+    if entry.get("earlier_recipe"):
+        lines += ["", f"Run against an earlier version of the {PLANNED} recipe, and so compared with that version's runs "
+                  f"(`{PLANNED}, recipe <sha>`), not with `{PLANNED}`: {', '.join(entry['earlier_recipe'])}."]
     for pair in entry["pairs"]:
         lines += ["", verdict(pair)]
     arms = entry["arms"]

@@ -245,12 +245,15 @@ def test_segopt_arm_without_val_mIoU_is_a_clear_error(sbs: ModuleType, tmp_path:
 
 # ----------------------------------------------------------------------------- the summary
 def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recipe: str = "r1", finished: str = "1",
-              label: str | None = None) -> None:  # fmt: skip
-    """A per-run JSON as the script writes it; without ``label``, as it wrote them before labels (CamVid only)."""
+              label: str | None = None, config: tuple[str, str] | None = None) -> None:  # fmt: skip
+    """A per-run JSON as the script writes it; without ``label``, as it wrote them before labels (CamVid only).
+    ``config``: the recipe's path and the sha256 of its bytes."""
     hw = {"cpu": cpu, "cores": 2, "torch_threads": 2, "loader_workers": 1, "gpu": None}
     iou = dict.fromkeys(["Sky", "Building", "Pole"], miou)
     curve = [{"epoch": 5, "elapsed_s": 1800.0, "val_mIoU": miou / 2}, {"epoch": 10, "elapsed_s": 3600.0, "val_mIoU": miou}]
     settings = {"run_sha256": recipe} if label is None else {"label": label, "run_sha256": recipe}
+    if config is not None:
+        settings |= {"config": config[0], "config_sha256": config[1]}
     run = {"arm": arm, "seed": seed, "epochs": 10, "wall_s": 3600.0, "val_mIoU": miou, "val_iou": iou, "hardware": hw,
            "curve": curve, "settings": {"data": "data/x", **settings}, "finished": finished}  # fmt: skip
     (out / f"{label or arm}_seed{seed}_{cpu}_{recipe}.json").write_text(json.dumps(run))
@@ -312,6 +315,29 @@ def test_summary_pools_seeds_per_machine_and_leaves_out_an_earlier_recipe(sbs: M
     md = (tmp_path / "side_by_side.md").read_text()
     assert "Left out: segopt seed(s) 0, run with an earlier version of the recipe." in md
     assert "segopt − peer: +0.110 mIoU; not resolved yet: peer and segopt have one seed, and the seed range needs two per arm." in md
+
+
+def test_an_ablation_pairs_with_the_version_of_the_planned_recipe_it_ran_against(sbs: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "series"
+    out.mkdir()
+    old, renamed, new = ("rec.yaml", "aaaa1111" * 8), ("rec.yaml", "bbbb2222" * 8), ("rec.yaml", "cccc3333" * 8)
+    for seed, miou in ((1, 0.60), (2, 0.62)):
+        _fake_run(out, "peer", seed, miou, label="peer", recipe="p", finished="0")
+    runs = [("planned", "v1", old, "1", (0.50, 0.51)), ("no-x", "x1", renamed, "3", (0.40, 0.42)),  # the same recipe, renamed paths
+            ("planned", "v2", new, "5", (0.70, 0.71)), ("no-y", "y2", new, "7", (0.65, 0.66))]  # fmt: skip
+    for label, key, config, finished, mious in runs:
+        for seed, miou in zip((1, 2), mious):
+            _fake_run(out, "segopt", seed, miou, label=label, recipe=key, finished=finished + str(seed), config=config)
+    md = sbs.write_summary(out).read_text()
+    (machine,) = json.loads((tmp_path / "series.json").read_text())["machines"].values()
+    assert list(machine["arms"]) == ["peer", "no-x", "no-y", "planned", "planned, recipe aaaa1111"]
+    assert machine["arms"]["planned"]["per_seed"] == {"1": 0.70, "2": 0.71}
+    assert machine["superseded"] == {} and machine["earlier_recipe"] == ["no-x"]
+    assert {(p["a"], p["b"]) for p in machine["pairs"]} == {
+        ("no-x", "peer"), ("no-y", "peer"), ("planned", "peer"), ("planned, recipe aaaa1111", "peer"),
+        ("planned", "no-y"), ("planned, recipe aaaa1111", "no-x"), ("planned, recipe aaaa1111", "planned"),
+    }  # fmt: skip
+    assert "not with `planned`: no-x." in md
 
 
 # ----------------------------------------------------------------------------- bad input
