@@ -726,8 +726,9 @@ PLANNED = "planned"
 
 
 def earlier_recipe_arms(kept: dict[str, list[dict[str, Any]]], runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
-    """The planned recipe's earlier versions that rule ablations ran against, as arms named
-    ``planned, recipe <sha>``, and each arm's version of the planned recipe (by run hash).
+    """The planned recipe's earlier versions, as arms named ``planned, recipe <sha>``: the one the
+    current plan replaced, and those that rule ablations ran against; and each arm's version of
+    the planned recipe (by run hash).
 
     An ablation is the planned recipe with a key set otherwise; once the recipe is re-planned it
     pairs with the version it modified, not with the new ``planned``. Runs go one at a time, so an
@@ -749,8 +750,9 @@ def earlier_recipe_arms(kept: dict[str, list[dict[str, Any]]], runs: dict[str, l
     for name, found in kept.items():
         if name != PLANNED and found[0]["arm"] == "segopt" and found[0]["settings"].get("config") == path:
             version[name] = version_of(found)
+    replaced = [key for _, key in first if key != version[PLANNED]][-1:]
     earlier: dict[str, list[dict[str, Any]]] = {}
-    for key in sorted(set(version.values()) - {version[PLANNED]}):
+    for key in sorted((set(version.values()) | set(replaced)) - {version[PLANNED]}):
         found = by_version[key]
         name = f"{PLANNED}, recipe {(found[0]['settings'].get('config_sha256') or key)[:8]}"
         earlier[name], version[name] = found, key

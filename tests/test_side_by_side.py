@@ -338,6 +338,16 @@ def test_an_ablation_pairs_with_the_version_of_the_planned_recipe_it_ran_against
         ("planned", "no-y"), ("planned, recipe aaaa1111", "no-x"), ("planned, recipe aaaa1111", "planned"),
     }  # fmt: skip
     assert "not with `planned`: no-x." in md
+    (out / "no-y_seed1_X_y2.json").unlink()
+    (out / "no-y_seed2_X_y2.json").unlink()
+    for seed in (1, 2):  # no ablation ran against v1 or v3: the version the current plan replaced (v2) is shown
+        _fake_run(out, "segopt", seed, 0.80, label="planned", recipe="v3", finished="9" + str(seed), config=("rec.yaml", "dddd" * 16))
+    (out / "no-x_seed1_X_x1.json").unlink()
+    (out / "no-x_seed2_X_x1.json").unlink()
+    sbs.write_summary(out)
+    (machine,) = json.loads((tmp_path / "series.json").read_text())["machines"].values()
+    assert list(machine["arms"]) == ["peer", "planned", "planned, recipe cccc3333"]
+    assert machine["superseded"] == {"planned": [1, 2]} and machine["earlier_recipe"] == []
 
 
 # ----------------------------------------------------------------------------- bad input
