@@ -843,7 +843,7 @@ def _machine_lines(entry: dict[str, Any]) -> list[str]:
         )
     for name, seeds in entry["superseded"].items():
         earlier = "an earlier version of the recipe" if entry["arms"].get(name, {}).get("arm") == "segopt" else "earlier settings"
-        lines += ["", f"Left out: {name} seed(s) {', '.join(map(str, seeds))}, run with {earlier}."]
+        lines += ["", f"Left out: {name} seed(s) {', '.join(map(str, sorted(set(seeds))))}, run with {earlier}."]
     if entry.get("earlier_recipe"):
         lines += ["", f"Run against an earlier version of the {PLANNED} recipe, and so compared with that version's runs "
                   f"(`{PLANNED}, recipe <sha>`), not with `{PLANNED}`: {', '.join(entry['earlier_recipe'])}."]
