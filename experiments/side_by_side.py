@@ -759,6 +759,11 @@ def earlier_recipe_arms(kept: dict[str, list[dict[str, Any]]], runs: dict[str, l
     return earlier, version
 
 
+def _paired(a: str, b: str, version: dict[str, str], plans: set[str]) -> bool:
+    """An ablation pairs only with its own version of the planned recipe; plan versions pair with each other."""
+    return version.get(a, version.get(b)) == version.get(b, version.get(a)) or {a, b} <= plans
+
+
 def compare(a: str, b: str, arms: dict[str, Any]) -> dict[str, Any]:
     """``a``'s lead over ``b``; resolved only when it exceeds both seed ranges with two seeds or more each."""
     sa, sb = arms[a]["val_mIoU"], arms[b]["val_mIoU"]
@@ -803,11 +808,8 @@ def summarise(out: Path) -> dict[str, Any]:
         arms = {name: _arm_stats(found) for name, found in kept.items()}
         names = list(arms)
         plans = {PLANNED, *earlier}
-
-        def paired(a: str, b: str) -> bool:  # an ablation pairs only with its own version of the recipe
-            return version.get(a, version.get(b)) == version.get(b, version.get(a)) or {a, b} <= plans
-
-        pairs = [compare(names[j], names[i], arms) for i in range(len(names)) for j in range(i + 1, len(names)) if paired(names[i], names[j])]
+        pairs = [compare(names[j], names[i], arms) for i in range(len(names)) for j in range(i + 1, len(names))
+                 if _paired(names[i], names[j], version, plans)]  # fmt: skip
         summary["machines"][label] = {"arms": arms, "superseded": superseded, "pairs": pairs, "earlier_recipe": stale}
     return summary
 
