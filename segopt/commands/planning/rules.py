@@ -49,7 +49,8 @@ RARE_PRESENCE, RARE_IMAGE_SHARE, RARE_CROP_SHARE = 0.25, 0.33, 0.33
 #: Data with rare classes trains on crops at full resolution of this share of the median
 #: image's short side (at most ``CROP_SIDE``): each step costs about a quarter of a whole image,
 #: thin classes keep their full width, and a share of the crops is centred on the rare classes.
-#: Magnetic tiles, 10 min: 128 px crops beat the 2/3-scale resize (results/plan.md).
+#: Magnetic tiles: 128 px crops beat the 2/3-scale resize by +0.012 at 10 min and +0.004 at
+#: 30 min, both resolved (results/plan.md); no other development set has a class this rare.
 RARE_CROP_SIDE = 0.5
 #: The decoded training set is cached in RAM when it takes at most this share of the memory.
 CACHE_MEMORY_SHARE = 0.25
