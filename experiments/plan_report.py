@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from experiments.side_by_side import _machine_lines, summarise
+from experiments.side_by_side import PLANNED, _machine_lines, summarise
 from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def _plan_lines(plan_json: Path, entry: dict[str, Any]) -> list[str]:
         return [f"(no {plan_json.relative_to(ROOT)}: the planned recipe's record is missing)"]
     record = json.loads(plan_json.read_text())
     chosen, machine = record["plan"]["chosen"], record["probe"]["machine"]
-    planned = entry["arms"].get("planned")
+    planned = entry["arms"].get(PLANNED)
     trained = ", ".join(map(str, planned["epochs"])) if planned else "—"
     return [
         f"Planned by `{record['command']}` on {machine['name']} ({machine['cores']} cores, {machine['precision']}): "
