@@ -109,11 +109,42 @@ def test_fingerprint_measures_splits_sizes_shares_and_widths(tiny: Path) -> None
     assert (square.images, square.image_share) == (3, 0.5)
     assert bar.pixel_share == pytest.approx(3 * 64 / (64 * 96))
     assert square.pixel_share == pytest.approx(3 * 100 / (6 * 64 * 96))
+    # the bar is 3 px in every image; the square is in 3 images, under SPREAD_MIN_IMAGES; the
+    # background is narrower in the images where the square cuts it
+    background = fp.classes[0]
+    assert (bar.width_spread, square.width_spread) == (1.0, None)
+    assert background.width_spread > 1.0
+    assert fp.scale_spread == fp.as_dict()["scale_spread"] == pytest.approx((background.width_spread + 1.0) / 2)
+
+
+def test_fingerprint_measures_how_far_a_class_width_varies_between_images(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    for split, widths in (("train", (3, 5, 9, 17)), ("val", (3,))):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i, width in enumerate(widths):
+            mask = np.zeros((64, 96), np.uint8)
+            mask[:, 20 : 20 + width] = 1  # the same bar seen at four scales
+            cv2.imwrite(str(root / split / "images" / f"f{i}.png"), np.full((64, 96), 128, np.uint8))
+            cv2.imwrite(str(root / split / "masks" / f"f{i}.png"), mask)
+    fp = fingerprint(_source(_data_config(tmp_path / "data.yaml", root, ["background", "bar"])), 255)
+    # per-image medians 3, 5, 9 and 17 px: 25th percentile 4.5, 75th 11
+    assert fp.classes[1].width_spread == round(11 / 4.5, 2) == 2.44
 
 
 # ----------------------------------------------------------------------------- rules
-def _fp(train: int = 367, val: int = 101, size: tuple[int, int] = (360, 480), widths=(160.0, 3.0, 80.0), shares=(0.60, 0.01, 0.39), presence=(1.0, 1.0, 1.0), vary: bool = False) -> Fingerprint:
-    classes = [ClassFingerprint(f"c{i}", s, p, round(p * train), w) for i, (w, s, p) in enumerate(zip(widths, shares, presence))]
+def _fp(
+    train: int = 367,
+    val: int = 101,
+    size: tuple[int, int] = (360, 480),
+    widths=(160.0, 3.0, 80.0),
+    shares=(0.60, 0.01, 0.39),
+    presence=(1.0, 1.0, 1.0),
+    vary: bool = False,
+    spreads=(None, None, None),
+) -> Fingerprint:
+    rows = zip(widths, shares, presence, spreads)
+    classes = [ClassFingerprint(f"c{i}", s, p, round(p * train), w, sp) for i, (w, s, p, sp) in enumerate(rows)]
     return Fingerprint({"train": train, "val": val}, size, size, size, vary, 3, 0.0, [0.5] * 3, [0.2] * 3, classes)
 
 
@@ -194,6 +225,15 @@ def test_scale_jitter_does_not_shrink_a_class_below_a_pixel_and_a_half() -> None
     assert plan(_fp(), _probe(), 60).value("data.augment.random_scale") == [0.75, 1.5]  # 3 px * 1.0 * 0.75
     thin = _fp(widths=(160.0, 1.5, 80.0))
     assert plan(thin, _probe(), 60).value("data.augment.random_scale") == [1.0, 1.5]
+
+
+def test_scale_jitter_trains_only_where_the_scale_varies_between_images() -> None:
+    one_scale = plan(_fp(spreads=(1.0, 1.3, 4.0)), _probe(), 60)  # median spread 1.3
+    assert one_scale.value("data.augment.random_scale") == [1.0, 1.0]
+    assert "widths vary 1.3x between images (under 2x): one scale, no jitter" in next(d.reason for d in one_scale.decisions if d.key == "data.augment.random_scale")
+    varies = plan(_fp(spreads=(1.0, 2.0, 4.0)), _probe(), 60)  # median spread 2.0: the threshold jitters
+    assert varies.value("data.augment.random_scale") == [0.75, 1.5]
+    assert plan(_fp(widths=(160.0, 1.5, 80.0), spreads=(3.0, 3.0, 3.0)), _probe(), 60).value("data.augment.random_scale") == [1.0, 1.5]
 
 
 def test_validation_is_thinned_to_a_tenth_of_the_budget() -> None:

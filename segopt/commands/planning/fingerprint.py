@@ -5,7 +5,8 @@ check reports stops the plan with the check's message. On top of the check's sta
 (images per split, sizes, channels, class pixels, channel mean/std) the fingerprint measures,
 on the decoded training masks at full resolution, the share of images each class appears in
 and each class's structure width: the median of its local thickness along the ridge of the
-distance transform (a pole 3 px wide measures 3, and so does a network of 3 px membranes).
+distance transform (a pole 3 px wide measures 3, and so does a network of 3 px membranes),
+and how much that width varies from image to image (the scale the objects are seen at).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class ClassFingerprint:
     image_share: float  # of the training images it appears in
     images: int  # training images it appears in
     width_px: float | None  # median local thickness at full resolution (px); None when absent
+    #: the interquartile ratio (75th / 25th percentile) of its per-image median width: 1 when
+    #: every image shows it at one size; None when it is in fewer than ``SPREAD_MIN_IMAGES`` images
+    width_spread: float | None = None
 
 
 @dataclass
@@ -56,13 +60,22 @@ class Fingerprint:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def scale_spread(self) -> float | None:
+        """The median over classes of their ``width_spread``: how far the scale of the objects
+        varies between images (CamVid's cars near and far: 3.0; sections at one magnification: 1.3)."""
+        spreads = [c.width_spread for c in self.classes if c.width_spread is not None]
+        return float(statistics.median(spreads)) if spreads else None
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "scale_spread": self.scale_spread}
 
 
 #: Thickness histogram bins: half a pixel wide, up to this many pixels (wider counts in the last bin).
 _WIDTH_BINS = 2048
 _BIN_PX = 0.5
+#: A class's width spread is measured only when it is in at least this many training images.
+SPREAD_MIN_IMAGES = 4
 
 
 def thickness_histograms(mask: np.ndarray, num_classes: int) -> np.ndarray:
@@ -139,16 +152,26 @@ def fingerprint(source: SegSource, ignore_index: int) -> Fingerprint:
     count = len(result.measured)
     hist = np.zeros((k, _WIDTH_BINS), np.int64)
     images = np.zeros(k, np.int64)
-    for per_mask in result.measured:
+    per_image = np.full((count, k), np.nan)  # each image's median width of each class in it
+    for i, per_mask in enumerate(result.measured):
         hist += per_mask
         images += per_mask.sum(1) > 0
+        for c in np.flatnonzero(per_mask.sum(1)):
+            per_image[i, c] = histogram_median(per_mask[c])
     train = result.splits["train"]
     pixels = train.pixels if train.pixels is not None else np.zeros(k, np.int64)
     labelled = max(int(pixels.sum()), 1)
     classes = []
     for c in range(k):
         width = histogram_median(hist[c])
-        classes.append(ClassFingerprint(source.class_names[c], float(pixels[c]) / labelled, float(images[c]) / max(count, 1), int(images[c]), width))
+        seen = per_image[:, c][~np.isnan(per_image[:, c])]
+        spread = None
+        if seen.size >= SPREAD_MIN_IMAGES:
+            q25, q75 = np.percentile(seen, [25, 75])
+            spread = round(float(q75 / max(q25, _BIN_PX)), 2)
+        classes.append(
+            ClassFingerprint(source.class_names[c], float(pixels[c]) / labelled, float(images[c]) / max(count, 1), int(images[c]), width, spread)
+        )
     sizes = sorted(_sizes(result, "train"), key=lambda hw: (hw[0] * hw[1], hw))
     channels = train.channel_sum.size if train.channel_sum is not None else (1 if getattr(source, "in_channels", 3) == 1 else 3)
     n = max(train.channel_n, 1)

@@ -118,10 +118,13 @@ def render_markdown(fp: Fingerprint, probe: Probe, plan: Plan, command: str) -> 
     lines.append(f"Images: {', '.join(f'{k} {v}' for k, v in fp.images.items())}; sizes (HxW) min {fp.min_size[0]}x{fp.min_size[1]}, "
                  f"median {h}x{w}, max {fp.max_size[0]}x{fp.max_size[1]}{' (they vary)' if fp.sizes_vary else ''}; {fp.channels} channel(s); "
                  f"void {fp.void_share:.1%} of the training pixels; measured in {fp.seconds:.1f} s.")
-    lines += ["", "| class | pixel share | in images | structure width (px, full res) |", "|---|---|---|---|"]
+    spread = "—" if fp.scale_spread is None else f"{fp.scale_spread:g}"
+    lines += ["", f"Scale spread (median of the classes' width spreads): {spread}.", "",
+              "| class | pixel share | in images | structure width (px, full res) | width spread between images (p75/p25) |", "|---|---|---|---|---|"]
     for c in fp.classes:
         width = "—" if c.width_px is None else f"{c.width_px:g}"
-        lines.append(f"| {c.name} | {c.pixel_share:.2%} | {c.image_share:.0%} ({c.images}) | {width} |")
+        cspread = "—" if c.width_spread is None else f"{c.width_spread:g}"
+        lines.append(f"| {c.name} | {c.pixel_share:.2%} | {c.image_share:.0%} ({c.images}) | {width} | {cspread} |")
     m = probe.machine
     lines += ["", "## Machine probe", "", f"{m.device}: {m.name}, {m.cores} cores, {m.memory_gb:g} GB"
               + (f", GPU memory {m.gpu_memory_gb:g} GB" if m.gpu_memory_gb else "") + f"; `16-mixed` runs as {m.precision}; probed in {probe.seconds:.1f} s.",
