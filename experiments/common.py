@@ -1,10 +1,13 @@
-"""Shared pieces of the experiments: one training step, interleaved timing, hardware, result files."""
+"""Shared pieces of the experiments: one training step, interleaved timing, hardware, the machine's
+load from other processes, result files."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -99,6 +102,33 @@ def hardware(device: str) -> dict[str, Any]:
     else:
         info["cpu"] = cpu_name()
     return info
+
+
+#: Above this share of the machine's CPU taken by other processes, a timed run's figure is suspect:
+#: on 2 cores, a tenth of a core already costs a time-budgeted run some of its steps.
+SHARED_CPU_SHARE = 0.05
+
+
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """(wall seconds, CPU seconds busy on the whole machine, CPU seconds of this process and its
+    waited-for children); None where ``/proc/stat`` does not exist (not Linux)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return time.time(), busy, own
+
+
+def other_cpu_share(before: tuple[float, float, float] | None, after: tuple[float, float, float] | None, cores: int) -> float | None:
+    """The share of the machine's CPU (all cores over the wall time between two snapshots) that
+    processes other than this one and its children took, hypervisor steal included."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    other = (after[1] - before[1]) - (after[2] - before[2])
+    return round(max(0.0, other) / ((after[0] - before[0]) * cores), 3)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> Iterator[str]:

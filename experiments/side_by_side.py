@@ -42,7 +42,9 @@ and flags added to it; for the peer its data config and settings), with each con
 it says, not its bytes (comments and a class's module do not count), so a run whose JSON
 exists is skipped and the same command resumes across sessions, while another machine or changed
 settings run the seed afresh beside it. The JSON records the settings, the data config's path and
-sha256, and the command that repeats it. One ``--out`` holds one data set. After every run the
+sha256, the command that repeats it, and the share of the machine's CPU that other processes took
+meanwhile (Linux); the summary names the runs where that exceeds 5 %, whose time budget bought
+fewer epochs. One ``--out`` holds one data set. After every run the
 summary ``--out``.md and .json is rewritten from the JSONs found: per machine (seeds run on
 different hardware are never pooled) and label the mean, sample standard deviation and range
 over seeds of the final val mIoU, and for every pair of labels the lead, which counts as
@@ -80,6 +82,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentError
 
+from experiments.common import SHARED_CPU_SHARE, cpu_snapshot, other_cpu_share
 from segopt.commands.check import source_from_mapping
 from segopt.core.precision import cpu_has_native_bf16, cpu_name
 from segopt.data.datasets import SegSource
@@ -708,6 +711,7 @@ def _arm_stats(found: list[dict[str, Any]]) -> dict[str, Any]:
         "per_seed": {str(r["seed"]): r["val_mIoU"] for r in found},
         "epochs": [r["epochs"] for r in found],
         "wall_min": [round(r["wall_s"] / 60, 1) for r in found],
+        "other_cpu_share": {str(r["seed"]): r.get("other_cpu_share") for r in found},
         "val_iou_mean": {
             n: statistics.fmean(v) if (v := [r["val_iou"][n] for r in found if r["val_iou"].get(n) is not None]) else None
             for n in _class_names(found)
@@ -843,6 +847,11 @@ def _machine_lines(entry: dict[str, Any]) -> list[str]:
             f"{', '.join(_f(v) for v in a['per_seed'].values())} | {', '.join(map(str, a['epochs']))} | "
             f"{', '.join(map(str, a['wall_min']))} |"
         )
+    shared = [f"{name} seed {seed} ({share:.0%})" for name, a in entry["arms"].items()
+              for seed, share in a.get("other_cpu_share", {}).items() if share is not None and share > SHARED_CPU_SHARE]  # fmt: skip
+    if shared:
+        lines += ["", f"On a shared machine: other processes took more than {SHARED_CPU_SHARE:.0%} of the CPU during "
+                  f"{', '.join(shared)}. A time budget then buys fewer epochs, and those figures are suspect."]  # fmt: skip
     for name, seeds in entry["superseded"].items():
         earlier = "an earlier version of the recipe" if entry["arms"].get(name, {}).get("arm") == "segopt" else "earlier settings"
         lines += ["", f"Left out: {name} seed(s) {', '.join(map(str, sorted(set(seeds))))}, run with {earlier}."]
@@ -979,7 +988,9 @@ def main(argv: list[str] | None = None) -> Path:
         if path.is_file():
             print(f"{path} exists: skipping {args.label} seed {seed}")
             continue
+        before = cpu_snapshot()
         result = run_peer(args, data, seed) if recipe is None else run_segopt(args, data, recipe, seed)
+        result["other_cpu_share"] = other_cpu_share(before, cpu_snapshot(), os.cpu_count() or 1)
         record = {"arm": args.arm, "seed": seed, "settings": settings(args, data, recipe, seed), "hardware": hardware(args),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}  # fmt: skip
         write_json_atomic(path, record)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -84,6 +86,8 @@ def test_both_arms_train_on_a_paired_folder_and_the_summary_compares_them(sbs: M
     amp = json.loads(amp_path.read_text())
     assert amp["arm"] == "segopt" and amp["epochs"] == 1 and list(amp["val_iou"]) == ["bg", "a", "b"]
     assert amp["settings"]["data_config_stacked"] is True and amp["command"][3:6] == ["--config", "configs/amp.yaml", "--config"]
+    if sys.platform == "linux":  # the share of the CPU other processes took while each arm ran
+        assert all(0.0 <= json.loads(p.read_text())["other_cpu_share"] <= 1.0 for p in (peer_path, amp_path))
 
     summary = json.loads(summary_md.with_suffix(".json").read_text())
     (machine,) = summary["machines"].values()
@@ -245,7 +249,7 @@ def test_segopt_arm_without_val_mIoU_is_a_clear_error(sbs: ModuleType, tmp_path:
 
 # ----------------------------------------------------------------------------- the summary
 def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recipe: str = "r1", finished: str = "1",
-              label: str | None = None, config: tuple[str, str] | None = None) -> None:  # fmt: skip
+              label: str | None = None, config: tuple[str, str] | None = None, other_cpu: float | None = None) -> None:  # fmt: skip
     """A per-run JSON as the script writes it; without ``label``, as it wrote them before labels (CamVid only).
     ``config``: the recipe's path and the sha256 of its bytes."""
     hw = {"cpu": cpu, "cores": 2, "torch_threads": 2, "loader_workers": 1, "gpu": None}
@@ -256,6 +260,8 @@ def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recip
         settings |= {"config": config[0], "config_sha256": config[1]}
     run = {"arm": arm, "seed": seed, "epochs": 10, "wall_s": 3600.0, "val_mIoU": miou, "val_iou": iou, "hardware": hw,
            "curve": curve, "settings": {"data": "data/x", **settings}, "finished": finished}  # fmt: skip
+    if other_cpu is not None:
+        run["other_cpu_share"] = other_cpu
     (out / f"{label or arm}_seed{seed}_{cpu}_{recipe}.json").write_text(json.dumps(run))
 
 
@@ -436,3 +442,37 @@ def test_plan_report_is_written_from_the_series_files_and_the_plan_record(tmp_pa
     assert "planned − amp: +0.125 mIoU; resolved: this exceeds the larger seed range of the two arms (0.030)." in text
     with pytest.raises(SystemExit, match="already exists; nothing was written"):
         report.main(["--runs", str(tmp_path / "plan"), "--out", str(out)])
+
+
+def test_a_run_on_a_shared_machine_is_named_in_the_summary(sbs: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "sbs"
+    out.mkdir()
+    _fake_run(out, "segopt", 1, 0.60, label="planned", other_cpu=0.01)
+    _fake_run(out, "segopt", 2, 0.62, label="planned", other_cpu=0.12)
+    _fake_run(out, "segopt", 1, 0.50, label="amp")  # recorded before the share was: not named
+    md = sbs.write_summary(out).read_text()
+    assert (
+        "On a shared machine: other processes took more than 5% of the CPU during planned seed 2 (12%). "
+        "A time budget then buys fewer epochs, and those figures are suspect." in md
+    )
+    assert md.count("On a shared machine") == 1
+    arms = json.loads((out.parent / "sbs.json").read_text())["machines"]["X, 2 cores, 2 torch threads, 1 loader worker"]["arms"]
+    assert arms["planned"]["other_cpu_share"] == {"1": 0.01, "2": 0.12}
+    assert arms["amp"]["other_cpu_share"] == {"1": None}
+
+
+def test_other_processes_cpu_share_between_two_snapshots() -> None:
+    from experiments.common import cpu_snapshot, other_cpu_share
+
+    # 100 s on 2 cores; the machine was busy 200 CPU-s, this process and its children 180
+    assert other_cpu_share((0.0, 100.0, 10.0), (100.0, 300.0, 190.0), 2) == 0.1
+    assert other_cpu_share((0.0, 100.0, 10.0), (100.0, 150.0, 70.0), 2) == 0.0  # clock granularity: never negative
+    assert other_cpu_share(None, (1.0, 2.0, 3.0), 2) is None
+    if sys.platform == "linux":
+        before = cpu_snapshot()
+        end = time.process_time() + 0.2
+        while time.process_time() < end:  # spin: this process's own CPU time grows
+            pass
+        after = cpu_snapshot()
+        assert before is not None and after is not None
+        assert after[2] - before[2] >= 0.2 and after[1] > before[1]
