@@ -122,6 +122,25 @@ def cpu_snapshot() -> tuple[float, float, float] | None:
     return time.time(), busy, own
 
 
+def reference_step_s(reps: int = 7) -> float:
+    """Median seconds of one fixed float32 training step of a small conv net on the CPU, at the
+    current torch threads: this host's speed, recorded beside a timed run. Machines of one kind
+    differ (one 2-core host trained a recipe's epoch in 57 s, another in 100 s), and a time
+    budget buys epochs by that speed."""
+    generator = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 4, 1))
+    x = torch.randn(8, 3, 128, 128, generator=generator)
+    target = torch.randint(0, 4, (8, 128, 128), generator=generator)
+    times = []
+    for i in range(reps + 2):  # two warm-up steps
+        start = time.perf_counter()
+        net.zero_grad()
+        nn.functional.cross_entropy(net(x), target).backward()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return round(statistics.median(times), 4)
+
+
 def other_cpu_share(before: tuple[float, float, float] | None, after: tuple[float, float, float] | None, cores: int) -> float | None:
     """The share of the machine's CPU (all cores over the wall time between two snapshots) that
     processes other than this one and its children took, hypervisor steal included."""

@@ -7,6 +7,9 @@
 # Every argument from FLAG on that starts with -- is a flag; the first that does not is the data config.
 # e.g. bash experiments/plan_ablation.sh magnetic_tiles 10 no-rare-images --data.rare_image_share=0 configs/data/magnetic_tiles.yaml
 # The recipe is the one experiments/plan_evidence.sh planned: configs/recipes/NAME_MINUTESmin.yaml.
+# When the planned arm ran on another host (another session), a time budget buys the ablation
+# more or fewer epochs than it had; --trainer.max_epochs=N (the planned arm's epochs) caps it there,
+# and the summary says when the hosts' speeds differ.
 # EMA off: --trainer.callbacks.init_args.decay=0.0 sets the recipe's last callback, EMAWeightAveraging,
 # to decay 0, where its average is the current weights at every step.
 set -euo pipefail

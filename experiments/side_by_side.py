@@ -43,8 +43,9 @@ it says, not its bytes (comments and a class's module do not count), so a run wh
 exists is skipped and the same command resumes across sessions, while another machine or changed
 settings run the seed afresh beside it. The JSON records the settings, the data config's path and
 sha256, the command that repeats it, and the share of the machine's CPU that other processes took
-meanwhile (Linux); the summary names the runs where that exceeds 5 %, whose time budget bought
-fewer epochs. One ``--out`` holds one data set. After every run the
+meanwhile (Linux), and the host's speed (the time of a reference training step, taken before the
+run); the summary names the runs where other processes took over 5 %, and says when the runs'
+hosts differ in speed by over 10 %: in both cases a time budget bought a different number of epochs. One ``--out`` holds one data set. After every run the
 summary ``--out``.md and .json is rewritten from the JSONs found: per machine (seeds run on
 different hardware are never pooled) and label the mean, sample standard deviation and range
 over seeds of the final val mIoU, and for every pair of labels the lead, which counts as
@@ -82,7 +83,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentError
 
-from experiments.common import SHARED_CPU_SHARE, cpu_snapshot, other_cpu_share
+from experiments.common import SHARED_CPU_SHARE, cpu_snapshot, other_cpu_share, reference_step_s
 from segopt.commands.check import source_from_mapping
 from segopt.core.precision import cpu_has_native_bf16, cpu_name
 from segopt.data.datasets import SegSource
@@ -712,6 +713,7 @@ def _arm_stats(found: list[dict[str, Any]]) -> dict[str, Any]:
         "epochs": [r["epochs"] for r in found],
         "wall_min": [round(r["wall_s"] / 60, 1) for r in found],
         "other_cpu_share": {str(r["seed"]): r.get("other_cpu_share") for r in found},
+        "reference_step_s": {str(r["seed"]): r.get("reference_step_s") for r in found},
         "val_iou_mean": {
             n: statistics.fmean(v) if (v := [r["val_iou"][n] for r in found if r["val_iou"].get(n) is not None]) else None
             for n in _class_names(found)
@@ -724,6 +726,9 @@ def latest_only(found: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     latest = run_key(max(found, key=lambda r: r.get("finished", "")))
     return [r for r in found if run_key(r) == latest], [r["seed"] for r in found if run_key(r) != latest]
 
+
+#: Runs whose reference step times differ by more than this ratio ran on hosts of different speed.
+HOST_SPEED_RATIO = 1.10
 
 #: The label of the planned recipe's arm; rule ablations run against a version of it.
 PLANNED = "planned"
@@ -852,6 +857,12 @@ def _machine_lines(entry: dict[str, Any]) -> list[str]:
     if shared:
         lines += ["", f"On a shared machine: other processes took more than {SHARED_CPU_SHARE:.0%} of the CPU during "
                   f"{', '.join(shared)}. A time budget then buys fewer epochs, and those figures are suspect."]  # fmt: skip
+    speeds = {f"{name} seed {seed}": v for name, a in entry["arms"].items() for seed, v in a.get("reference_step_s", {}).items() if v}
+    if speeds and max(speeds.values()) > HOST_SPEED_RATIO * min(speeds.values()):
+        listing = ", ".join(f"{k} {v:.3f}" for k, v in speeds.items())
+        lines += ["", f"Host speed varies: a reference training step (`experiments/common.py`) took {min(speeds.values()):.3f}–"
+                  f"{max(speeds.values()):.3f} s across these runs ({listing}). A time budget buys more epochs on a faster host: "
+                  "compare the arms' epochs too, or cap an ablation at the planned arm's epochs (`--trainer.max_epochs`)."]  # fmt: skip
     for name, seeds in entry["superseded"].items():
         earlier = "an earlier version of the recipe" if entry["arms"].get(name, {}).get("arm") == "segopt" else "earlier settings"
         lines += ["", f"Left out: {name} seed(s) {', '.join(map(str, sorted(set(seeds))))}, run with {earlier}."]
@@ -988,9 +999,11 @@ def main(argv: list[str] | None = None) -> Path:
         if path.is_file():
             print(f"{path} exists: skipping {args.label} seed {seed}")
             continue
+        host_speed = reference_step_s()
         before = cpu_snapshot()
         result = run_peer(args, data, seed) if recipe is None else run_segopt(args, data, recipe, seed)
         result["other_cpu_share"] = other_cpu_share(before, cpu_snapshot(), os.cpu_count() or 1)
+        result["reference_step_s"] = host_speed
         record = {"arm": args.arm, "seed": seed, "settings": settings(args, data, recipe, seed), "hardware": hardware(args),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}  # fmt: skip
         write_json_atomic(path, record)

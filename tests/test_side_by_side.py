@@ -88,6 +88,7 @@ def test_both_arms_train_on_a_paired_folder_and_the_summary_compares_them(sbs: M
     assert amp["settings"]["data_config_stacked"] is True and amp["command"][3:6] == ["--config", "configs/amp.yaml", "--config"]
     if sys.platform == "linux":  # the share of the CPU other processes took while each arm ran
         assert all(0.0 <= json.loads(p.read_text())["other_cpu_share"] <= 1.0 for p in (peer_path, amp_path))
+    assert all(json.loads(p.read_text())["reference_step_s"] > 0 for p in (peer_path, amp_path))
 
     summary = json.loads(summary_md.with_suffix(".json").read_text())
     (machine,) = summary["machines"].values()
@@ -249,7 +250,8 @@ def test_segopt_arm_without_val_mIoU_is_a_clear_error(sbs: ModuleType, tmp_path:
 
 # ----------------------------------------------------------------------------- the summary
 def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recipe: str = "r1", finished: str = "1",
-              label: str | None = None, config: tuple[str, str] | None = None, other_cpu: float | None = None) -> None:  # fmt: skip
+              label: str | None = None, config: tuple[str, str] | None = None, other_cpu: float | None = None,
+              ref_step: float | None = None) -> None:  # fmt: skip
     """A per-run JSON as the script writes it; without ``label``, as it wrote them before labels (CamVid only).
     ``config``: the recipe's path and the sha256 of its bytes."""
     hw = {"cpu": cpu, "cores": 2, "torch_threads": 2, "loader_workers": 1, "gpu": None}
@@ -262,6 +264,8 @@ def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recip
            "curve": curve, "settings": {"data": "data/x", **settings}, "finished": finished}  # fmt: skip
     if other_cpu is not None:
         run["other_cpu_share"] = other_cpu
+    if ref_step is not None:
+        run["reference_step_s"] = ref_step
     (out / f"{label or arm}_seed{seed}_{cpu}_{recipe}.json").write_text(json.dumps(run))
 
 
@@ -476,3 +480,18 @@ def test_other_processes_cpu_share_between_two_snapshots() -> None:
         after = cpu_snapshot()
         assert before is not None and after is not None
         assert after[2] - before[2] >= 0.2 and after[1] > before[1]
+
+
+def test_hosts_of_different_speed_are_named_in_the_summary(sbs: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "sbs"
+    out.mkdir()
+    _fake_run(out, "segopt", 1, 0.60, label="planned", ref_step=0.40)
+    _fake_run(out, "segopt", 2, 0.62, label="planned", ref_step=0.43)
+    _fake_run(out, "segopt", 1, 0.50, label="amp")  # recorded before the speed was: left out
+    assert "Host speed varies" not in sbs.write_summary(out).read_text()  # within 10 %
+    _fake_run(out, "segopt", 2, 0.52, label="amp", ref_step=0.50)
+    md = sbs.write_summary(out).read_text()
+    assert (
+        "Host speed varies: a reference training step (`experiments/common.py`) took 0.400–0.500 s across these runs "
+        "(amp seed 2 0.500, planned seed 1 0.400, planned seed 2 0.430)." in md
+    )
