@@ -704,6 +704,13 @@ def _class_names(found: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(name for r in found for name in r["val_iou"]))
 
 
+def reached_epoch_cap(run: dict[str, Any]) -> bool:
+    """Whether a run stopped at the epochs it was capped at (``--trainer.max_epochs``), not at its
+    time budget: then other processes on the machine cost it time, not epochs."""
+    caps = [a.split("=", 1)[1] for a in run["settings"].get("extra_args") or [] if a.startswith("--trainer.max_epochs=")]
+    return bool(caps) and caps[-1].isdigit() and run["epochs"] >= int(caps[-1])
+
+
 def _arm_stats(found: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "arm": found[0]["arm"],
@@ -713,6 +720,7 @@ def _arm_stats(found: list[dict[str, Any]]) -> dict[str, Any]:
         "epochs": [r["epochs"] for r in found],
         "wall_min": [round(r["wall_s"] / 60, 1) for r in found],
         "other_cpu_share": {str(r["seed"]): r.get("other_cpu_share") for r in found},
+        "reached_epoch_cap": [str(r["seed"]) for r in found if reached_epoch_cap(r)],
         "reference_step_s": {str(r["seed"]): r.get("reference_step_s") for r in found},
         "val_iou_mean": {
             n: statistics.fmean(v) if (v := [r["val_iou"][n] for r in found if r["val_iou"].get(n) is not None]) else None
@@ -853,7 +861,8 @@ def _machine_lines(entry: dict[str, Any]) -> list[str]:
             f"{', '.join(map(str, a['wall_min']))} |"
         )
     shared = [f"{name} seed {seed} ({share:.0%})" for name, a in entry["arms"].items()
-              for seed, share in a.get("other_cpu_share", {}).items() if share is not None and share > SHARED_CPU_SHARE]  # fmt: skip
+              for seed, share in a.get("other_cpu_share", {}).items()
+              if share is not None and share > SHARED_CPU_SHARE and seed not in a.get("reached_epoch_cap", [])]  # fmt: skip
     if shared:
         lines += ["", f"On a shared machine: other processes took more than {SHARED_CPU_SHARE:.0%} of the CPU during "
                   f"{', '.join(shared)}. A time budget then buys fewer epochs, and those figures are suspect."]  # fmt: skip

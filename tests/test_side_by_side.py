@@ -460,6 +460,12 @@ def test_a_run_on_a_shared_machine_is_named_in_the_summary(sbs: ModuleType, tmp_
         "A time budget then buys fewer epochs, and those figures are suspect." in md
     )
     assert md.count("On a shared machine") == 1
+    # capped at 10 epochs and trained them: the machine's other load cost it time, not epochs
+    _fake_run(out, "segopt", 1, 0.55, label="capped", other_cpu=0.30, recipe="r2")
+    run = out / "capped_seed1_X_r2.json"
+    run.write_text(json.dumps(json.loads(run.read_text()) | {"settings": {"data": "data/x", "label": "capped", "run_sha256": "r2", "extra_args": ["--trainer.max_epochs=10"]}}))
+    md = sbs.write_summary(out).read_text()
+    assert "capped seed 1" not in md and "planned seed 2 (12%)" in md
     arms = json.loads((out.parent / "sbs.json").read_text())["machines"]["X, 2 cores, 2 torch threads, 1 loader worker"]["arms"]
     assert arms["planned"]["other_cpu_share"] == {"1": 0.01, "2": 0.12}
     assert arms["amp"]["other_cpu_share"] == {"1": None}
