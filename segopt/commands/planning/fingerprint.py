@@ -154,9 +154,10 @@ def fingerprint(source: SegSource, ignore_index: int) -> Fingerprint:
     images = np.zeros(k, np.int64)
     per_image = np.full((count, k), np.nan)  # each image's median width of each class in it
     for i, per_mask in enumerate(result.measured):
+        present = per_mask.sum(1) > 0
         hist += per_mask
-        images += per_mask.sum(1) > 0
-        for c in np.flatnonzero(per_mask.sum(1)):
+        images += present
+        for c in np.flatnonzero(present):
             per_image[i, c] = histogram_median(per_mask[c])
     train = result.splits["train"]
     pixels = train.pixels if train.pixels is not None else np.zeros(k, np.int64)
