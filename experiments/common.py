@@ -122,6 +122,11 @@ def cpu_snapshot() -> tuple[float, float, float] | None:
     return time.time(), busy, own
 
 
+#: How ``reference_step_s`` measures, recorded beside its figure: only figures measured one way are
+#: compared (the first records took the median of 7 steps, which reads slower than the fastest).
+REFERENCE_STEP_METHOD = "fastest of 10"
+
+
 def reference_step_s(reps: int = 10) -> float:
     """The fastest of ``reps`` timed float32 training steps of a small conv net on the CPU, at the
     current torch threads: this host's speed, recorded beside a timed run (the fastest, as

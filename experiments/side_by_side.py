@@ -83,7 +83,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentError
 
-from experiments.common import SHARED_CPU_SHARE, cpu_snapshot, other_cpu_share, reference_step_s
+from experiments.common import REFERENCE_STEP_METHOD, SHARED_CPU_SHARE, cpu_snapshot, other_cpu_share, reference_step_s
 from segopt.commands.check import source_from_mapping
 from segopt.core.precision import cpu_has_native_bf16, cpu_name
 from segopt.data.datasets import SegSource
@@ -721,7 +721,8 @@ def _arm_stats(found: list[dict[str, Any]]) -> dict[str, Any]:
         "wall_min": [round(r["wall_s"] / 60, 1) for r in found],
         "other_cpu_share": {str(r["seed"]): r.get("other_cpu_share") for r in found},
         "reached_epoch_cap": [str(r["seed"]) for r in found if reached_epoch_cap(r)],
-        "reference_step_s": {str(r["seed"]): r.get("reference_step_s") for r in found},
+        "reference_step_s": {str(r["seed"]): r.get("reference_step_s") for r in found
+                             if r.get("reference_step_method") == REFERENCE_STEP_METHOD},
         "val_iou_mean": {
             n: statistics.fmean(v) if (v := [r["val_iou"][n] for r in found if r["val_iou"].get(n) is not None]) else None
             for n in _class_names(found)
@@ -1013,6 +1014,7 @@ def main(argv: list[str] | None = None) -> Path:
         result = run_peer(args, data, seed) if recipe is None else run_segopt(args, data, recipe, seed)
         result["other_cpu_share"] = other_cpu_share(before, cpu_snapshot(), os.cpu_count() or 1)
         result["reference_step_s"] = host_speed
+        result["reference_step_method"] = REFERENCE_STEP_METHOD
         record = {"arm": args.arm, "seed": seed, "settings": settings(args, data, recipe, seed), "hardware": hardware(args),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}  # fmt: skip
         write_json_atomic(path, record)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from experiments.common import REFERENCE_STEP_METHOD
 from tests.test_scripts_results import _script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,7 @@ def test_both_arms_train_on_a_paired_folder_and_the_summary_compares_them(sbs: M
     if sys.platform == "linux":  # the share of the CPU other processes took while each arm ran
         assert all(0.0 <= json.loads(p.read_text())["other_cpu_share"] <= 1.0 for p in (peer_path, amp_path))
     assert all(json.loads(p.read_text())["reference_step_s"] > 0 for p in (peer_path, amp_path))
+    assert all(json.loads(p.read_text())["reference_step_method"] == REFERENCE_STEP_METHOD for p in (peer_path, amp_path))
 
     summary = json.loads(summary_md.with_suffix(".json").read_text())
     (machine,) = summary["machines"].values()
@@ -251,7 +253,7 @@ def test_segopt_arm_without_val_mIoU_is_a_clear_error(sbs: ModuleType, tmp_path:
 # ----------------------------------------------------------------------------- the summary
 def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recipe: str = "r1", finished: str = "1",
               label: str | None = None, config: tuple[str, str] | None = None, other_cpu: float | None = None,
-              ref_step: float | None = None) -> None:  # fmt: skip
+              ref_step: float | None = None, ref_method: str | None = REFERENCE_STEP_METHOD) -> None:  # fmt: skip
     """A per-run JSON as the script writes it; without ``label``, as it wrote them before labels (CamVid only).
     ``config``: the recipe's path and the sha256 of its bytes."""
     hw = {"cpu": cpu, "cores": 2, "torch_threads": 2, "loader_workers": 1, "gpu": None}
@@ -266,6 +268,7 @@ def _fake_run(out: Path, arm: str, seed: int, miou: float, cpu: str = "X", recip
         run["other_cpu_share"] = other_cpu
     if ref_step is not None:
         run["reference_step_s"] = ref_step
+        run["reference_step_method"] = ref_method
     (out / f"{label or arm}_seed{seed}_{cpu}_{recipe}.json").write_text(json.dumps(run))
 
 
@@ -494,6 +497,7 @@ def test_hosts_of_different_speed_are_named_in_the_summary(sbs: ModuleType, tmp_
     _fake_run(out, "segopt", 1, 0.60, label="planned", ref_step=0.40)
     _fake_run(out, "segopt", 2, 0.62, label="planned", ref_step=0.43)
     _fake_run(out, "segopt", 1, 0.50, label="amp")  # recorded before the speed was: left out
+    _fake_run(out, "segopt", 1, 0.55, label="earlier", ref_step=0.60, ref_method=None)  # another method: left out
     assert "Host speed varies" not in sbs.write_summary(out).read_text()  # within 10 %
     _fake_run(out, "segopt", 2, 0.52, label="amp", ref_step=0.50)
     md = sbs.write_summary(out).read_text()
