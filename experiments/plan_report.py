@@ -7,28 +7,46 @@ For every series ``results/plan/<name>_<minutes>min/`` run by ``experiments/plan
 (per-run JSONs of ``experiments/side_by_side.py``), it summarises the arms per machine (mean, sample
 std and range over seeds of the final val mIoU, and every pair's lead, resolved only when it
 exceeds both arms' seed range with two seeds or more each), and sets beside them what the
-planner chose and predicted (``configs/recipes/<name>_<minutes>min.plan.json``) against the
-epochs the runs really trained. Nothing here is typed by hand.
+planner chose and predicted (the ``.plan.json`` beside the recipe the planned runs trained:
+``configs/recipes/<name>_<minutes>min.yaml``, or on another machine the one planned there) against
+the epochs the runs really trained. Nothing here is typed by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from experiments.side_by_side import PLANNED, _machine_lines, summarise
+from experiments.side_by_side import PLANNED, _machine_lines, machine_label, summarise
 from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _plan_lines(plan_json: Path, entry: dict[str, Any]) -> list[str]:
+def planned_recipe(out: Path, label: str) -> tuple[Path, str | None]:
+    """The recipe the planned arm's latest run on machine ``label`` trained, and the sha256 of its
+    bytes then; a series from before runs recorded their recipe: ``configs/recipes/<series>.yaml``."""
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob(f"{PLANNED}_seed*.json"))]
+    runs = [r for r in runs if machine_label(r["hardware"]) == label and r["settings"].get("config")]
+    if not runs:
+        return ROOT / "configs" / "recipes" / f"{out.name}.yaml", None
+    latest = max(runs, key=lambda r: r.get("finished", ""))["settings"]
+    return ROOT / latest["config"], latest.get("config_sha256")
+
+
+def _plan_lines(recipe: Path, ran_sha256: str | None, entry: dict[str, Any]) -> list[str]:
     """What the planner chose and predicted, and what the planned runs trained."""
+    plan_json = recipe.with_name(f"{recipe.stem}.plan.json")
     if not plan_json.is_file():
         return [f"(no {plan_json.relative_to(ROOT)}: the planned recipe's record is missing)"]
+    if ran_sha256 and recipe.is_file() and hashlib.sha256(recipe.read_bytes()).hexdigest() != ran_sha256:
+        return [f"The planned runs trained an earlier version of `{recipe.relative_to(ROOT)}` (sha256 {ran_sha256[:8]}); "
+                "the recipe planned since has no runs on this machine yet, and its record "
+                f"(`{plan_json.relative_to(ROOT)}`) is not theirs."]  # fmt: skip
     record = json.loads(plan_json.read_text())
     chosen, machine = record["plan"]["chosen"], record["probe"]["machine"]
     planned = entry["arms"].get(PLANNED)
@@ -58,7 +76,8 @@ def report(series: list[Path]) -> list[str]:
         name, minutes = (match.group(1), match.group(2)) if match else (out.name, "?")
         lines += ["", f"## {name}, {minutes} minutes ({', '.join(f'`{d}`' for d in summary['data'])})"]
         for label, entry in summary["machines"].items():
-            lines += ["", f"### {label}", "", *_plan_lines(ROOT / "configs" / "recipes" / f"{out.name}.plan.json", entry), "", *_machine_lines(entry)]
+            recipe, ran = planned_recipe(out, label)
+            lines += ["", f"### {label}", "", *_plan_lines(recipe, ran, entry), "", *_machine_lines(entry)]
     return lines
 
 

@@ -451,6 +451,30 @@ def test_plan_report_is_written_from_the_series_files_and_the_plan_record(tmp_pa
         report.main(["--runs", str(tmp_path / "plan"), "--out", str(out)])
 
 
+def test_plan_report_reads_each_machines_plan_from_the_recipe_its_runs_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = _script("plan_report")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    runs = tmp_path / "results" / "plan" / "tiny_10min"
+    (runs / "recipes").mkdir(parents=True)
+    recipes = tmp_path / "configs" / "recipes"
+    recipes.mkdir(parents=True)
+    machine = {"name": "Test CPU", "cores": 2, "precision": "bf16-mixed"}
+    for recipe, epochs in [(recipes / "tiny_10min.yaml", 120), (runs / "recipes" / "y.yaml", 240)]:
+        recipe.write_text(f"# planned for {epochs} epochs\n")
+        chosen = {"backbone": "resnet18_unet", "mode": "crop", "size": [256, 256], "batch": 6, "val_every": 4, "epochs": epochs}
+        recipe.with_name(f"{recipe.stem}.plan.json").write_text(json.dumps({"command": "plan", "plan": {"chosen": chosen}, "probe": {"machine": machine}}))
+    shipped = ("configs/recipes/tiny_10min.yaml", "0" * 64)  # trained before the shipped recipe was re-planned
+    other = ("results/plan/tiny_10min/recipes/y.yaml", hashlib.sha256(b"# planned for 240 epochs\n").hexdigest())
+    for seed in (1, 2):
+        _fake_run(runs, "segopt", seed, 0.6, cpu="X", label="planned", config=shipped)
+        _fake_run(runs, "segopt", seed, 0.7, cpu="Y", label="planned", config=other)
+    text = "\n".join(report.report([runs]))
+    x, y = text.split("### Y")
+    assert ("The planned runs trained an earlier version of `configs/recipes/tiny_10min.yaml` (sha256 00000000); the recipe "
+            "planned since has no runs on this machine yet, and its record (`configs/recipes/tiny_10min.plan.json`) is not theirs.") in x  # fmt: skip
+    assert ("predicted 240 epochs, trained 10, 10. Every decision and its reason: `results/plan/tiny_10min/recipes/y.plan.md`.") in y
+
+
 def test_a_run_on_a_shared_machine_is_named_in_the_summary(sbs: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "sbs"
     out.mkdir()
