@@ -1,8 +1,10 @@
 """README's tables of planned recipes hold the figures the runs wrote, not numbers typed by hand.
 
 Each row of a table under "Your data in N minutes" names a series of ``results/plan/`` (the
-summary ``experiments/side_by_side.py`` writes beside the per-run JSONs); each cell must be that
-arm's mean ± std [range], formatted by the function that writes ``results/plan.md``'s tables.
+summary ``experiments/side_by_side.py`` writes beside the per-run JSONs) and, in its second cell,
+the machine; each figure must be that arm's mean ± std [range] on that machine, formatted by the
+function that writes ``results/plan.md``'s tables. A planned cell that ends in ``(recipe <sha>)``
+holds the runs of that version of the recipe, e.g. one planned before a rule changed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from experiments.side_by_side import spread_cell
+from experiments.side_by_side import machine_label, spread_cell
 from tests.conftest import ROOT
 
 #: README's row labels → the series under results/plan/.
@@ -22,7 +24,13 @@ SERIES = {
 }
 #: README's column headers → the arm labels of the runs.
 ARMS = {"planned": "planned", "amp.yaml + budget": "amp", "peer": "peer", "hand-tuned": "hand-tuned"}
-MACHINE = "AMD EPYC, 2 cores, 2 torch threads, 1 loader worker"
+#: README's machine cells → the machine labels of the runs (seeds pool only within one machine).
+MACHINES = {
+    "AMD EPYC": "AMD EPYC, 2 cores, 2 torch threads, 1 loader worker",
+    "Intel Xeon": "Intel(R) Xeon(R) Processor, 2 cores, 2 torch threads, 1 loader worker",
+}
+#: A planned cell may name the version of the recipe its runs trained: ``... (recipe <sha256[:8]>)``.
+RECIPE_NOTE = re.compile(r"(?P<cell>.+) \(recipe (?P<sha>[0-9a-f]{8})\)")
 
 
 def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
@@ -40,25 +48,46 @@ def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
     return found
 
 
-def _cell(summary: dict, arm: str) -> str:
-    return spread_cell(summary["machines"][MACHINE]["arms"][arm]["val_mIoU"])
+def _planned_version(series: str, machine: str, sha: str, arms: dict) -> str:
+    """The arm of the planned recipe's version ``sha`` on ``machine``: ``planned, recipe <sha>``, or
+    ``planned`` itself when its runs trained that version."""
+    if f"planned, recipe {sha}" in arms:
+        return f"planned, recipe {sha}"
+    runs = [json.loads(p.read_text()) for p in (ROOT / "results" / "plan" / series).glob("planned_seed*.json")]
+    trained = {str(r["seed"]): r["val_mIoU"] for r in runs
+               if machine_label(r["hardware"]) == machine and r["settings"].get("config_sha256", "").startswith(sha)}  # fmt: skip
+    assert trained == arms["planned"]["per_seed"], f"{series}: no arm on {machine} trained recipe {sha}"
+    return "planned"
+
+
+def _cell(series: str, machine: str, column: str, cell: str) -> tuple[str, str]:
+    """The figure the runs wrote for this cell, and the cell's figure without its recipe note."""
+    arms = json.loads((ROOT / "results" / "plan" / f"{series}.json").read_text())["machines"][machine]["arms"]
+    arm = ARMS[column]
+    if column == "planned" and (note := RECIPE_NOTE.fullmatch(cell)):
+        arm, cell = _planned_version(series, machine, note["sha"], arms), note["cell"]
+    return spread_cell(arms[arm]["val_mIoU"]), cell
 
 
 def test_readme_plan_tables_hold_the_runs_figures() -> None:
     tables = _tables((ROOT / "README.md").read_text())
     assert tables, "README has no table headed '| data, budget |'"
-    seen = []
+    seen = set()
     for header, rows in tables:
+        assert header[1] == "machine", header
         for row in rows:
             assert row[0] in SERIES, f"README row {row[0]!r} names no series; add it to SERIES"
-            summary = json.loads((ROOT / "results" / "plan" / f"{SERIES[row[0]]}.json").read_text())
-            for column, cell in zip(header[1:], row[1:], strict=True):
-                assert cell == _cell(summary, ARMS[column]), (row[0], column)
-            seen.append(row[0])
-    assert sorted(seen) == sorted(SERIES)
+            assert row[1] in MACHINES, f"README row {row[0]!r}: machine {row[1]!r} is not in MACHINES"
+            for column, cell in zip(header[2:], row[2:], strict=True):
+                wrote, shown = _cell(SERIES[row[0]], MACHINES[row[1]], column, cell)
+                assert shown == wrote, (row[0], row[1], column)
+            seen.add(row[0])
+    assert seen == set(SERIES)
 
 
 def test_the_figure_format_matches_results_plan_md() -> None:
+    machine = MACHINES["AMD EPYC"]
     summary = json.loads((ROOT / "results" / "plan" / "membrane_10min.json").read_text())
     plan_md = (ROOT / "results" / "plan.md").read_text()
-    assert re.search(rf"\| planned \| 1, 2 \| {re.escape(_cell(summary, 'planned'))} \|", plan_md)
+    cell = spread_cell(summary["machines"][machine]["arms"]["planned"]["val_mIoU"])
+    assert re.search(rf"\| planned \| 1, 2 \| {re.escape(cell)} \|", plan_md)
