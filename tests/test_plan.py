@@ -20,9 +20,9 @@ from segopt.commands.planning.fingerprint import (
     histogram_median,
     thickness_histograms,
 )
-from segopt.commands.planning.probe import Machine, Probe, StepTiming
+from segopt.commands.planning.probe import BACKBONES, Machine, Probe, StepTiming, probe_machine
 from segopt.commands.planning.recipe import plan_paths
-from segopt.commands.planning.rules import MIN_IMAGES, RARE_CROP_SHARE, RARE_IMAGE_SHARE, plan
+from segopt.commands.planning.rules import MIN_IMAGES, RARE_CROP_SHARE, RARE_IMAGE_SHARE, cpu_batch, plan
 from tests.conftest import CONFIGS
 
 CPU = Machine("cpu", "Test CPU", 2, 24.0, "bf16-mixed")
@@ -230,6 +230,21 @@ def test_scale_jitter_is_not_planned_at_any_scale_spread() -> None:
     )
 
 
+def test_the_cpu_batch_holds_the_pixel_budget_within_its_bounds() -> None:
+    assert cpu_batch(_fp(), (240, 320)) == 16  # CPU_BATCH_PIXELS
+    assert cpu_batch(_fp(), (360, 480)) == 7  # 1.23 M / 172,800 px
+    assert cpu_batch(_fp(), (128, 128)) == 16  # MAX_BATCH_CPU
+    assert cpu_batch(_fp(train=24), (256, 256)) == 6  # 4 steps per epoch of 24 images
+    assert cpu_batch(_fp(train=3), (1024, 1024)) == 2  # MIN_BATCH
+
+
+def test_the_probe_times_each_size_at_its_own_batch() -> None:
+    res_unet16 = next(b for b in BACKBONES if b.name == "res_unet16")
+    probe = probe_machine([(32, 32), (64, 64)], 1, 2, (res_unet16,), {(32, 32): 3, (64, 64): 2}, timed_images=1)
+    assert [(t.size, t.batch) for t in probe.timings] == [((32, 32), 3), ((64, 64), 2)]
+    assert all(t.train_s_per_image > 0 and t.eval_s_per_image > 0 for t in probe.timings)
+
+
 def test_validation_is_thinned_to_a_tenth_of_the_budget() -> None:
     # as many validation images as training ones, each a third of a training image's cost: every 4th epoch
     result = plan(_fp(train=100, val=100, widths=(160.0, 2.0, 80.0)), _probe(), 60)
@@ -262,7 +277,7 @@ def test_a_class_absent_from_training_is_planned_without_and_said() -> None:
 # ----------------------------------------------------------------------------- the command
 @pytest.fixture
 def described_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plan_command, "probe_machine", lambda sizes, channels, classes, backbones: _probe(s_per_image=0.001))
+    monkeypatch.setattr(plan_command, "probe_machine", lambda sizes, channels, classes, backbones, batch: _probe(s_per_image=0.001))
 
 
 def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

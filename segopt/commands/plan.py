@@ -31,7 +31,7 @@ from segopt.commands.planning.fingerprint import Fingerprint, PlanError, fingerp
 from segopt.commands.planning.folder_config import folder_data_config
 from segopt.commands.planning.probe import BACKBONES, Probe, probe_machine
 from segopt.commands.planning.recipe import plan_paths, write_plan
-from segopt.commands.planning.rules import geometries, plan
+from segopt.commands.planning.rules import cpu_batch, geometries, plan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,6 +105,16 @@ def _without_none(tree: dict[str, Any]) -> dict[str, Any]:
     return {k: _without_none(v) if isinstance(v, dict) else v for k, v in tree.items() if v is not None}
 
 
+def probe_for(fp: Fingerprint) -> Probe:
+    """The probe of every candidate network at the smallest and largest candidate size, each timed
+    at the batch a CPU run trains it at: on a CPU the time per image changes with the batch, by a
+    factor that differs per network and size (``results/plan_speed.md``), so a probe at another
+    batch misranks the networks and mispredicts the epochs."""
+    sizes = sorted({g[1] for g in geometries(fp)} | {tuple(fp.median_size)}, key=lambda s: s[0] * s[1])
+    sizes = [sizes[0], sizes[-1]] if len(sizes) > 1 else sizes
+    return probe_machine(sizes, fp.channels, fp.num_classes, BACKBONES, {s: cpu_batch(fp, s) for s in sizes})
+
+
 def run(args: argparse.Namespace, command: str) -> list[Path]:
     """Fingerprint, probe, plan and write; return the files written."""
     _check_args(args)
@@ -116,10 +126,7 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
         data, datamodule = _data_section(configs)
     fp: Fingerprint = fingerprint(datamodule.source, datamodule.ignore_index)
     print(f"segopt plan: fingerprint of {sum(fp.images.values())} images in {fp.seconds:.1f} s", flush=True)
-    geoms = geometries(fp)
-    sizes = sorted({g[1] for g in geoms} | {tuple(fp.median_size)}, key=lambda s: s[0] * s[1])
-    sizes = [sizes[0], sizes[-1]] if len(sizes) > 1 else sizes
-    probe: Probe = probe_machine(sizes, fp.channels, fp.num_classes, BACKBONES)
+    probe = probe_for(fp)
     print(f"segopt plan: probed {len(probe.timings)} network/size pairs on {probe.machine.name} in {probe.seconds:.1f} s", flush=True)
     result = plan(fp, probe, args.minutes)
     written = write_plan(args.out, fp, probe, result, data, command)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -178,16 +179,23 @@ def _largest_batch(net: torch.nn.Module, machine: Machine, channels: int, size: 
     return fits
 
 
+#: Training images timed per network and size, after the warm-up step: one step at a CPU run's
+#: batch of 6 or more (a step's time varied about 5 % between steps at 16 images), more at smaller
+#: batches; the probe of four network/size pairs at a run's batch must stay within a minute.
+TIMED_IMAGES = 6
+
+
 def probe_machine(
     sizes: list[tuple[int, int]],
     in_channels: int,
     num_classes: int,
     backbones: tuple[Backbone, ...] = BACKBONES,
-    batch: int = 4,
-    steps: int = 2,
+    batch: int | Mapping[tuple[int, int], int] = 4,
+    timed_images: int = TIMED_IMAGES,
 ) -> Probe:
-    """Time ``steps`` training steps (after one warm-up) and an evaluation pass of every backbone
-    at every size on this machine; on a CUDA GPU, also the largest batch that fits."""
+    """Time training steps (after one warm-up) and an evaluation pass of every backbone at every
+    size on this machine, at ``batch`` (one for all sizes, or one per size), as many steps as
+    hold ``timed_images``; on a CUDA GPU, also the largest batch that fits."""
     start = time.perf_counter()
     machine = describe_machine()
     torch.manual_seed(0)
@@ -197,9 +205,10 @@ def probe_machine(
         multiple = size_multiple(net)
         for size in sizes:
             padded = (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
-            shape = (batch, in_channels, *padded)
-            train = _time_train(net, machine, shape, num_classes, steps)
+            images = batch if isinstance(batch, int) else batch[size]
+            shape = (images, in_channels, *padded)
+            train = _time_train(net, machine, shape, num_classes, steps=-(-timed_images // images))
             evaluate = _time_eval(net, machine, shape)
             largest = _largest_batch(net, machine, in_channels, padded, num_classes) if machine.device == "cuda" else None
-            timings.append(StepTiming(backbone.name, size, batch, round(train, 5), round(evaluate, 5), largest))
+            timings.append(StepTiming(backbone.name, size, images, round(train, 5), round(evaluate, 5), largest))
     return Probe(machine, timings, round(time.perf_counter() - start, 2))
