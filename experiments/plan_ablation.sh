@@ -6,7 +6,8 @@
 #   bash experiments/plan_ablation.sh NAME MINUTES LABEL FLAG [FLAG ...] DATA_CONFIG [OVERLAY ...]
 # Every argument from FLAG on that starts with -- is a flag; the first that does not is the data config.
 # e.g. bash experiments/plan_ablation.sh magnetic_tiles 10 no-rare-images --data.rare_image_share=0 configs/data/magnetic_tiles.yaml
-# The recipe is the one experiments/plan_evidence.sh planned: configs/recipes/NAME_MINUTESmin.yaml.
+# The recipe is the one experiments/plan_evidence.sh planned: configs/recipes/NAME_MINUTESmin.yaml,
+# or RECIPE=<path> as given to it (the recipe planned on another machine).
 # When the planned arm ran on another host (another session), a time budget buys the ablation
 # more or fewer epochs than it had; --trainer.max_epochs=N (the planned arm's epochs) caps it there,
 # and the summary says when the hosts' speeds differ.
@@ -18,7 +19,7 @@ shift 3
 flags=()
 while [ $# -gt 0 ] && [[ $1 == --* ]]; do flags+=("--segopt-arg=$1"); shift; done
 [ ${#flags[@]} -gt 0 ] && [ $# -gt 0 ] || { echo "error: give at least one --flag and a data config, e.g. $name $minutes LABEL --data.rare_image_share=0 configs/data/$name.yaml" >&2; exit 1; }
-recipe=configs/recipes/${name}_${minutes}min.yaml
+recipe=${RECIPE:-configs/recipes/${name}_${minutes}min.yaml}
 [ -f "$recipe" ] || { echo "error: $recipe does not exist; run experiments/plan_evidence.sh $name $minutes first" >&2; exit 1; }
 for seed in 1 2; do
   python -m experiments.side_by_side --arm segopt --label "$label" --config "$recipe" "${flags[@]}" \
