@@ -183,19 +183,22 @@ def geometries(fp: Fingerprint) -> list[Geometry]:
     return found
 
 
+def most_batch(fp: Fingerprint) -> int:
+    """The largest batch that still leaves ``MIN_STEPS_PER_EPOCH`` steps in an epoch."""
+    return max(MIN_BATCH, fp.images["train"] // MIN_STEPS_PER_EPOCH)
+
+
 def cpu_batch(fp: Fingerprint, size: tuple[int, int]) -> int:
     """Images per training batch on a CPU at ``size``: ``CPU_BATCH_PIXELS``, within the bounds."""
-    most = max(MIN_BATCH, fp.images["train"] // MIN_STEPS_PER_EPOCH)
-    return max(MIN_BATCH, min(MAX_BATCH_CPU, round(CPU_BATCH_PIXELS / (size[0] * size[1])), most))
+    return max(MIN_BATCH, min(MAX_BATCH_CPU, round(CPU_BATCH_PIXELS / (size[0] * size[1])), most_batch(fp)))
 
 
 def batch_size(fp: Fingerprint, probe: Probe, backbone: str, size: tuple[int, int]) -> tuple[int, str]:
     """Images per training batch for this machine, network and size."""
     train = fp.images["train"]
-    most = max(MIN_BATCH, train // MIN_STEPS_PER_EPOCH)
     if probe.machine.device == "cuda":
         fits = probe.timing(backbone, size).max_batch or MIN_BATCH
-        batch = max(MIN_BATCH, min(fits, MAX_BATCH_GPU, most))
+        batch = max(MIN_BATCH, min(fits, MAX_BATCH_GPU, most_batch(fp)))
         return batch, f"{fits} fit in {probe.machine.gpu_memory_gb:g} GB at {size[0]}x{size[1]}; at most {MAX_BATCH_GPU}, and {MIN_STEPS_PER_EPOCH}+ steps per epoch of {train} images"
     batch = cpu_batch(fp, size)
     return batch, f"{CPU_BATCH_PIXELS / 1e6:.2f} M pixels per batch on a CPU at {size[0]}x{size[1]}, {MIN_STEPS_PER_EPOCH}+ steps per epoch of {train} images"
