@@ -7,6 +7,7 @@ exactly as it was trained.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,7 +20,10 @@ from segopt.lightning.module import SegModule
 def build_from_config(cli_args: list[str]) -> SegCLI:
     """The CLI objects (``.model``, ``.datamodule``, ``.trainer``, ``.config``) for ``cli_args``."""
     # run=False: the CLI parses and instantiates, then returns without running a subcommand.
-    return SegCLI(SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None)
+    with warnings.catch_warnings():
+        # The calling script has its own command line; cli_args is the part meant for the CLI.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return SegCLI(SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None)
 
 
 def load_weights(model: SegModule, ckpt_path: str | Path) -> SegModule:

@@ -1,0 +1,25 @@
+"""Scripts build a training config's objects with ``build_from_config`` while their own flags
+are on the command line."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import pytest
+
+from segopt.commands.from_config import build_from_config
+from segopt.lightning.module import SegModule
+from tests.conftest import CONFIGS, tiny_cli_args
+
+
+def test_a_script_with_its_own_flags_builds_the_config_without_lightnings_args_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What `segopt plan --config ... --minutes 30 --out ...` has in sys.argv when it builds the data.
+    monkeypatch.setattr(sys, "argv", ["segopt-plan", "--minutes", "30", "--out", "recipe.yaml"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = build_from_config(["--config", str(CONFIGS / "amp.yaml"), *tiny_cli_args()])
+    assert isinstance(cli.model, SegModule)
+    assert [str(w.message) for w in caught if "LightningCLI's args" in str(w.message)] == []
