@@ -22,7 +22,7 @@ from segopt.commands.planning.fingerprint import (
 )
 from segopt.commands.planning.probe import BACKBONES, Machine, Probe, StepTiming, probe_machine
 from segopt.commands.planning.recipe import plan_paths
-from segopt.commands.planning.rules import MIN_IMAGES, RARE_CROP_SHARE, RARE_IMAGE_SHARE, cpu_batch, plan
+from segopt.commands.planning.rules import MIN_IMAGES, RARE_CROP_SHARE, RARE_IMAGE_SHARE, cpu_batch, plan, run_batch
 from tests.conftest import CONFIGS
 
 CPU = Machine("cpu", "Test CPU", 2, 24.0, "bf16-mixed")
@@ -238,9 +238,23 @@ def test_the_cpu_batch_holds_the_pixel_budget_within_its_bounds() -> None:
     assert cpu_batch(_fp(train=3), (1024, 1024)) == 2  # MIN_BATCH
 
 
+def test_a_run_trains_at_the_batch_that_fits_on_a_gpu_and_at_the_pixel_budget_on_a_cpu() -> None:
+    assert run_batch(_fp(), (240, 320), None) == 16  # CPU: CPU_BATCH_PIXELS
+    assert run_batch(_fp(), (240, 320), 12) == 12  # GPU: all that fit
+    assert run_batch(_fp(), (240, 320), 64) == 32  # MAX_BATCH_GPU
+    assert run_batch(_fp(train=24), (240, 320), 64) == 6  # 4 steps per epoch of 24 images
+
+
 def test_the_probe_times_each_size_at_its_own_batch() -> None:
     res_unet16 = next(b for b in BACKBONES if b.name == "res_unet16")
-    probe = probe_machine([(32, 32), (64, 64)], 1, 2, (res_unet16,), {(32, 32): 3, (64, 64): 2}, timed_images=1)
+    asked = []
+
+    def batch(size: tuple[int, int], fits: int | None) -> int:
+        asked.append((size, fits))
+        return {(32, 32): 3, (64, 64): 2}[size]
+
+    probe = probe_machine([(32, 32), (64, 64)], 1, 2, (res_unet16,), batch, timed_images=1)
+    assert asked == [((32, 32), None), ((64, 64), None)]  # no CUDA here: no largest batch to offer
     assert [(t.size, t.batch) for t in probe.timings] == [((32, 32), 3), ((64, 64), 2)]
     assert all(t.train_s_per_image > 0 and t.eval_s_per_image > 0 for t in probe.timings)
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from segopt.commands.planning.fingerprint import Fingerprint, PlanError, fingerp
 from segopt.commands.planning.folder_config import folder_data_config
 from segopt.commands.planning.probe import BACKBONES, Probe, probe_machine
 from segopt.commands.planning.recipe import plan_paths, write_plan
-from segopt.commands.planning.rules import cpu_batch, geometries, plan
+from segopt.commands.planning.rules import geometries, plan, run_batch
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,12 +108,13 @@ def _without_none(tree: dict[str, Any]) -> dict[str, Any]:
 
 def probe_for(fp: Fingerprint) -> Probe:
     """The probe of every candidate network at the smallest and largest candidate size, each timed
-    at the batch a CPU run trains it at: on a CPU the time per image changes with the batch, by a
-    factor that differs per network and size (``results/plan_speed.md``), so a probe at another
-    batch misranks the networks and mispredicts the epochs."""
+    at the batch a run trains it at (on a CUDA GPU, from the largest batch that fits): the time per
+    image changes with the batch, on a CPU by a factor that differs per network and size
+    (``results/plan_speed.md``), so a probe at another batch misranks the networks and mispredicts
+    the epochs."""
     sizes = sorted({g[1] for g in geometries(fp)} | {tuple(fp.median_size)}, key=lambda s: s[0] * s[1])
     sizes = [sizes[0], sizes[-1]] if len(sizes) > 1 else sizes
-    return probe_machine(sizes, fp.channels, fp.num_classes, BACKBONES, {s: cpu_batch(fp, s) for s in sizes})
+    return probe_machine(sizes, fp.channels, fp.num_classes, BACKBONES, partial(run_batch, fp))
 
 
 def run(args: argparse.Namespace, command: str) -> list[Path]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -190,12 +190,13 @@ def probe_machine(
     in_channels: int,
     num_classes: int,
     backbones: tuple[Backbone, ...] = BACKBONES,
-    batch: int | Mapping[tuple[int, int], int] = 4,
+    batch: int | Callable[[tuple[int, int], int | None], int] = 4,
     timed_images: int = TIMED_IMAGES,
 ) -> Probe:
     """Time training steps (after one warm-up) and an evaluation pass of every backbone at every
-    size on this machine, at ``batch`` (one for all sizes, or one per size), as many steps as
-    hold ``timed_images``; on a CUDA GPU, also the largest batch that fits."""
+    size on this machine, as many steps as hold ``timed_images``; on a CUDA GPU, first the largest
+    batch that fits. ``batch`` is one for all sizes, or ``batch(size, fits)`` with ``fits`` the
+    largest batch that fits (None on a CPU)."""
     start = time.perf_counter()
     machine = describe_machine()
     torch.manual_seed(0)
@@ -205,10 +206,10 @@ def probe_machine(
         multiple = size_multiple(net)
         for size in sizes:
             padded = (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
-            images = batch if isinstance(batch, int) else batch[size]
+            largest = _largest_batch(net, machine, in_channels, padded, num_classes) if machine.device == "cuda" else None
+            images = batch if isinstance(batch, int) else batch(size, largest)
             shape = (images, in_channels, *padded)
             train = _time_train(net, machine, shape, num_classes, steps=-(-timed_images // images))
             evaluate = _time_eval(net, machine, shape)
-            largest = _largest_batch(net, machine, in_channels, padded, num_classes) if machine.device == "cuda" else None
             timings.append(StepTiming(backbone.name, size, images, round(train, 5), round(evaluate, 5), largest))
     return Probe(machine, timings, round(time.perf_counter() - start, 2))

@@ -193,12 +193,23 @@ def cpu_batch(fp: Fingerprint, size: tuple[int, int]) -> int:
     return max(MIN_BATCH, min(MAX_BATCH_CPU, round(CPU_BATCH_PIXELS / (size[0] * size[1])), most_batch(fp)))
 
 
+def gpu_batch(fp: Fingerprint, fits: int) -> int:
+    """Images per training batch on a CUDA GPU where ``fits`` fit in memory, within the bounds."""
+    return max(MIN_BATCH, min(fits, MAX_BATCH_GPU, most_batch(fp)))
+
+
+def run_batch(fp: Fingerprint, size: tuple[int, int], fits: int | None) -> int:
+    """The batch a run trains at ``size``: on a CUDA GPU (``fits`` measured) :func:`gpu_batch`,
+    on a CPU (``fits`` None) :func:`cpu_batch`. The probe times each size at it too."""
+    return cpu_batch(fp, size) if fits is None else gpu_batch(fp, fits)
+
+
 def batch_size(fp: Fingerprint, probe: Probe, backbone: str, size: tuple[int, int]) -> tuple[int, str]:
     """Images per training batch for this machine, network and size."""
     train = fp.images["train"]
     if probe.machine.device == "cuda":
         fits = probe.timing(backbone, size).max_batch or MIN_BATCH
-        batch = max(MIN_BATCH, min(fits, MAX_BATCH_GPU, most_batch(fp)))
+        batch = gpu_batch(fp, fits)
         return batch, f"{fits} fit in {probe.machine.gpu_memory_gb:g} GB at {size[0]}x{size[1]}; at most {MAX_BATCH_GPU}, and {MIN_STEPS_PER_EPOCH}+ steps per epoch of {train} images"
     batch = cpu_batch(fp, size)
     return batch, f"{CPU_BATCH_PIXELS / 1e6:.2f} M pixels per batch on a CPU at {size[0]}x{size[1]}, {MIN_STEPS_PER_EPOCH}+ steps per epoch of {train} images"
