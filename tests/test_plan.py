@@ -275,6 +275,14 @@ def test_a_described_gpu_plans_fp16_and_the_largest_batch_that_fits() -> None:
     assert result.value("data.num_workers") == 8
 
 
+def test_a_described_gpu_skips_the_sizes_where_two_images_do_not_fit() -> None:
+    # 2 fit at 240x320, so 0 at 360x480 (by pixels): the plan trains at 240x320
+    result = plan(_fp(), _probe(GPU, s_per_image=0.002, max_batch=2), 60)
+    assert (result.chosen.size, result.value("data.batch_size")) == ((240, 320), 2)
+    with pytest.raises(PlanError, match=r"^no candidate network and size fits 2 training images in the memory of Test GPU 80GB \(80 GB\); "):
+        plan(_fp(), _probe(GPU, s_per_image=0.002, max_batch=1), 60)
+
+
 def test_images_smaller_than_the_networks_take_are_refused() -> None:
     with pytest.raises(PlanError, match=r"the smallest training image is 24x24, below the 32 px the networks take"):
         plan(_fp(size=(24, 24)), _probe(), 60)

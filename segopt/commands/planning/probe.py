@@ -208,6 +208,7 @@ def probe_machine(
             padded = (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
             largest = _largest_batch(net, machine, in_channels, padded, num_classes) if machine.device == "cuda" else None
             images = batch if isinstance(batch, int) else batch(size, largest)
+            images = images if largest is None else min(images, largest)  # never time what cannot fit
             shape = (images, in_channels, *padded)
             train = _time_train(net, machine, shape, num_classes, steps=-(-timed_images // images))
             evaluate = _time_eval(net, machine, shape)

@@ -243,22 +243,36 @@ def choose(fp: Fingerprint, probe: Probe, minutes: float, backbones: tuple[Backb
     """
     geoms = geometries(fp)
     weighed = [weigh(fp, probe, minutes, b, g) for b in backbones for g in geoms]
-    for c in weighed:
+    fitting = [c for c in weighed if _fits(probe, c)]
+    if not fitting:
+        gpu = probe.machine
+        raise PlanError(
+            f"no candidate network and size fits {MIN_BATCH} training images in the memory of {gpu.name} "
+            f"({gpu.gpu_memory_gb:g} GB); free the GPU's memory, or plan and train on the CPU (CUDA_VISIBLE_DEVICES=)"
+        )
+    for c in fitting:
         if c.images_seen >= MIN_IMAGES:
             return c, weighed, f"sees {c.images_seen} training images (>= {MIN_IMAGES}) in {minutes:g} min at {c.size[0]}x{c.size[1]}"
-    if max(c.epochs for c in weighed) < 1:
-        cheapest = min(weighed, key=lambda c: c.epoch_s)
+    if max(c.epochs for c in fitting) < 1:
+        cheapest = min(fitting, key=lambda c: c.epoch_s)
         need = math.ceil((cheapest.epoch_s + cheapest.val_s + STARTUP_S) / 60 / 0.99)
         raise PlanError(
             f"--minutes {minutes:g} buys no full epoch on this machine: the cheapest plan ({cheapest.backbone} at "
             f"{cheapest.size[0]}x{cheapest.size[1]}) takes {cheapest.epoch_s:.0f} s an epoch with validation; give --minutes {need} or more"
         )
-    strongest = [c for c in weighed if c.backbone == backbones[0].name and c.epochs >= 1] or [c for c in weighed if c.epochs >= 1]
+    strongest = [c for c in fitting if c.backbone == backbones[0].name and c.epochs >= 1] or [c for c in fitting if c.epochs >= 1]
     best = max(strongest, key=lambda c: c.images_seen)
     return best, weighed, (
         f"no candidate sees {MIN_IMAGES} training images in {minutes:g} min; {best.backbone} at "
         f"{best.size[0]}x{best.size[1]} sees the most, {best.images_seen}"
     )
+
+
+def _fits(probe: Probe, candidate: Candidate) -> bool:
+    """On a CUDA GPU, whether ``MIN_BATCH`` images of the candidate fit in memory; a CPU fits any."""
+    if probe.machine.device != "cuda":
+        return True
+    return (probe.timing(candidate.backbone, candidate.size).max_batch or 0) >= MIN_BATCH
 
 
 def class_weighting(fp: Fingerprint) -> tuple[str | None, str]:
