@@ -207,11 +207,10 @@ def run_batch(fp: Fingerprint, size: tuple[int, int], fits: int | None) -> int:
 def batch_size(fp: Fingerprint, probe: Probe, backbone: str, size: tuple[int, int]) -> tuple[int, str]:
     """Images per training batch for this machine, network and size."""
     train = fp.images["train"]
-    if probe.machine.device == "cuda":
-        fits = probe.timing(backbone, size).max_batch or MIN_BATCH
-        batch = gpu_batch(fp, fits)
+    fits = (probe.timing(backbone, size).max_batch or MIN_BATCH) if probe.machine.device == "cuda" else None
+    batch = run_batch(fp, size, fits)
+    if fits is not None:
         return batch, f"{fits} fit in {probe.machine.gpu_memory_gb:g} GB at {size[0]}x{size[1]}; at most {MAX_BATCH_GPU}, and {MIN_STEPS_PER_EPOCH}+ steps per epoch of {train} images"
-    batch = cpu_batch(fp, size)
     return batch, f"{CPU_BATCH_PIXELS / 1e6:.2f} M pixels per batch on a CPU at {size[0]}x{size[1]}, {MIN_STEPS_PER_EPOCH}+ steps per epoch of {train} images"
 
 
