@@ -20,7 +20,9 @@ from segopt.commands.cli import main
 from segopt.data.class_weights import (
     DataWeighted,
     class_pixel_counts,
+    class_weights_from_counts,
     compute_class_weights,
+    data_beta,
     effective_number_weights,
     inverse_sqrt_frequency_weights,
     median_frequency_weights,
@@ -372,7 +374,7 @@ def test_losses_under_autocast_equal_float32(big_batch, name: str, dtype: torch.
         ({"ohem": 1.0, "ohem_fraction": 1.5}, r"ohem_fraction 1.5 must be in \[0, 1\]"),
         ({"ohem": 1.0, "ohem_fraction": 0.0}, "ohem keeps no pixel"),
         ({"class_weights": "median_frequency", "focal_alpha": "effective_number"}, "name different modes"),
-        ({"class_weight_beta": 1.0}, r"class_weight_beta must be in \[0, 1\), got 1.0"),
+        ({"class_weight_beta": 1.0}, r"class_weight_beta must be in \[0, 1\) or null \(from the data\), got 1.0"),
     ],
 )
 def test_bad_loss_settings_are_clear_errors(kwargs: dict, message: str) -> None:
@@ -418,6 +420,21 @@ def test_effective_number_weights_match_hand_counts() -> None:
     assert effective_number_weights(pixels, present, beta=0.0).tolist() == pytest.approx([1, 1, 1, 0])
     near_one = effective_number_weights(pixels, present, beta=1 - 1e-9).tolist()
     assert near_one == pytest.approx([3 * w / 3.4 for w in (0.4, 2.0, 1.0)] + [0.0], rel=1e-6)
+
+
+def test_effective_number_default_beta_follows_the_data_size() -> None:
+    # 6400 labelled pixels: counts saturate at 1/64 of them, 100, so beta = 1 - 1/100.
+    pixels = np.array([6000, 300, 100, 0])
+    assert data_beta(pixels) == pytest.approx(0.99)
+    expected = effective_number_weights(pixels, pixels, beta=0.99).tolist()
+    assert effective_number_weights(pixels, pixels).tolist() == pytest.approx(expected)
+    assert class_weights_from_counts("effective_number", pixels, pixels).tolist() == pytest.approx(expected)
+    # The same shares in a set 1000x larger weigh alike; a fixed beta would weigh them almost equally.
+    assert effective_number_weights(pixels * 1000, pixels * 1000).tolist() == pytest.approx(expected)
+    fixed = effective_number_weights(pixels * 1000, pixels * 1000, beta=0.99).tolist()
+    assert fixed == pytest.approx([1, 1, 1, 0])
+    # Under 64 labelled pixels beta is 0: every class that occurs counts once.
+    assert data_beta(np.array([30, 2])) == 0.0
 
 
 def test_class_counts_name_the_bad_mask() -> None:

@@ -184,7 +184,7 @@ def test_a_budget_without_one_epoch_names_the_minimum() -> None:
 def test_class_weighting_follows_the_imbalance() -> None:
     imbalanced = plan(_fp(), _probe(), 60)
     balanced = plan(_fp(widths=(40.0, 20.0, 30.0), shares=(0.4, 0.3, 0.3)), _probe(), 60)
-    assert imbalanced.value("model.loss.init_args.class_weights") == "inverse_sqrt_frequency"  # 60x
+    assert imbalanced.value("model.loss.init_args.class_weights") == "effective_number"  # 60x
     assert balanced.value("model.loss.init_args.class_weights") is None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from segopt.data.class_weights import DEFAULT_BETA
 from segopt.losses.compose import WeightedSum
 from segopt.losses.cross_entropy import CrossEntropyLoss
 from segopt.losses.dice import MULTICLASS_MODE, DiceLoss
@@ -35,7 +34,8 @@ class CombinedLoss(WeightedSum):
         class_weights: cross-entropy and OHEM weight per class: numbers, or a mode of
             ``CLASS_WEIGHT_MODES`` ("median_frequency", "inverse_sqrt_frequency",
             "effective_number") computed from the training masks when fitting starts.
-        class_weight_beta: beta of the "effective_number" mode.
+        class_weight_beta: beta of the "effective_number" mode; None saturates the counts at
+            1/64 of the training masks' labelled pixels, whatever their number.
         label_smoothing: cross-entropy label smoothing (the ce term only).
         focal_gamma: focusing parameter of the focal term.
         focal_alpha: focal weight per class: numbers, or a mode (the same as ``class_weights``).
@@ -67,7 +67,7 @@ class CombinedLoss(WeightedSum):
         ohem_min_kept: int = 0,
         lovasz: float = 0.0,
         lovasz_per_image: bool = False,
-        class_weight_beta: float = DEFAULT_BETA,
+        class_weight_beta: float | None = None,
     ) -> None:
         if isinstance(class_weights, str) and isinstance(focal_alpha, str) and class_weights != focal_alpha:
             raise ValueError(

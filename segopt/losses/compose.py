@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from segopt.data.class_weights import DEFAULT_BETA, DataWeighted
+from segopt.data.class_weights import DataWeighted
 
 #: Builds a loss term as ``term(num_classes, ignore_index)``; in YAML a ``class_path`` with ``init_args``.
 TermFactory = Callable[[int, int], nn.Module]
@@ -63,9 +63,9 @@ class WeightedSum(nn.Module):
         return next((t.class_weight_mode for t in self._weighted().values()), None)
 
     @property
-    def class_weight_beta(self) -> float:
+    def class_weight_beta(self) -> float | None:
         """Beta of the "effective_number" mode, shared by the terms that ask for a mode."""
-        return next((t.class_weight_beta for t in self._weighted().values()), DEFAULT_BETA)
+        return next((t.class_weight_beta for t in self._weighted().values()), None)
 
     def set_class_weights(self, weights: torch.Tensor) -> None:
         """Hand the weights counted from the training masks to every term that asked for them."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from segopt.data.class_weights import DEFAULT_BETA
 from segopt.losses.functional import float32_logits, labelled, safe_target
 from segopt.losses.weighting import ClassWeightedTerm, ClassWeights
 
@@ -40,7 +39,8 @@ class FocalLoss(ClassWeightedTerm):
         ignore_index: target value excluded from the loss.
         gamma: focusing strength; 0 gives plain cross-entropy.
         alpha: optional weight per class (numbers, or a mode of ``CLASS_WEIGHT_MODES``).
-        class_weight_beta: beta of the "effective_number" mode.
+        class_weight_beta: beta of the "effective_number" mode; None saturates the counts at
+            1/64 of the training masks' labelled pixels, whatever their number.
     """
 
     def __init__(
@@ -49,7 +49,7 @@ class FocalLoss(ClassWeightedTerm):
         ignore_index: int = 255,
         gamma: float = 2.0,
         alpha: ClassWeights = None,
-        class_weight_beta: float = DEFAULT_BETA,
+        class_weight_beta: float | None = None,
     ) -> None:
         super().__init__(num_classes, alpha, class_weight_beta, key="alpha", buffer="alpha")
         if gamma < 0:

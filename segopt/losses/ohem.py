@@ -7,7 +7,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from segopt.data.class_weights import DEFAULT_BETA
 from segopt.losses.functional import float32_logits, labelled, safe_target, weighted_mean
 from segopt.losses.weighting import ClassWeightedTerm, ClassWeights
 
@@ -60,7 +59,8 @@ class OhemCrossEntropyLoss(ClassWeightedTerm):
         ignore_index: target value excluded from the loss.
         class_weights: weight per class: numbers, or a mode of ``CLASS_WEIGHT_MODES``.
         fraction, threshold, min_kept: which pixels are kept.
-        class_weight_beta: beta of the "effective_number" mode.
+        class_weight_beta: beta of the "effective_number" mode; None saturates the counts at
+            1/64 of the training masks' labelled pixels, whatever their number.
     """
 
     def __init__(
@@ -71,7 +71,7 @@ class OhemCrossEntropyLoss(ClassWeightedTerm):
         fraction: float = 0.25,
         threshold: float | None = None,
         min_kept: int = 0,
-        class_weight_beta: float = DEFAULT_BETA,
+        class_weight_beta: float | None = None,
     ) -> None:
         super().__init__(num_classes, class_weights, class_weight_beta)
         if not 0 <= fraction <= 1 or min_kept < 0 or (threshold is not None and threshold < 0):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from segopt.data.class_weights import CLASS_WEIGHT_MODES, DEFAULT_BETA
+from segopt.data.class_weights import CLASS_WEIGHT_MODES
 
 #: Class weights: one number per class, or the name of a mode in ``CLASS_WEIGHT_MODES``
 #: that :class:`segopt.lightning.SegModule` computes from the training masks before fitting.
@@ -43,14 +43,14 @@ class ClassWeightedTerm(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, weights: ClassWeights, beta: float = DEFAULT_BETA, key: str = "class_weights",
+        self, num_classes: int, weights: ClassWeights, beta: float | None = None, key: str = "class_weights",
         buffer: str = "class_weight",
     ) -> None:  # fmt: skip
         super().__init__()
-        if not 0 <= beta < 1:
-            raise ValueError(f"loss class_weight_beta must be in [0, 1), got {beta}")
+        if beta is not None and not 0 <= beta < 1:
+            raise ValueError(f"loss class_weight_beta must be in [0, 1) or null (from the data), got {beta}")
         values, self.class_weight_mode = class_weight_values(weights, num_classes, key)
-        self.class_weight_beta = float(beta)
+        self.class_weight_beta = None if beta is None else float(beta)
         self._buffer = buffer
         self.register_buffer(buffer, values)
 

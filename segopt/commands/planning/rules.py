@@ -38,9 +38,11 @@ MAX_WHOLE_PIXELS = 512 * 512
 MIN_INPUT_SIDE = 32
 #: Validation may take at most this share of the budget.
 MAX_VAL_SHARE = 0.10
-#: Cross-entropy is weighted by inverse-sqrt class frequency when the most common class holds
-#: this many times the pixels of the rarest (CamVid: 108x, where it beat both no weights and
-#: median frequency, results/side_by_side.md); membranes (3.6x) train unweighted.
+#: Cross-entropy is weighted by the effective number of samples when the most common class holds
+#: this many times the pixels of the rarest: on the magnetic tiles it beat inverse-sqrt frequency
+#: (itself ahead of no weights and median frequency on CamVid, results/side_by_side.md) at 10 and
+#: 30 minutes, and on CamVid by sequence it is level (results/plan.md); membranes (3.4x) train
+#: unweighted, where inverse-sqrt weights were level with none.
 WEIGHTING_IMBALANCE = 10.0
 #: A class in fewer than this share of the training images gets a third of the draws given to
 #: the images that hold it, and in crop mode a third of the crops centred on it (nnU-Net
@@ -278,7 +280,10 @@ def class_weighting(fp: Fingerprint) -> tuple[str | None, str]:
     shares = [fp.classes[i].pixel_share for i in learnable_classes(fp)]
     ratio = max(shares) / max(min(shares), 1e-12)
     if ratio >= WEIGHTING_IMBALANCE:
-        return "inverse_sqrt_frequency", f"the commonest class has {ratio:.0f}x the pixels of the rarest (>= {WEIGHTING_IMBALANCE:g})"
+        return "effective_number", (
+            f"the commonest class has {ratio:.0f}x the pixels of the rarest (>= {WEIGHTING_IMBALANCE:g}); "
+            "counts saturate at 1/64 of the training pixels"
+        )
     return None, f"the commonest class has {ratio:.1f}x the pixels of the rarest (< {WEIGHTING_IMBALANCE:g}): unweighted"
 
 
