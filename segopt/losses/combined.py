@@ -35,7 +35,7 @@ class CombinedLoss(WeightedSum):
             ``CLASS_WEIGHT_MODES`` ("median_frequency", "inverse_sqrt_frequency",
             "effective_number") computed from the training masks when fitting starts.
         class_weight_beta: beta of the "effective_number" mode; None saturates the counts at
-            1/64 of the training masks' labelled pixels, whatever their number.
+            ``SATURATION_SHARE`` of the training masks' labelled pixels, whatever their number.
         label_smoothing: cross-entropy label smoothing (the ce term only).
         focal_gamma: focusing parameter of the focal term.
         focal_alpha: focal weight per class: numbers, or a mode (the same as ``class_weights``).

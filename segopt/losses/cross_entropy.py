@@ -40,7 +40,7 @@ class CrossEntropyLoss(ClassWeightedTerm):
             from the training masks when fitting starts.
         label_smoothing: label smoothing in [0, 1).
         class_weight_beta: beta of the "effective_number" mode; None saturates the counts at
-            1/64 of the training masks' labelled pixels, whatever their number.
+            ``SATURATION_SHARE`` of the training masks' labelled pixels, whatever their number.
     """
 
     def __init__(

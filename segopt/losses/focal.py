@@ -40,7 +40,7 @@ class FocalLoss(ClassWeightedTerm):
         gamma: focusing strength; 0 gives plain cross-entropy.
         alpha: optional weight per class (numbers, or a mode of ``CLASS_WEIGHT_MODES``).
         class_weight_beta: beta of the "effective_number" mode; None saturates the counts at
-            1/64 of the training masks' labelled pixels, whatever their number.
+            ``SATURATION_SHARE`` of the training masks' labelled pixels, whatever their number.
     """
 
     def __init__(

@@ -60,7 +60,7 @@ class OhemCrossEntropyLoss(ClassWeightedTerm):
         class_weights: weight per class: numbers, or a mode of ``CLASS_WEIGHT_MODES``.
         fraction, threshold, min_kept: which pixels are kept.
         class_weight_beta: beta of the "effective_number" mode; None saturates the counts at
-            1/64 of the training masks' labelled pixels, whatever their number.
+            ``SATURATION_SHARE`` of the training masks' labelled pixels, whatever their number.
     """
 
     def __init__(

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from segopt.commands.planning.fingerprint import ClassFingerprint, Fingerprint, PlanError
 from segopt.commands.planning.probe import BACKBONES, Backbone, Probe
+from segopt.data.class_weights import SATURATION_SHARE
 
 #: The thinnest class should stay this many pixels wide at the training scale. The CamVid
 #: recipe trains at 240x320 (2/3 of the labels' size), where Pole, 3 px wide at full
@@ -282,7 +283,7 @@ def class_weighting(fp: Fingerprint) -> tuple[str | None, str]:
     if ratio >= WEIGHTING_IMBALANCE:
         return "effective_number", (
             f"the commonest class has {ratio:.0f}x the pixels of the rarest (>= {WEIGHTING_IMBALANCE:g}); "
-            "counts saturate at 1/64 of the training pixels"
+            f"counts saturate at 1/{1 / SATURATION_SHARE:g} of the training pixels"
         )
     return None, f"the commonest class has {ratio:.1f}x the pixels of the rarest (< {WEIGHTING_IMBALANCE:g}): unweighted"
 
