@@ -148,11 +148,11 @@ def _fp(
     return Fingerprint({"train": train, "val": val}, size, size, size, vary, 3, 0.0, [0.5] * 3, [0.2] * 3, classes)
 
 
-def _probe(machine: Machine = CPU, s_per_image: float = 0.05, max_batch: int | None = None) -> Probe:
-    """Timed at 240x320: resnet18_unet takes s_per_image, res_unet16 half of it; evaluation a third."""
+def _probe(machine: Machine = CPU, s_per_image: float = 0.05, max_batch: int | None = None, weaker: float = 0.5) -> Probe:
+    """Timed at 240x320: resnet18_unet takes s_per_image, res_unet16 ``weaker`` of it; evaluation a third."""
     timings = [
         StepTiming("resnet18_unet", (240, 320), 4, s_per_image, s_per_image / 3, max_batch),
-        StepTiming("res_unet16", (240, 320), 4, s_per_image / 2, s_per_image / 6, max_batch),
+        StepTiming("res_unet16", (240, 320), 4, s_per_image * weaker, s_per_image * weaker / 3, max_batch),
     ]
     return Probe(machine, timings)
 
@@ -167,13 +167,31 @@ def test_a_long_budget_buys_the_strong_network_at_the_scale_that_keeps_the_thinn
 
 
 def test_a_short_budget_plans_a_smaller_size_and_says_why() -> None:
-    long, short = plan(_fp(), _probe(s_per_image=0.1), 60), plan(_fp(), _probe(s_per_image=0.1), 10)
+    # the residual UNet is as slow as the ResNet18-UNet here: where neither converges, the tie goes to the stronger
+    long, short = (plan(_fp(), _probe(s_per_image=0.1, weaker=1.0), minutes) for minutes in (60, 10))
     assert long.chosen.size == (304, 400)  # 0.83 of 360x480, rounded to 16
     assert short.chosen.size == (240, 320)  # 2/3 of 360x480
     assert short.value("data.full_res_masks") is True
     assert short.chosen.images_seen < MIN_IMAGES
     reason = next(d.reason for d in short.decisions if d.key == "model.backbone")
     assert f"no candidate sees {MIN_IMAGES} training images in 10 min; resnet18_unet at 240x320 sees the most" in reason
+
+
+def test_the_network_moves_one_way_as_the_machine_slows() -> None:
+    # the residual UNet costs half as much per image: a fast machine converges the ResNet18-UNet at
+    # full size; slower ones step down its sizes, then to the residual UNet, and never back
+    chosen = [plan(_fp(), _probe(s_per_image=s), 60).chosen for s in (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.8, 1.6)]
+    assert [(c.backbone, c.size) for c in chosen] == [
+        ("resnet18_unet", (360, 480)),
+        ("resnet18_unet", (304, 400)),
+        ("resnet18_unet", (240, 320)),
+        ("res_unet16", (304, 400)),
+        ("res_unet16", (240, 320)),
+        ("res_unet16", (240, 320)),
+        ("res_unet16", (240, 320)),
+        ("res_unet16", (240, 320)),
+    ]
+    assert [c.images_seen >= MIN_IMAGES for c in chosen] == [True] * 5 + [False] * 3
 
 
 def test_a_budget_without_one_epoch_names_the_minimum() -> None:

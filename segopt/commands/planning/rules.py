@@ -240,8 +240,9 @@ def choose(fp: Fingerprint, probe: Probe, minutes: float, backbones: tuple[Backb
     """The strongest network at the most resolution that converges (``MIN_IMAGES``) in the budget.
 
     Networks are tried strongest first, and for each the geometries from the most resolution
-    down; the first to see ``MIN_IMAGES`` wins. When none does, the strongest network's
-    candidate that sees the most is taken, and the reason says so.
+    down; the first to see ``MIN_IMAGES`` wins. When none does, the candidate that sees the most
+    is taken (the stronger network on a tie), and the reason says so: the choice then moves
+    one way as the machine slows, never back to a network a faster machine gave up.
     """
     geoms = geometries(fp)
     weighed = [weigh(fp, probe, minutes, b, g) for b in backbones for g in geoms]
@@ -262,8 +263,7 @@ def choose(fp: Fingerprint, probe: Probe, minutes: float, backbones: tuple[Backb
             f"--minutes {minutes:g} buys no full epoch on this machine: the cheapest plan ({cheapest.backbone} at "
             f"{cheapest.size[0]}x{cheapest.size[1]}) takes {cheapest.epoch_s:.0f} s an epoch with validation; give --minutes {need} or more"
         )
-    strongest = [c for c in fitting if c.backbone == backbones[0].name and c.epochs >= 1] or [c for c in fitting if c.epochs >= 1]
-    best = max(strongest, key=lambda c: c.images_seen)
+    best = max(fitting, key=lambda c: c.images_seen)  # max keeps the first of equals: the stronger, finer one
     return best, weighed, (
         f"no candidate sees {MIN_IMAGES} training images in {minutes:g} min; {best.backbone} at "
         f"{best.size[0]}x{best.size[1]} sees the most, {best.images_seen}"
