@@ -19,8 +19,9 @@ from segopt.data.masks import invalid_mask_values
 #: Effective-number default: counts saturate near 1 / (1 - beta) = this share of the training
 #: set's labelled pixels, so the weights depend on class shares, not on how many pixels the set
 #: holds. 1/64 of CamVid's 61 M labelled training pixels is about the fixed 1e6 (beta 0.999999)
-#: measured there and on the magnetic tiles (91 M, where each weight moves by at most 0.02);
-#: a fixed beta would weigh every class of a set of many large images about equally.
+#: measured there and on the magnetic tiles (91 M, where each weight moves by at most 0.02, and
+#: the two are level at 30 min, results/plan.md); a fixed beta would weigh every class of a set
+#: of many large images about equally.
 SATURATION_SHARE = 1 / 64
 
 
