@@ -54,6 +54,8 @@ RARE_PRESENCE, RARE_IMAGE_SHARE, RARE_CROP_SHARE = 0.25, 0.33, 0.33
 #: thin classes keep their full width, and a share of the crops is centred on the rare classes.
 #: Magnetic tiles: 128 px crops beat the 2/3-scale resize by +0.012 at 10 min and +0.004 at
 #: 30 min, both resolved (results/plan.md); no other development set has a class this rare.
+#: Larger crops at 30 min (256 px, 11-14 epochs instead of 43-46) were level at best and spread
+#: six times as far between seeds, so the side does not grow with the budget.
 RARE_CROP_SIDE = 0.5
 #: Scale jitter is not planned: at short budgets it cost accuracy on both development sets that
 #: measured it, at both ends of the fingerprint's scale spread (median over classes of the
