@@ -67,8 +67,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each arm (--folder)")
     parser.add_argument("--images", type=int, default=0, help="use only the first N images of --folder (0: all)")
     parser.add_argument("--tile", type=int, default=256, help="sliding-window tile side in pixels")
-    parser.add_argument("--out", "--output", dest="out", type=Path, required=True, help="Markdown file to write (.json beside it)")
+    parser.add_argument(
+        "--out", "--output", dest="out", type=Path, required=True, help="Markdown file to write (.json beside it)"
+    )
     parser.add_argument("--note", default="", help="how the checkpoint was trained, copied into the report")
+    parser.add_argument(
+        "--settings", nargs="+", metavar="NAME", help="measure only these settings, by name (default: all of them)"
+    )
     add_overwrite_flag(parser)
     args, cli_args = parser.parse_known_args(argv)
     refuse_to_overwrite([args.out, args.out.with_suffix(".json")], args.overwrite)
@@ -77,6 +82,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.ckpt_path is None:
         parser.error("--ckpt_path is required without --folder")
 
+    chosen = settings(args.tile)
+    if args.settings:
+        unknown = [name for name in args.settings if name not in chosen]
+        if unknown:
+            parser.error(f"--settings {unknown} unknown; choose from {list(chosen)}")
+        chosen = {name: chosen[name] for name in args.settings}
     cli = build_from_config(cli_args)
     try:
         model = load_weights(cli.model, args.ckpt_path)
@@ -88,7 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     rows = []
-    for name, (tta, window) in settings(args.tile).items():
+    for name, (tta, window) in chosen.items():
         model.tta, model.sliding_window = tta, window
         start = time.perf_counter()
         metrics = trainer.validate(model, datamodule=cli.datamodule, verbose=False)[0]
@@ -100,12 +111,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "val/dice": metrics["val/dice"],
                 "val/acc": metrics["val/acc"],
                 "seconds": seconds,
+                "val_iou": {c: metrics[f"val/iou/{c}"] for c in model.class_names},
             }
         )
         print(f"{name}: mIoU {metrics['val/mIoU']:.4f} ({seconds:.1f} s)")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python -m experiments.bench_inference " + " ".join([*cli_args, f"--ckpt_path {args.ckpt_path}", f"--tile {args.tile}"])
+    command = (
+        "python -m experiments.bench_inference "
+        + " ".join([*cli_args, f"--ckpt_path {args.ckpt_path}", f"--tile {args.tile}"])
+        + (" --settings " + " ".join(f"'{name}'" for name in args.settings) if args.settings else "")
+    )
     lines = [
         "# Inference settings on the validation set",
         "",
@@ -130,7 +146,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 # -- prediction throughput ------------------------------------------------------------------
 
 
-def _bare_predict(net: torch.nn.Module, paths: list[Path], out: Path, in_channels: int, normalize, precision: str) -> None:  # noqa: ANN001
+def _bare_predict(
+    net: torch.nn.Module, paths: list[Path], out: Path, in_channels: int, normalize, precision: str
+) -> None:  # noqa: ANN001
     """Read, normalise, pad, run the network, argmax, crop, write: the per-image work of predict, by hand."""
     from experiments.common import autocast
     from segopt.data.files import read_image
@@ -179,7 +197,9 @@ def _time_arms(arms: dict[str, Any], scratch: Path, repeats: int, count: int) ->
     return seconds, same / total
 
 
-def _onnx_vs_torch(model: torch.nn.Module, scratch: Path, in_channels: int, size: tuple[int, int], passes: int) -> tuple[list[dict], str]:
+def _onnx_vs_torch(
+    model: torch.nn.Module, scratch: Path, in_channels: int, size: tuple[int, int], passes: int
+) -> tuple[list[dict], str]:
     """Images/s of the exported ONNX graph in ONNX Runtime and of the module in torch, alternating."""
     import statistics
 
@@ -189,7 +209,9 @@ def _onnx_vs_torch(model: torch.nn.Module, scratch: Path, in_channels: int, size
         import onnxruntime as ort
     except ImportError as err:
         return [], f"not measured: {err}"
-    session = ort.InferenceSession(str(export_onnx(model, scratch / "model.onnx", in_channels)), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(export_onnx(model, scratch / "model.onnx", in_channels)), providers=["CPUExecutionProvider"]
+    )
     h, w = size
     x = torch.randn(1, in_channels, h, w, generator=torch.Generator().manual_seed(0))
     engines = {
