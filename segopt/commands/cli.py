@@ -49,6 +49,14 @@ class SegCLI(LightningCLI):
         # Always on, configured under its own key (nonfinite_loss.patience).
         parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite_loss")
 
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if not add_subcommands:
+            # Scripts (export, benchmarks) read the config a run saved, which records the
+            # ``fit`` call's own arguments; they take the checkpoint as their own flag.
+            self.parser.add_argument("--ckpt_path", type=str | None, default=None, help="not used here")
+            self.parser.add_argument("--weights_only", type=bool | None, default=None, help="not used here")
+
     def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (jsonargparse types)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
