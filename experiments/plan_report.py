@@ -21,7 +21,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-from experiments.side_by_side import PLANNED, _machine_lines, machine_label, summarise
+from experiments.side_by_side import (
+    PLANNED,
+    _f,
+    _machine_lines,
+    _stats,
+    compare,
+    machine_label,
+    run_label,
+    spread_cell,
+    summarise,
+    verdict,
+)
 from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +70,32 @@ def _plan_lines(recipe: Path, ran_sha256: str | None, entry: dict[str, Any]) -> 
     ]
 
 
+def flip_lines(out: Path) -> list[str]:
+    """Test-time flips on finished runs' own last checkpoints, rescored without training
+    (``experiments/bench_inference.py --settings plain hflip hflip+vflip``, one JSON per run in
+    ``<series>/tta/``), per machine: each run's scores and each setting's lead over the plain pass."""
+    machines: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for path in sorted((out / "tta").glob("*.json")):
+        run = json.loads((out / path.name).read_text())
+        scores = {row["setting"]: row for row in json.loads(path.read_text())}
+        machines.setdefault(machine_label(run["hardware"]), []).append((run, scores))
+    lines = []
+    for label, found in machines.items():
+        settings = list(dict.fromkeys(name for _, scores in found for name in scores))
+        lines += ["", f"#### Test-time flips on these runs' last checkpoints, {label}", "",
+                  f"Each run's final checkpoint rescored on the same validation set by `experiments/bench_inference.py` "
+                  f"(`{out.relative_to(ROOT)}/tta/`), no training; `plain` is the one pass fit scores with; `hflip` takes 2 passes "
+                  "per image and `hflip+vflip` 4.", "",
+                  "| run | fit's score | " + " | ".join(settings) + " |", "|---|---|" + "---|" * len(settings)]  # fmt: skip
+        for run, scores in found:
+            cells = " | ".join(_f(scores[s]["val/mIoU"]) if s in scores else "—" for s in settings)
+            lines.append(f"| {run_label(run)} seed {run['seed']} | {_f(run.get('val_mIoU_fit', run['val_mIoU']))} | {cells} |")
+        arms = {s: {"val_mIoU": _stats([scores[s]["val/mIoU"] for _, scores in found if s in scores])} for s in settings}
+        lines += ["", *[f"{s}: {spread_cell(arms[s]['val_mIoU'])}" + "  " for s in settings]]
+        lines += [line for s in settings if s != "plain" for line in ("", verdict(compare(s, "plain", arms)))]
+    return lines
+
+
 def report(series: list[Path]) -> list[str]:
     lines = [
         "# segopt plan: the planned recipe against amp.yaml and the peer",
@@ -78,6 +115,7 @@ def report(series: list[Path]) -> list[str]:
         for label, entry in summary["machines"].items():
             recipe, ran = planned_recipe(out, label)
             lines += ["", f"### {label}", "", *_plan_lines(recipe, ran, entry), "", *_machine_lines(entry)]
+        lines += flip_lines(out)
     return lines
 
 

@@ -558,7 +558,35 @@ def run_segopt(args: argparse.Namespace, data: DataConfig, recipe: Recipe, seed:
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
     wall = time.perf_counter() - start
     result = read_tensorboard(run_dir / "version_0", t0, data.class_names)
-    return {**result, "wall_s": round(wall, 1), "command": cmd[1:]}
+    return {**result, **score_as_recipe_infers(args, recipe, run_dir, result), "wall_s": round(wall, 1), "command": cmd[1:]}
+
+
+def score_as_recipe_infers(args: argparse.Namespace, recipe: Recipe, run_dir: Path, fit: dict[str, Any]) -> dict[str, Any]:
+    """The final checkpoint scored as the recipe's ``validate`` and ``predict`` infer, where that
+    differs from the one plain pass inside ``fit`` (its ``model.tta``); then ``val_mIoU`` and
+    ``val_iou`` are that score and ``val_mIoU_fit``, ``val_iou_fit`` keep the in-fit one."""
+    import lightning.pytorch as pl
+
+    from segopt.commands.from_config import build_from_config, load_weights
+
+    stacked = [a for path in recipe.data_config or () for a in ("--config", str(path))]
+    cli = build_from_config(["--config", str(recipe.path), *stacked, "--data.num_workers=1", *args.segopt_arg])
+    tta = cli.model.tta
+    if not tta.enabled:
+        return {}
+    model = load_weights(cli.model, run_dir / "version_0" / "checkpoints" / "last.ckpt")
+    trainer = pl.Trainer(accelerator="auto", devices=1, precision=cli.trainer.precision, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    start = time.perf_counter()
+    metrics = trainer.validate(model, datamodule=cli.datamodule, verbose=False)[0]
+    iou = {name: metrics.get(f"val/iou/{name}") for name in fit["val_iou"]}
+    return {
+        "val_mIoU": metrics["val/mIoU"],
+        "val_iou": {name: None if v is None or math.isnan(v) else v for name, v in iou.items()},
+        "val_mIoU_fit": fit["val_mIoU"],
+        "val_iou_fit": fit["val_iou"],
+        "inference": {"hflip": tta.hflip, "vflip": tta.vflip, "scales": list(tta.scales), "seconds": round(time.perf_counter() - start, 1)},
+    }
 
 
 # ----------------------------------------------------------------------------- one run's record
@@ -716,6 +744,8 @@ def _arm_stats(found: list[dict[str, Any]]) -> dict[str, Any]:
         "arm": found[0]["arm"],
         "seeds": [r["seed"] for r in found],
         "val_mIoU": _stats([r["val_mIoU"] for r in found]),
+        **({"inference": found[0]["inference"], "inference_s": ", ".join(str(r["inference"]["seconds"]) for r in found),
+            "val_mIoU_fit": _stats([r["val_mIoU_fit"] for r in found])} if all(r.get("inference") for r in found) else {}),
         "per_seed": {str(r["seed"]): r["val_mIoU"] for r in found},
         "epochs": [r["epochs"] for r in found],
         "wall_min": [round(r["wall_s"] / 60, 1) for r in found],
@@ -854,6 +884,7 @@ def verdict(pair: dict[str, Any]) -> str:
 
 def _machine_lines(entry: dict[str, Any]) -> list[str]:
     lines = ["| arm | seeds | val mIoU | per seed | epochs | wall (min) |", "|---|---|---|---|---|---|"]
+    inferred = {name: a for name, a in entry["arms"].items() if a.get("inference")}
     for name, a in entry["arms"].items():
         s = a["val_mIoU"]
         lines.append(
@@ -861,6 +892,10 @@ def _machine_lines(entry: dict[str, Any]) -> list[str]:
             f"{', '.join(_f(v) for v in a['per_seed'].values())} | {', '.join(map(str, a['epochs']))} | "
             f"{', '.join(map(str, a['wall_min']))} |"
         )
+    for name, a in inferred.items():
+        views = [k for k in ("hflip", "vflip") if a["inference"].get(k)]
+        lines += ["", f"{name} is scored as its recipe's `validate` and `predict` infer: averaging {' and '.join(views)} views "
+                  f"({a['inference_s']} s per scoring). Its one plain pass inside fit scored {spread_cell(a['val_mIoU_fit'])}."]
     shared = [f"{name} seed {seed} ({share:.0%})" for name, a in entry["arms"].items()
               for seed, share in a.get("other_cpu_share", {}).items()
               if share is not None and share > SHARED_CPU_SHARE and seed not in a.get("reached_epoch_cap", [])]  # fmt: skip

@@ -17,6 +17,7 @@ from segopt.commands.planning.fingerprint import (
     Fingerprint,
     PlanError,
     fingerprint,
+    half_counts,
     histogram_median,
     thickness_histograms,
 )
@@ -117,6 +118,28 @@ def test_fingerprint_measures_splits_sizes_shares_and_widths(tiny: Path) -> None
     assert fp.scale_spread == fp.as_dict()["scale_spread"] == pytest.approx((background.width_spread + 1.0) / 2)
 
 
+def test_fingerprint_measures_which_half_of_the_images_each_class_prefers(tiny: Path) -> None:
+    fp = fingerprint(_source(tiny), 255)
+    bar, square = fp.classes[1], fp.classes[2]
+    # the bar (columns 20-22 of 96, every row) lies in the left half, evenly top and bottom
+    assert (bar.vertical_bias, bar.horizontal_bias) == (0.0, 1.0)
+    # the square (rows 30-39 of 64, columns 50-59): 2 rows in the top half, 8 in the bottom, all right
+    assert (square.vertical_bias, square.horizontal_bias) == (0.6, 1.0)
+    weights = [c.pixel_share for c in fp.classes]
+    for axis in ("vertical", "horizontal"):
+        expected = sum(w * getattr(c, f"{axis}_bias") for w, c in zip(weights, fp.classes)) / sum(weights)
+        assert getattr(fp, f"{axis}_bias") == fp.as_dict()[f"{axis}_bias"] == round(expected, 4)
+    assert fp.vertical_bias < 0.05 < fp.horizontal_bias
+
+
+def test_half_counts_leave_out_the_middle_row_and_column_of_odd_sides() -> None:
+    mask = np.zeros((3, 5), np.uint8)
+    mask[1, :] = 1  # the middle row: in neither the top nor the bottom half
+    mask[:, 2] = 2  # the middle column: in neither the left nor the right half
+    top, bottom, left, right = half_counts(mask, 3)
+    assert (top.tolist(), bottom.tolist(), left.tolist(), right.tolist()) == ([4, 0, 1], [4, 0, 1], [4, 2, 0], [4, 2, 0])
+
+
 def test_fingerprint_measures_how_far_a_class_width_varies_between_images(tmp_path: Path) -> None:
     root = tmp_path / "set"
     for split, widths in (("train", (3, 5, 9, 17)), ("val", (3,))):
@@ -142,9 +165,10 @@ def _fp(
     presence=(1.0, 1.0, 1.0),
     vary: bool = False,
     spreads=(None, None, None),
+    bias: tuple[float | None, float | None] = (None, None),
 ) -> Fingerprint:
     rows = zip(widths, shares, presence, spreads)
-    classes = [ClassFingerprint(f"c{i}", s, p, round(p * train), w, sp) for i, (w, s, p, sp) in enumerate(rows)]
+    classes = [ClassFingerprint(f"c{i}", s, p, round(p * train), w, sp, *bias) for i, (w, s, p, sp) in enumerate(rows)]
     return Fingerprint({"train": train, "val": val}, size, size, size, vary, 3, 0.0, [0.5] * 3, [0.2] * 3, classes)
 
 
@@ -248,6 +272,26 @@ def test_scale_jitter_is_not_planned_at_any_scale_spread() -> None:
     )
 
 
+def test_inference_flips_along_each_axis_the_labels_do_not_prefer() -> None:
+    cases = {  # (vertical, horizontal) bias of every class: tiles and sections, street scenes, unmeasured
+        (0.01, 0.0): {"hflip": True, "vflip": True},
+        (0.84, 0.0): {"hflip": True, "vflip": False},
+        (0.84, 0.18): {"hflip": False, "vflip": False},
+        (None, None): {"hflip": False, "vflip": False},
+    }
+    for bias, flips in cases.items():
+        assert plan(_fp(bias=bias), _probe(), 60).value("model.tta") == flips
+    reasons = {bias: next(d.reason for d in plan(_fp(bias=bias), _probe(), 60).decisions if d.key == "model.tta") for bias in cases}
+    assert reasons[(0.01, 0.0)] == (
+        "left/right bias 0.00 (<= 0.05: flipped view averaged in); top/bottom bias 0.01 (<= 0.05: flipped view averaged in); "
+        "inference runs 4 passes per image"
+    )
+    assert reasons[(0.84, 0.18)] == (
+        "left/right bias 0.18 (> 0.05: not flipped); top/bottom bias 0.84 (> 0.05: not flipped); one plain pass"
+    )
+    assert reasons[(None, None)] == "left/right bias unmeasured: not flipped; top/bottom bias unmeasured: not flipped; one plain pass"
+
+
 def test_the_cpu_batch_holds_the_pixel_budget_within_its_bounds() -> None:
     assert cpu_batch(_fp(), (240, 320)) == 16  # CPU_BATCH_PIXELS
     assert cpu_batch(_fp(), (360, 480)) == 7  # 1.23 M / 172,800 px
@@ -340,6 +384,12 @@ def test_the_written_recipe_parses_and_fits_one_step(tmp_path: Path, described_p
         "  rare_image_share: 0.33  # square (17%) in under 25% of the training images; whole images are trained, not crops"
         in text
     )
+    # the bar and the square lie left and right of the middle, but not above or below it
+    assert (
+        "  tta:  # left/right bias 0.06 (> 0.05: not flipped); top/bottom bias 0.00 (<= 0.05: flipped view averaged in); "
+        "inference runs 2 passes per image"
+    ) in text
+    assert "    hflip: false\n    vflip: true\n" in text
     record = json.loads(plan_paths(out)[1].read_text())
     assert record["fingerprint"]["classes"][1]["width_px"] == 3.0
     assert record["plan"]["chosen"]["backbone"] == "resnet18_unet"
@@ -359,6 +409,41 @@ def test_an_existing_out_is_refused_and_nothing_written(tiny: Path, tmp_path: Pa
     assert err == f"error: {out} exist(s); choose another --out, or pass --overwrite to replace them\n"
     assert out.read_text() == "mine\n"
     assert not plan_paths(out)[1].exists() and not plan_paths(out)[2].exists()
+
+
+def test_a_recorded_probe_replans_without_timing_again(tiny: Path, tmp_path: Path, described_probe, capsys, monkeypatch) -> None:  # noqa: ANN001
+    first = tmp_path / "first.yaml"
+    assert _run(capsys, "--config", str(tiny), "--minutes", "5", "--out", str(first))[0] == 0
+
+    def no_timing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("timed the machine again")
+
+    monkeypatch.setattr(plan_command, "probe_machine", no_timing)
+    again = tmp_path / "again.yaml"
+    code, printed, _ = _run(capsys, "--config", str(tiny), "--minutes", "5", "--out", str(again), "--probe-from", str(plan_paths(first)[1]))
+    assert code == 0, printed
+    assert "segopt plan: read 2 network/size pairs" in printed
+    records = [json.loads(plan_paths(out)[1].read_text()) for out in (first, again)]
+    assert records[1]["probe"] == records[0]["probe"] and records[1]["plan"] == records[0]["plan"]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ("not json", "holds no recorded probe (JSONDecodeError"),
+        ('{"plan": {}}', "holds no recorded probe (KeyError: 'probe')"),
+        ('{"probe": {"machine": {"device": "cpu", "name": "X", "cores": 2, "memory_gb": 8, "precision": "bf16-mixed"}, "timings": []}}',
+         "timed no step of res_unet16, resnet18_unet; plan without --probe-from to time this machine again"),
+    ],
+)  # fmt: skip
+def test_a_probe_record_that_cannot_serve_is_one_error_line(tiny: Path, tmp_path: Path, capsys, record: str, message: str) -> None:  # noqa: ANN001
+    recorded = tmp_path / "old.plan.json"
+    recorded.write_text(record)
+    out = tmp_path / "out" / "r.yaml"
+    code, _, err = _run(capsys, "--config", str(tiny), "--minutes", "5", "--out", str(out), "--probe-from", str(recorded))
+    assert code == 1
+    assert err.startswith(f"error: --probe-from {recorded} ") and err.count("error:") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

@@ -81,11 +81,14 @@ def test_both_arms_train_on_a_paired_folder_and_the_summary_compares_them(sbs: M
 
     tiny = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--data.batch_size=2", "--data.cache=false",
             "--model.backbone.init_args.base_channels=4", "--model.backbone.init_args.depth=2", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    flip = "--model.tta.hflip=true"  # scored as validate and predict infer: with the flipped view
     summary_md = sbs.main([*common, "--arm", "segopt", "--label", "amp", "--config", "configs/amp.yaml",
-                           *(f"--segopt-arg={a}" for a in tiny)])  # fmt: skip
+                           *(f"--segopt-arg={a}" for a in [*tiny, flip])])  # fmt: skip
     (amp_path,) = out.glob("amp_seed0_*.json")
     amp = json.loads(amp_path.read_text())
     assert amp["arm"] == "segopt" and amp["epochs"] == 1 and list(amp["val_iou"]) == ["bg", "a", "b"]
+    assert {k: v for k, v in amp["inference"].items() if k != "seconds"} == {"hflip": True, "vflip": False, "scales": [1.0]}
+    assert amp["curve"][-1]["val_mIoU"] == round(amp["val_mIoU_fit"], 4) and list(amp["val_iou_fit"]) == ["bg", "a", "b"]
     assert amp["settings"]["data_config_stacked"] is True and amp["command"][3:6] == ["--config", "configs/amp.yaml", "--config"]
     if sys.platform == "linux":  # the share of the CPU other processes took while each arm ran
         assert all(0.0 <= json.loads(p.read_text())["other_cpu_share"] <= 1.0 for p in (peer_path, amp_path))
@@ -98,6 +101,7 @@ def test_both_arms_train_on_a_paired_folder_and_the_summary_compares_them(sbs: M
     (pair,) = machine["pairs"]
     assert (pair["a"], pair["b"], pair["few_seeds"], pair["resolved"]) == ("amp", "peer", ["peer", "amp"], False)
     assert "| class | peer | amp |" in summary_md.read_text()
+    assert "amp is scored as its recipe's `validate` and `predict` infer: averaging hflip views" in summary_md.read_text()
 
     before = peer_path.read_text()
     sbs.main(peer_argv)  # finished: skipped, not retrained
@@ -449,6 +453,23 @@ def test_plan_report_is_written_from_the_series_files_and_the_plan_record(tmp_pa
     assert "planned − amp: +0.125 mIoU; resolved: this exceeds the larger seed range of the two arms (0.030)." in text
     with pytest.raises(SystemExit, match="already exists; nothing was written"):
         report.main(["--runs", str(tmp_path / "plan"), "--out", str(out)])
+
+
+def test_plan_report_sets_flip_rescores_beside_the_fits_own_score(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = _script("plan_report")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    runs = tmp_path / "results" / "plan" / "tiny_10min"
+    (runs / "tta").mkdir(parents=True)
+    for seed, (plain, flipped) in enumerate([(0.30, 0.33), (0.28, 0.32)], start=1):
+        _fake_run(runs, "segopt", seed, plain, label="planned")
+        (stem,) = [p.stem for p in runs.glob(f"planned_seed{seed}_*.json")]
+        rows = [{"setting": name, "val/mIoU": v, "seconds": 1.0} for name, v in (("plain", plain), ("hflip+vflip", flipped))]
+        (runs / "tta" / f"{stem}.json").write_text(json.dumps(rows))
+    lines = report.flip_lines(runs)
+    assert lines[1] == "#### Test-time flips on these runs' last checkpoints, X, 2 cores, 2 torch threads, 1 loader worker"
+    assert "| run | fit's score | plain | hflip+vflip |" in lines
+    assert "| planned seed 1 | 0.300 | 0.300 | 0.330 |" in lines and "| planned seed 2 | 0.280 | 0.280 | 0.320 |" in lines
+    assert lines[-1] == "hflip+vflip − plain: +0.035 mIoU; resolved: this exceeds the larger seed range of the two arms (0.020)."
 
 
 def test_plan_report_reads_each_machines_plan_from_the_recipe_its_runs_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

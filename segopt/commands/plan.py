@@ -16,6 +16,7 @@ and writes the recipe, each planned key commented with the figure that decided i
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", required=True, type=float, help="the wall-clock budget of the fit")
     p.add_argument("--out", required=True, type=Path, help="the recipe to write, e.g. configs/recipes/NAME.yaml")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--probe-from", type=Path, metavar="PLAN_JSON",
+                   help="plan on the machine probe a .plan.json recorded, instead of timing this machine again "
+                        "(to re-plan after a change of data, budget or rules with every timing as it was)")  # fmt: skip
     return p
 
 
@@ -117,6 +121,18 @@ def probe_for(fp: Fingerprint) -> Probe:
     return probe_machine(sizes, fp.channels, fp.num_classes, BACKBONES, partial(run_batch, fp))
 
 
+def recorded_probe(path: Path, fp: Fingerprint) -> Probe:
+    """The probe a ``.plan.json`` recorded; it must have timed every network the rules weigh."""
+    try:
+        probe = Probe.from_dict(json.loads(path.read_text())["probe"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PlanError(f"--probe-from {path} holds no recorded probe ({type(err).__name__}: {err}); give a .plan.json that segopt plan wrote") from None
+    missing = sorted({b.name for b in BACKBONES} - {t.backbone for t in probe.timings})
+    if missing:
+        raise PlanError(f"--probe-from {path} timed no step of {', '.join(missing)}; plan without --probe-from to time this machine again")
+    return probe
+
+
 def run(args: argparse.Namespace, command: str) -> list[Path]:
     """Fingerprint, probe, plan and write; return the files written."""
     _check_args(args)
@@ -128,8 +144,8 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
         data, datamodule = _data_section(configs)
     fp: Fingerprint = fingerprint(datamodule.source, datamodule.ignore_index)
     print(f"segopt plan: fingerprint of {sum(fp.images.values())} images in {fp.seconds:.1f} s", flush=True)
-    probe = probe_for(fp)
-    print(f"segopt plan: probed {len(probe.timings)} network/size pairs on {probe.machine.name} in {probe.seconds:.1f} s", flush=True)
+    probe = recorded_probe(args.probe_from, fp) if args.probe_from else probe_for(fp)
+    print(f"segopt plan: {'read' if args.probe_from else 'probed'} {len(probe.timings)} network/size pairs on {probe.machine.name} in {probe.seconds:.1f} s", flush=True)
     result = plan(fp, probe, args.minutes)
     written = write_plan(args.out, fp, probe, result, data, command)
     c = result.chosen

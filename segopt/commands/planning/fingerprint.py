@@ -38,6 +38,10 @@ class ClassFingerprint:
     #: the interquartile ratio (75th / 25th percentile) of its per-image median width: 1 when
     #: every image shows it at one size; None when it is in fewer than ``SPREAD_MIN_IMAGES`` images
     width_spread: float | None = None
+    # How unevenly its pixels fall between the two halves of the images, top against bottom and
+    # left against right: |a - b| / (a + b), 0 when even, 1 when all in one half.
+    vertical_bias: float | None = None
+    horizontal_bias: float | None = None
 
 
 @dataclass
@@ -67,8 +71,25 @@ class Fingerprint:
         spreads = [c.width_spread for c in self.classes if c.width_spread is not None]
         return float(statistics.median(spreads)) if spreads else None
 
+    def _bias(self, axis: str) -> float | None:
+        pairs = [(c.pixel_share, getattr(c, f"{axis}_bias")) for c in self.classes if getattr(c, f"{axis}_bias") is not None]
+        total = sum(share for share, _ in pairs)
+        return round(sum(share * bias for share, bias in pairs) / total, 4) if total > 0 else None
+
+    @property
+    def vertical_bias(self) -> float | None:
+        """The pixel-weighted mean of the classes' ``vertical_bias``: 0 when no class prefers the
+        top or the bottom of the images (tiles, sections), near 1 when they do (sky above road)."""
+        return self._bias("vertical")
+
+    @property
+    def horizontal_bias(self) -> float | None:
+        """The pixel-weighted mean of the classes' ``horizontal_bias`` (left against right)."""
+        return self._bias("horizontal")
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "scale_spread": self.scale_spread}
+        return {**asdict(self), "scale_spread": self.scale_spread, "vertical_bias": self.vertical_bias,
+                "horizontal_bias": self.horizontal_bias}
 
 
 #: Thickness histogram bins: half a pixel wide, up to this many pixels (wider counts in the last bin).
@@ -106,6 +127,18 @@ def thickness_histograms(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return hist
 
 
+def half_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per class, its pixels in the top, bottom, left and right halves of one mask (``[4, K]``);
+    the middle row or column of an odd side counts in neither half."""
+    h, w = mask.shape[:2]
+    halves = (mask[: h // 2], mask[h - h // 2 :], mask[:, : w // 2], mask[:, w - w // 2 :])
+    return np.stack([np.bincount(part.ravel(), minlength=num_classes)[:num_classes] for part in halves])
+
+
+def _bias(a: int, b: int) -> float | None:
+    return round(float(abs(a - b) / (a + b)), 4) if a + b > 0 else None
+
+
 def histogram_median(hist: np.ndarray) -> float | None:
     """The median thickness (px) of one class's histogram, None when it is empty."""
     total = int(hist.sum())
@@ -137,7 +170,7 @@ def fingerprint(source: SegSource, ignore_index: int) -> Fingerprint:
 
     start = time.perf_counter()
     k = source.num_classes
-    result = check_source(source, ignore_index, measure=lambda mask: thickness_histograms(mask, k))
+    result = check_source(source, ignore_index, measure=lambda mask: (thickness_histograms(mask, k), half_counts(mask, k)))
     problem = check_problems(result)
     if problem:
         raise PlanError(problem)
@@ -153,7 +186,9 @@ def fingerprint(source: SegSource, ignore_index: int) -> Fingerprint:
     hist = np.zeros((k, _WIDTH_BINS), np.int64)
     images = np.zeros(k, np.int64)
     per_image = np.full((count, k), np.nan)  # each image's median width of each class in it
-    for i, per_mask in enumerate(result.measured):
+    halves = np.zeros((4, k), np.int64)
+    for i, (per_mask, mask_halves) in enumerate(result.measured):
+        halves += mask_halves
         present = per_mask.sum(1) > 0
         hist += per_mask
         images += present
@@ -171,7 +206,10 @@ def fingerprint(source: SegSource, ignore_index: int) -> Fingerprint:
             q25, q75 = np.percentile(seen, [25, 75])
             spread = round(float(q75 / max(q25, _BIN_PX)), 2)
         classes.append(
-            ClassFingerprint(source.class_names[c], float(pixels[c]) / labelled, float(images[c]) / max(count, 1), int(images[c]), width, spread)
+            ClassFingerprint(
+                source.class_names[c], float(pixels[c]) / labelled, float(images[c]) / max(count, 1), int(images[c]), width, spread,
+                vertical_bias=_bias(halves[0, c], halves[1, c]), horizontal_bias=_bias(halves[2, c], halves[3, c]),
+            )
         )
     sizes = sorted(_sizes(result, "train"), key=lambda hw: (hw[0] * hw[1], hw))
     channels = train.channel_sum.size if train.channel_sum is not None else (1 if getattr(source, "in_channels", 3) == 1 else 3)

@@ -95,6 +95,12 @@ class Probe:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Probe:
+        """The probe :meth:`as_dict` wrote (a ``.plan.json``'s ``probe``)."""
+        timings = [StepTiming(**{**t, "size": tuple(t["size"])}) for t in record["timings"]]
+        return cls(Machine(**record["machine"]), timings, record.get("seconds", 0.0))
+
 
 def _memory_gb() -> float:
     try:

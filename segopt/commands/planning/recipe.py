@@ -63,6 +63,7 @@ def recipe_tree(plan: Plan, data: dict[str, Any], name: str) -> tuple[dict[str, 
             },
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": value("model.scheduler.init_args.max_lr"), "weight_decay": WEIGHT_DECAY}},
             "scheduler": {"class_path": "segopt.core.schedules.OneCycle", "init_args": {"max_lr": value("model.scheduler.init_args.max_lr"), "pct_start": PCT_START}},
+            "tta": value("model.tta"),
         },
         "data": copy.deepcopy(data),
     }

@@ -63,6 +63,12 @@ RARE_CROP_SIDE = 0.5
 #: 0.778 without against 0.758 with it at 10 min; CamVid (cars near and far, 3.0), by sequence,
 #: 60 min at 37 epochs: 0.402 without against 0.382; both resolved (results/plan.md).
 NO_JITTER = [1.0, 1.0]
+#: Inference (validate, test, predict) averages the flipped views along each axis the labels do
+#: not prefer: where the classes' pixels fall evenly between the two halves of the images (the
+#: fingerprint's pixel-weighted ``vertical_bias`` / ``horizontal_bias`` at most this), a
+#: mirrored image is as likely as the original. The validation inside ``fit`` stays one plain
+#: pass, so training and its epochs do not change; each flip doubles the passes of inference.
+MIRROR_BIAS = 0.05
 #: The decoded training set is cached in RAM when it takes at most this share of the memory.
 CACHE_MEMORY_SHARE = 0.25
 #: Seconds of a fit outside its epochs (model build, sanity check, decoding the cache), and of
@@ -332,6 +338,19 @@ def ema_decay(chosen: Candidate) -> tuple[float, str]:
     return round(1.0 - 1.0 / horizon, 4), f"averages the last ~{horizon:.0f} of {chosen.steps} planned steps (the CamVid recipe: 0.99 over ~1300)"
 
 
+def inference_flips(fp: Fingerprint) -> tuple[dict[str, bool], str]:
+    """Test-time flips along each axis the labels do not prefer (``MIRROR_BIAS``)."""
+    flips, why = {}, []
+    for key, axis, bias in (("hflip", "left/right", fp.horizontal_bias), ("vflip", "top/bottom", fp.vertical_bias)):
+        flips[key] = bias is not None and bias <= MIRROR_BIAS
+        if bias is None:
+            why.append(f"{axis} bias unmeasured: not flipped")
+        else:
+            why.append(f"{axis} bias {bias:.2f} ({'<=' if flips[key] else '>'} {MIRROR_BIAS:g}: {'flipped view averaged in' if flips[key] else 'not flipped'})")
+    views = 2 ** sum(flips.values())
+    return flips, "; ".join(why) + (f"; inference runs {views} passes per image" if views > 1 else "; one plain pass")
+
+
 def cache_and_workers(fp: Fingerprint, probe: Probe) -> tuple[bool, int, str]:
     h, w = fp.median_size
     total = sum(fp.images.values()) * h * w * (fp.channels + 1) / 2**30
@@ -378,6 +397,8 @@ def plan(fp: Fingerprint, probe: Probe, minutes: float) -> Plan:
     result.add("data.augment.random_scale", jitter, why_j)
     decay, why_e = ema_decay(chosen)
     result.add("ema.decay", decay, why_e)
+    flips, why_f = inference_flips(fp)
+    result.add("model.tta", flips, why_f)
     result.add("model.loss.init_args.ce", 0.5, "Dice+CE 1:1: CE, Focal+CE and Dice+CE tie on CamVid (results/ablation_camvid.md)")
     result.add("model.loss.init_args.dice", 0.5, "Dice+CE 1:1")
     result.add("trainer.check_val_every_n_epoch", chosen.val_every, f"validation ~{chosen.epoch_s:.0f} s epochs: at most {MAX_VAL_SHARE:.0%} of the budget")
