@@ -89,7 +89,9 @@ def flip_lines(out: Path) -> list[str]:
                   "| run | fit's score | " + " | ".join(settings) + " |", "|---|---|" + "---|" * len(settings)]  # fmt: skip
         for run, scores in found:
             cells = " | ".join(_f(scores[s]["val/mIoU"]) if s in scores else "—" for s in settings)
-            lines.append(f"| {run_label(run)} seed {run['seed']} | {_f(run.get('val_mIoU_fit', run['val_mIoU']))} | {cells} |")
+            sha = run["settings"].get("config_sha256")
+            name = f"{run_label(run)} seed {run['seed']}" + (f", recipe {sha[:8]}" if sha else "")
+            lines.append(f"| {name} | {_f(run.get('val_mIoU_fit', run['val_mIoU']))} | {cells} |")
         arms = {s: {"val_mIoU": _stats([scores[s]["val/mIoU"] for _, scores in found if s in scores])} for s in settings}
         lines += ["", *[f"{s}: {spread_cell(arms[s]['val_mIoU'])}" + "  " for s in settings]]
         lines += [line for s in settings if s != "plain" for line in ("", verdict(compare(s, "plain", arms)))]

@@ -70,8 +70,8 @@ NO_JITTER = [1.0, 1.0]
 #: epochs do not change; each flip doubles the passes of inference. The development sets'
 #: planned checkpoints, rescored (results/plan.md): both flips on the tiles (biases 0.01 and
 #: 0.00) +0.031 at 30 min and +0.011 at 10, on the membranes (0.00, 0.03) +0.003, resolved;
-#: on CamVid by sequence (top/bottom 0.84, left/right 0.18) the left/right flip +0.004,
-#: resolved, while both flips score -0.009 against one plain pass. Between 0.18 and 0.84 nothing is
+#: on CamVid by sequence (top/bottom 0.84, left/right 0.18) the left/right flip +0.003,
+#: resolved, while both flips score -0.010 against one plain pass. Between 0.18 and 0.84 nothing is
 #: measured yet: the threshold is a guess there.
 MIRROR_BIAS = 0.25
 #: The decoded training set is cached in RAM when it takes at most this share of the memory.
