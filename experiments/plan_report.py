@@ -106,7 +106,9 @@ def report(series: list[Path]) -> list[str]:
         "DATA_CONFIG...` (which calls `experiments/side_by_side.py`). Per data set and budget: the recipe `segopt plan` wrote "
         "(`planned`), `configs/amp.yaml` with the same `TimeBudget` added (`amp`), and the hand-written peer (smp UNet on "
         "ResNet34, no weights, CE + Dice, Adam 1e-4, its size from the median image fitted to 256 a side); seeds 1 and 2; "
-        "final-epoch val mIoU at the labels' resolution, mean ± sample std [range]. A lead counts as resolved only when it "
+        "the final checkpoint's val mIoU at the labels' resolution, scored as the recipe's `validate` and `predict` infer "
+        "(with a planned recipe's test-time flips; its in-fit score, one plain pass, is given beside the table), "
+        "mean ± sample std [range]. A lead counts as resolved only when it "
         "exceeds both arms' seed range. Each run's JSON holds its settings, hardware and the command that repeats it.",
     ]
     for out in series:

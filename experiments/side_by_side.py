@@ -927,7 +927,8 @@ def _machine_lines(entry: dict[str, Any]) -> list[str]:
 def markdown(summary: dict[str, Any]) -> list[str]:
     data = ", ".join(f"`{d}`" for d in summary["data"])
     lines = [f"# segopt vs. a hand-written smp UNet, same wall-clock time ({data}, val, full-resolution labels)", ""]
-    lines.append("Written by `experiments/side_by_side.py`; final-epoch val mIoU, mean ± sample std over seeds (range in brackets).")
+    lines.append("Written by `experiments/side_by_side.py`; the final checkpoint's val mIoU, scored as each recipe infers "
+                 "(test-time flips where it sets them), mean ± sample std over seeds (range in brackets).")  # fmt: skip
     lines.append("Seeds are pooled only within one machine; a lead is resolved only when it exceeds both arms' seed range (max − min), with two seeds or more each.")
     lines.append("Each run's settings, and the command that repeats it, are in its JSON. Learning curves: the PNG beside this file.")
     for label, entry in summary["machines"].items():
