@@ -424,7 +424,7 @@ def test_a_recorded_probe_replans_without_timing_again(tiny: Path, tmp_path: Pat
     again = tmp_path / "again.yaml"
     code, printed, _ = _run(capsys, "--config", str(tiny), "--minutes", "5", "--out", str(again), "--probe-from", str(plan_paths(first)[1]))
     assert code == 0, printed
-    assert "segopt plan: read 2 network/size pairs" in printed
+    assert f"segopt plan: read the probe of 2 network/size pairs on Test CPU from {plan_paths(first)[1]}" in printed
     records = [json.loads(plan_paths(out)[1].read_text()) for out in (first, again)]
     assert records[1]["probe"] == records[0]["probe"] and records[1]["plan"] == records[0]["plan"]
 

@@ -121,7 +121,7 @@ def probe_for(fp: Fingerprint) -> Probe:
     return probe_machine(sizes, fp.channels, fp.num_classes, BACKBONES, partial(run_batch, fp))
 
 
-def recorded_probe(path: Path, fp: Fingerprint) -> Probe:
+def recorded_probe(path: Path) -> Probe:
     """The probe a ``.plan.json`` recorded; it must have timed every network the rules weigh."""
     try:
         probe = Probe.from_dict(json.loads(path.read_text())["probe"])
@@ -144,8 +144,12 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
         data, datamodule = _data_section(configs)
     fp: Fingerprint = fingerprint(datamodule.source, datamodule.ignore_index)
     print(f"segopt plan: fingerprint of {sum(fp.images.values())} images in {fp.seconds:.1f} s", flush=True)
-    probe = recorded_probe(args.probe_from, fp) if args.probe_from else probe_for(fp)
-    print(f"segopt plan: {'read' if args.probe_from else 'probed'} {len(probe.timings)} network/size pairs on {probe.machine.name} in {probe.seconds:.1f} s", flush=True)
+    if args.probe_from:
+        probe = recorded_probe(args.probe_from)
+        print(f"segopt plan: read the probe of {len(probe.timings)} network/size pairs on {probe.machine.name} from {args.probe_from}", flush=True)
+    else:
+        probe = probe_for(fp)
+        print(f"segopt plan: probed {len(probe.timings)} network/size pairs on {probe.machine.name} in {probe.seconds:.1f} s", flush=True)
     result = plan(fp, probe, args.minutes)
     written = write_plan(args.out, fp, probe, result, data, command)
     c = result.chosen
