@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from experiments.common import evaluation_trainer
 from segopt.commands.from_config import build_from_config, load_weights
 from segopt.commands.outputs import add_overwrite_flag, refuse_to_overwrite
 from segopt.core.inference import TTA, SlidingWindow
@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     precision = cli.trainer.precision
-    trainer = pl.Trainer(
-        accelerator="auto", devices=1, precision=precision, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    trainer = evaluation_trainer(precision)
     rows = []
     for name, (tta, window) in chosen.items():
         model.tta, model.sliding_window = tta, window
@@ -169,10 +166,7 @@ def _segopt_predict(cli, folder: Path, out: Path, precision: str) -> None:  # no
     from segopt.lightning.prediction_writer import PredictionWriter
 
     cli.datamodule.predict_dir = str(folder)
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[PredictionWriter(str(out), overlay=False)],
-    )  # fmt: skip
+    trainer = evaluation_trainer(precision, accelerator="cpu", callbacks=[PredictionWriter(str(out), overlay=False)])
     trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
 
 

@@ -1,5 +1,5 @@
-"""Shared pieces of the experiments: one training step, interleaved timing, hardware, the machine's
-load from other processes, result files."""
+"""Shared pieces of the experiments: one training step, interleaved timing, a quiet evaluation
+Trainer, hardware, the machine's load from other processes, result files."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
         raise ValueError("precision 16-mixed needs a CUDA GPU; use bf16-mixed on a CPU")
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
     return torch.autocast(device_type=device, dtype=dtype)
+
+
+def evaluation_trainer(precision: str, accelerator: str = "auto", **kwargs: Any) -> Any:
+    """A Trainer for validating or predicting a trained model in a script: one device, no logger,
+    checkpoints, progress bar or summary (``kwargs`` go to the Trainer, e.g. ``callbacks``)."""
+    import lightning.pytorch as pl  # here: the other experiments need no Lightning
+
+    return pl.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, **kwargs)  # fmt: skip
 
 
 def make_train_step(

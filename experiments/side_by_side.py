@@ -83,7 +83,14 @@ import torch
 import yaml
 from jsonargparse import ArgumentError
 
-from experiments.common import REFERENCE_STEP_METHOD, SHARED_CPU_SHARE, cpu_snapshot, other_cpu_share, reference_step_s
+from experiments.common import (
+    REFERENCE_STEP_METHOD,
+    SHARED_CPU_SHARE,
+    cpu_snapshot,
+    evaluation_trainer,
+    other_cpu_share,
+    reference_step_s,
+)
 from segopt.commands.check import source_from_mapping
 from segopt.core.precision import cpu_has_native_bf16, cpu_name
 from segopt.data.datasets import SegSource
@@ -565,18 +572,18 @@ def score_as_recipe_infers(args: argparse.Namespace, recipe: Recipe, run_dir: Pa
     """The final checkpoint scored as the recipe's ``validate`` and ``predict`` infer, where that
     differs from the one plain pass inside ``fit`` (its ``model.tta``); then ``val_mIoU`` and
     ``val_iou`` are that score and ``val_mIoU_fit``, ``val_iou_fit`` keep the in-fit one."""
-    import lightning.pytorch as pl
-
-    from segopt.commands.from_config import build_from_config, load_weights
+    from segopt.commands.from_config import build_from_config, load_weights, parse_config
+    from segopt.core.inference import TTA
 
     stacked = [a for path in recipe.data_config or () for a in ("--config", str(path))]
-    cli = build_from_config(["--config", str(recipe.path), *stacked, "--data.num_workers=1", *args.segopt_arg])
-    tta = cli.model.tta
-    if not tta.enabled:
+    cli_args = ["--config", str(recipe.path), *stacked, "--data.num_workers=1", *args.segopt_arg]
+    parsed = parse_config(cli_args).model.tta  # read before building the model and data for nothing
+    if parsed is None or not TTA(**parsed.as_dict()).enabled:
         return {}
+    cli = build_from_config(cli_args)
+    tta = cli.model.tta
     model = load_weights(cli.model, run_dir / "version_0" / "checkpoints" / "last.ckpt")
-    trainer = pl.Trainer(accelerator="auto", devices=1, precision=cli.trainer.precision, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = evaluation_trainer(cli.trainer.precision)
     start = time.perf_counter()
     metrics = trainer.validate(model, datamodule=cli.datamodule, verbose=False)[0]
     iou = {name: metrics.get(f"val/iou/{name}") for name in fit["val_iou"]}

@@ -108,6 +108,27 @@ def test_both_arms_train_on_a_paired_folder_and_the_summary_compares_them(sbs: M
     assert peer_path.read_text() == before
 
 
+def test_a_recipe_that_infers_in_one_pass_is_not_rebuilt_to_be_rescored(
+    sbs: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import segopt.commands.from_config as from_config
+
+    class Built(Exception):
+        pass
+
+    def build(cli_args: list[str]) -> None:
+        raise Built(cli_args)
+
+    monkeypatch.setattr(from_config, "build_from_config", build)
+    data = _paired_folder(tmp_path / "data", grey=True)
+    plain = sbs.parse_args(["--arm", "segopt", "--label", "amp", "--config", "configs/amp.yaml", "--data-config", str(data)])
+    assert sbs.score_as_recipe_infers(plain, sbs.plan_recipe(plain, sbs.load_data_config(data)), tmp_path, {}) == {}
+    flipped = sbs.parse_args([*["--arm", "segopt", "--label", "amp", "--config", "configs/amp.yaml"],
+                              *["--data-config", str(data), "--segopt-arg=--model.tta.vflip=true"]])  # fmt: skip
+    with pytest.raises(Built):  # a flip added on the command line is read too
+        sbs.score_as_recipe_infers(flipped, sbs.plan_recipe(flipped, sbs.load_data_config(data)), tmp_path, {})
+
+
 # ----------------------------------------------------------------------------- the segopt arm's command
 def test_a_recipe_without_data_or_budget_gets_both_added(sbs: ModuleType, tmp_path: Path) -> None:
     data = _paired_folder(tmp_path / "data", grey=True)

@@ -341,19 +341,16 @@ def _source_from_config(
     argv: list[str] | None,
 ) -> tuple[SegSource, int, int | None, str | None, Batching, list[tuple[str, float, float]]]:
     """Parse the training YAML with segopt's own CLI parser; instantiate only the data source."""
-    from segopt.commands.cli import SegCLI
+    from segopt.commands.from_config import ConfigOnlyCLI
     from segopt.lightning.datamodule import SegDataModule
     from segopt.lightning.module import SegModule
 
-    class _ConfigOnly(SegCLI):
+    class _ConfigOnly(ConfigOnlyCLI):  # the check builds the source alone; the model and trainer are not needed
         def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse type)
             super().add_arguments_to_parser(parser)
             parser.add_argument("--limit", type=int | None, default=None, help="decode at most this many pairs per split")
             parser.add_argument("--json", type=str | None, default=None, help="also write the report as JSON here")
             parser.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
-
-        def instantiate_classes(self) -> None:
-            pass  # the check builds the source alone; the model and trainer are not needed
 
     cli = _ConfigOnly(SegModule, SegDataModule, subclass_mode_model=False, subclass_mode_data=False, run=False, args=argv)
     data = cli.config.data

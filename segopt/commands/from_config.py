@@ -11,19 +11,36 @@ import warnings
 from pathlib import Path
 
 import torch
+from jsonargparse import Namespace
 
 from segopt.commands.cli import SegCLI
 from segopt.lightning.datamodule import SegDataModule
 from segopt.lightning.module import SegModule
 
 
+class ConfigOnlyCLI(SegCLI):
+    """SegCLI that parses its config and builds nothing (no model, data module or Trainer)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
 def build_from_config(cli_args: list[str]) -> SegCLI:
     """The CLI objects (``.model``, ``.datamodule``, ``.trainer``, ``.config``) for ``cli_args``."""
-    # run=False: the CLI parses and instantiates, then returns without running a subcommand.
+    return _script_cli(SegCLI, cli_args)
+
+
+def parse_config(cli_args: list[str]) -> Namespace:
+    """The parsed config of ``cli_args`` (as :func:`build_from_config` takes them), nothing built."""
+    return _script_cli(ConfigOnlyCLI, cli_args).config
+
+
+def _script_cli(cli_class: type[SegCLI], cli_args: list[str]) -> SegCLI:
+    # run=False: the CLI parses (and instantiates), then returns without running a subcommand.
     with warnings.catch_warnings():
         # The calling script has its own command line; cli_args is the part meant for the CLI.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return SegCLI(SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None)
+        return cli_class(SegModule, SegDataModule, run=False, args=cli_args, save_config_callback=None)
 
 
 def load_weights(model: SegModule, ckpt_path: str | Path) -> SegModule:
