@@ -1,4 +1,4 @@
-"""Build the objects of a training config and load a checkpoint into them, for scripts.
+"""Parse a training config, or build its objects and load a checkpoint into them, for scripts.
 
 Scripts that work on a trained model (export, benchmarks) take the same ``--config`` files
 and flags as ``python -m segopt.cli`` and a ``--ckpt_path``, so the network is rebuilt
