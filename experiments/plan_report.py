@@ -87,14 +87,20 @@ def flip_lines(out: Path) -> list[str]:
                   f"(`{out.relative_to(ROOT)}/tta/`), no training; `plain` is the one pass fit scores with; `hflip` takes 2 passes "
                   "per image and `hflip+vflip` 4.", "",
                   "| run | fit's score | " + " | ".join(settings) + " |", "|---|---|" + "---|" * len(settings)]  # fmt: skip
+        groups: dict[str, list[dict[str, Any]]] = {}  # seeds pool within one arm and recipe version only
         for run, scores in found:
             cells = " | ".join(_f(scores[s]["val/mIoU"]) if s in scores else "—" for s in settings)
             sha = run["settings"].get("config_sha256")
-            name = f"{run_label(run)} seed {run['seed']}" + (f", recipe {sha[:8]}" if sha else "")
-            lines.append(f"| {name} | {_f(run.get('val_mIoU_fit', run['val_mIoU']))} | {cells} |")
-        arms = {s: {"val_mIoU": _stats([scores[s]["val/mIoU"] for _, scores in found if s in scores])} for s in settings}
-        lines += ["", *[f"{s}: {spread_cell(arms[s]['val_mIoU'])}" + "  " for s in settings]]
-        lines += [line for s in settings if s != "plain" for line in ("", verdict(compare(s, "plain", arms)))]
+            group = run_label(run) + (f", recipe {sha[:8]}" if sha else "")
+            groups.setdefault(group, []).append(scores)
+            lines.append(f"| {run_label(run)} seed {run['seed']}{group[len(run_label(run)):]} | "
+                         f"{_f(run.get('val_mIoU_fit', run['val_mIoU']))} | {cells} |")  # fmt: skip
+        for group, members in groups.items():
+            prefix = f"{group}, " if len(groups) > 1 else ""
+            scored = [s for s in settings if any(s in scores for scores in members)]
+            arms = {s: {"val_mIoU": _stats([scores[s]["val/mIoU"] for scores in members if s in scores])} for s in scored}
+            lines += ["", *[f"{prefix}{s}: {spread_cell(arms[s]['val_mIoU'])}" + "  " for s in scored]]
+            lines += [line for s in scored if s != "plain" for line in ("", prefix + verdict(compare(s, "plain", arms)))]
     return lines
 
 

@@ -493,6 +493,24 @@ def test_plan_report_sets_flip_rescores_beside_the_fits_own_score(tmp_path: Path
     assert lines[-1] == "hflip+vflip − plain: +0.035 mIoU; resolved: this exceeds the larger seed range of the two arms (0.020)."
 
 
+def test_plan_report_pools_flip_rescores_within_one_arm_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = _script("plan_report")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    runs = tmp_path / "results" / "plan" / "tiny_10min"
+    (runs / "tta").mkdir(parents=True)
+    for label, scores in [("planned", [(0.30, 0.33), (0.31, 0.34)]), ("other", [(0.20, 0.21), (0.40, 0.41)])]:
+        for seed, (plain, flipped) in enumerate(scores, start=1):
+            _fake_run(runs, "segopt", seed, plain, label=label)
+            (stem,) = [p.stem for p in runs.glob(f"{label}_seed{seed}_*.json")]
+            rows = [{"setting": name, "val/mIoU": v, "seconds": 1.0} for name, v in (("plain", plain), ("hflip", flipped))]
+            (runs / "tta" / f"{stem}.json").write_text(json.dumps(rows))
+    lines = report.flip_lines(runs)
+    assert "| planned seed 2 | 0.310 | 0.310 | 0.340 |" in lines and "| other seed 1 | 0.200 | 0.200 | 0.210 |" in lines
+    # Pooled, the other arm's 0.20-0.40 would hide the planned arm's resolved +0.030.
+    assert "planned, hflip − plain: +0.030 mIoU; resolved: this exceeds the larger seed range of the two arms (0.010)." in lines
+    assert "other, hflip − plain: +0.010 mIoU; not resolved yet: this does not exceed the larger seed range of the two arms (0.200)." in lines
+
+
 def test_plan_report_reads_each_machines_plan_from_the_recipe_its_runs_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     report = _script("plan_report")
     monkeypatch.setattr(report, "ROOT", tmp_path)
