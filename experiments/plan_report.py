@@ -91,10 +91,9 @@ def flip_lines(out: Path) -> list[str]:
         for run, scores in found:
             cells = " | ".join(_f(scores[s]["val/mIoU"]) if s in scores else "—" for s in settings)
             sha = run["settings"].get("config_sha256")
-            group = run_label(run) + (f", recipe {sha[:8]}" if sha else "")
-            groups.setdefault(group, []).append(scores)
-            lines.append(f"| {run_label(run)} seed {run['seed']}{group[len(run_label(run)):]} | "
-                         f"{_f(run.get('val_mIoU_fit', run['val_mIoU']))} | {cells} |")  # fmt: skip
+            version = f", recipe {sha[:8]}" if sha else ""
+            groups.setdefault(run_label(run) + version, []).append(scores)
+            lines.append(f"| {run_label(run)} seed {run['seed']}{version} | {_f(run.get('val_mIoU_fit', run['val_mIoU']))} | {cells} |")
         for group, members in groups.items():
             prefix = f"{group}, " if len(groups) > 1 else ""
             scored = [s for s in settings if any(s in scores for scores in members)]
